@@ -1,0 +1,42 @@
+"""LRS2-style training export: one folder per clip with numbered face crops and audio.wav, plus train/val lists.
+
+The layout is what Rudrabha's, primepake's and stream-wav2lip's training scripts read: frames named by their
+index (frames without a face are simply absent, as in the reference preprocess), and filelists of folder names.
+The crops are the padded Wav2Lip crops the engine feeds the model, so a model trained on them sees at training
+time exactly what it gets live.
+"""
+from __future__ import annotations
+
+import shutil
+import zlib
+from pathlib import Path
+
+from . import cache
+
+VAL_EVERY = 10  # about one clip in ten goes to val.txt (stable: decided by the clip name)
+
+
+def export_training_clip(cache_dir: Path, train_dir: Path) -> Path:
+    cache_dir, train_dir = Path(cache_dir), Path(train_dir)
+    target = train_dir / cache_dir.name
+    tmp = train_dir / f".{cache_dir.name}.partial"
+    cache.discard(tmp)
+    tmp.mkdir(parents=True)
+    for crop in sorted((cache_dir / "body_face").glob("*.jpg")):
+        shutil.copy2(crop, tmp / crop.name)
+    if (cache_dir / cache.AUDIO).is_file():
+        shutil.copy2(cache_dir / cache.AUDIO, tmp / cache.AUDIO)
+    cache.discard(target)
+    os.rename(tmp, target)
+    return target
+
+
+def write_filelists(train_dir: Path) -> tuple[list[str], list[str]]:
+    """(Re)write train.txt and val.txt from every clip folder present, so batches can add clips over time."""
+    clips = sorted(p.name for p in Path(train_dir).iterdir()
+                   if p.is_dir() and not p.name.startswith(".") and (p / cache.AUDIO).is_file())
+    val = [c for c in clips if zlib.crc32(c.encode()) % VAL_EVERY == 0] or clips[-1:]
+    train = [c for c in clips if c not in val] or val  # a single clip serves both lists
+    (Path(train_dir) / "train.txt").write_text("".join(f"{c}\n" for c in train))
+    (Path(train_dir) / "val.txt").write_text("".join(f"{c}\n" for c in val))
+    return train, val

@@ -1,0 +1,201 @@
+"""Preprocess source videos into caches: decode once at 25 fps, detect, smooth, crop, align, write, rename."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from . import cache
+from .detect import Face, FaceDetector, make_detector
+from .geometry import box_in_head, head_alignment, padded_box
+from .smooth import smooth_stream
+from .video import TARGET_FPS, VideoError, VideoInfo, decode_frames, extract_audio, probe
+
+log = logging.getLogger("preprocess")
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"}
+FACE_SIZES = (96, 288, 384)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    face_size: int = 96
+    pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right (Wav2Lip's --pads)
+    detector: str = "mediapipe"
+    smooth_radius: int = 2  # frames each side; 0 = --nosmooth
+    head_size: int = 512
+    jpeg_quality: int = 95
+    force: bool = False
+    train_dir: Optional[Path] = None
+
+    def cache_settings(self) -> dict:
+        """Settings that change the cache's content: a cache made with others is rebuilt, not reused."""
+        return {"face_size": self.face_size, "pads": list(self.pads), "detector": self.detector,
+                "smooth_radius": self.smooth_radius, "head_size": self.head_size,
+                "jpeg_quality": self.jpeg_quality, "format_version": cache.FORMAT_VERSION}
+
+
+@dataclass
+class VideoResult:
+    source: Path
+    name: str
+    status: str  # done | skipped | failed
+    frames: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+    message: str = ""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_up_to_date(cache_dir: Path, source_hash: str, cfg: PreprocessConfig) -> bool:
+    manifest = cache.read_manifest(cache_dir)
+    if manifest is None or manifest.get("source_sha256") != source_hash:
+        return False
+    return all(manifest.get(k) == v for k, v in cfg.cache_settings().items())
+
+
+def empty_record(num_landmarks: int) -> cache.FrameRecord:
+    nan = np.full((num_landmarks, 2), np.nan, np.float32)
+    return cache.FrameRecord(False, np.zeros(4, np.int32), np.zeros(4, np.float32), np.zeros((2, 3), np.float32),
+                             np.zeros((2, 3), np.float32), np.zeros(4, np.int32), np.full((5, 2), np.nan, np.float32),
+                             nan)
+
+
+def crop_resized(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    x1, y1, x2, y2 = (int(v) for v in box)
+    # INTER_LINEAR like the reference inference and training loaders, so crops match what the models saw.
+    return cv2.resize(image[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def process_frame(writer: cache.CacheWriter, index: int, frame: np.ndarray, face: Optional[Face],
+                  cfg: PreprocessConfig, num_landmarks: int) -> None:
+    writer.write_image("bg", index, frame)
+    if face is None:
+        writer.add_record(empty_record(num_landmarks))
+        return
+    h, w = frame.shape[:2]
+    box = padded_box(face.box, cfg.pads, w, h)
+    writer.write_image("body_face", index, crop_resized(frame, box, cfg.face_size))
+    forward, inverse = head_alignment(face.points5, cfg.head_size)
+    head = cv2.warpAffine(frame, forward, (cfg.head_size, cfg.head_size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT101)
+    writer.write_image("heads", index, head)
+    head_box = padded_box(box_in_head(face.box, forward), cfg.pads, cfg.head_size, cfg.head_size)
+    writer.write_image("head_face", index, crop_resized(head, head_box, cfg.face_size))
+    writer.add_record(cache.FrameRecord(True, box, face.box.astype(np.float32), forward, inverse, head_box,
+                                        face.points5, face.landmarks))
+
+
+def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: Optional[str] = None,
+                     detector_factory: Callable[[str], FaceDetector] = make_detector,
+                     progress: bool = True) -> VideoResult:
+    """Build (or reuse) the cache of one video. Raises VideoError for unusable input, nothing half-written remains."""
+    start = time.monotonic()
+    source = Path(source)
+    name = name or source.stem
+    info: VideoInfo = probe(source)
+    source_hash = file_sha256(source)
+    final_dir = Path(out_root) / name
+    if not cfg.force and is_up_to_date(final_dir, source_hash, cfg):
+        manifest = cache.read_manifest(final_dir)
+        return VideoResult(source, name, "skipped", manifest["frames"], manifest["faces"], 0.0, "cache up to date")
+    if abs(info.fps - TARGET_FPS) > 0.01:
+        log.info("%s: normalising %.3f fps to %d fps (the models are trained on 25 fps)", source.name, info.fps, TARGET_FPS)
+
+    detector = detector_factory(cfg.detector)
+    writer = cache.CacheWriter(final_dir, cfg.jpeg_quality)
+    try:
+        has_audio = extract_audio(info, writer.tmp_dir / cache.AUDIO)
+        detections = ((frame, detector.detect(frame)) for frame in decode_frames(info))
+        bar = tqdm(total=info.expected_frames, desc=name, unit="frame", leave=False, disable=not progress)
+        frames = faces = 0
+        for index, (frame, face) in enumerate(smooth_stream(detections, cfg.smooth_radius)):
+            process_frame(writer, index, frame, face, cfg, detector.num_landmarks)
+            frames += 1
+            faces += face is not None
+            bar.update(1)
+        bar.close()
+        if frames == 0:
+            raise VideoError(f"{source}: no frame could be decoded")
+        if faces == 0:
+            raise VideoError(f"{source}: no face found in any of its {frames} frames")
+        manifest = {
+            "name": name, "source": str(source.resolve()), "source_sha256": source_hash,
+            "source_fps": info.fps, "fps": TARGET_FPS, "frames": frames, "faces": faces,
+            "width": info.width, "height": info.height, "has_audio": has_audio,
+            "num_landmarks": detector.num_landmarks, "image_format": "jpg (4:4:4)",
+            "face_det_fields": cache.FACE_DET_FIELDS,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **cfg.cache_settings(),
+        }
+        writer.finish(manifest)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        detector.close()
+    return VideoResult(source, name, "done", frames, faces, time.monotonic() - start)
+
+
+def find_videos(inputs: Iterable[Path]) -> list[Path]:
+    """Expand folders into the video files they hold (sorted); files are taken as given."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()))
+        else:
+            found.append(item)
+    return found
+
+
+def unique_names(sources: list[Path]) -> list[str]:
+    """Cache folder per video: its stem, with a short path hash where two sources share a stem."""
+    stems = [s.stem for s in sources]
+    return [s.stem if stems.count(s.stem) == 1 else f"{s.stem}-{hashlib.sha1(str(s.resolve()).encode()).hexdigest()[:8]}"
+            for s in sources]
+
+
+def run_batch(inputs: Iterable[Path], out_root: Path, cfg: PreprocessConfig, progress: bool = True) -> list[VideoResult]:
+    """Preprocess every video; one that fails is reported and the others go on. Detector problems stop the batch."""
+    from .export import export_training_clip, write_filelists
+
+    sources = find_videos(inputs)
+    Path(out_root).mkdir(parents=True, exist_ok=True)
+    results: list[VideoResult] = []
+    for source, name in tqdm(list(zip(sources, unique_names(sources))), desc="videos", unit="video",
+                             disable=not progress or len(sources) < 2):
+        try:
+            result = preprocess_video(source, out_root, cfg, name, progress=progress)
+        except VideoError as exc:
+            log.error("%s", exc)
+            result = VideoResult(source, name, "failed", message=str(exc))
+        results.append(result)
+        if result.status != "failed" and cfg.train_dir is not None:
+            export_training_clip(Path(out_root) / name, Path(cfg.train_dir))
+    if cfg.train_dir is not None and any(r.status != "failed" for r in results):
+        write_filelists(Path(cfg.train_dir))
+    return results
+
+
+def summary_table(results: list[VideoResult]) -> str:
+    rows = [("video", "status", "frames", "faces", "seconds", "note")]
+    rows += [(r.name, r.status, str(r.frames), str(r.faces), f"{r.seconds:.1f}", r.message) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(widths[i]) if i < 5 else cell for i, cell in enumerate(row)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
