@@ -6,6 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
+from configs import ConfigError, apply_defaults
+
 from .detect import DETECTORS, DetectorUnavailable
 from .pipeline import FACE_SIZES, PreprocessConfig, run_batch, summary_table
 
@@ -14,6 +16,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="python -m preprocess", description=(
         "Turn presenter videos into the cache the live engine plays: 25 fps frames, face crops, upright heads, "
         "16 kHz audio and every box/affine needed to paste results back."))
+    parser.add_argument("--config", help="YAML preset name (wav2lip96, wav2lip288, wav2lip384) or file; "
+                        "its 'preprocess' section sets the defaults below")
     parser.add_argument("inputs", nargs="+", type=Path, help="video files and/or folders of videos")
     parser.add_argument("--out", required=True, type=Path, help="cache root; one folder per video is made in it")
     parser.add_argument("--face_size", type=int, default=96, choices=FACE_SIZES,
@@ -51,8 +55,20 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
+def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse flags, with a --config preset supplying defaults first."""
+    parser = build_parser(parser)
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        try:
+            apply_defaults(parser, known.config, "preprocess")
+        except ConfigError as exc:
+            parser.error(str(exc))
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser().parse_args(argv))
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":

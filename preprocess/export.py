@@ -7,6 +7,7 @@ time exactly what it gets live.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import zlib
 from pathlib import Path

@@ -1,0 +1,45 @@
+"""Real test media, made once per session from what ships in packages: the astronaut photo and espeak-ng speech."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from demo.presenter import FacePath, make_presenter_clip, speak
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CLIP_SECONDS = 4.0
+COVER = (2.0, 2.6)  # seconds during which a card hides the face in clip25
+CLIP30_SECONDS = 3.0
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("media")
+    speech = speak("Testing one two three. The quick brown fox jumps over the lazy dog.", root / "speech.wav")
+    files = {
+        "speech": speech,
+        "clip25": make_presenter_clip(root / "clip25.mp4", CLIP_SECONDS, 25, cover=COVER, audio=speech),
+        "clip30": make_presenter_clip(root / "clip30.mp4", CLIP30_SECONDS, 30),
+        "noface": make_presenter_clip(root / "noface.mp4", 1.0, 25, path=FacePath(sway=0, bob=0, zoom=0, tilt=0),
+                                      cover=(0.0, 1.0)),
+    }
+    files["corrupt"] = root / "corrupt.mp4"
+    files["corrupt"].write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    files["empty"] = root / "empty.mp4"
+    files["empty"].write_bytes(b"")
+    return files
+
+
+@pytest.fixture(scope="session")
+def built(media, tmp_path_factory):
+    """One preprocessing run over both good clips with a training export; many tests read its output."""
+    from preprocess.pipeline import PreprocessConfig, run_batch
+
+    root = tmp_path_factory.mktemp("built")
+    cfg = PreprocessConfig(train_dir=root / "train")
+    results = run_batch([media["clip25"], media["clip30"]], root / "cache", cfg, progress=False)
+    return {"root": root, "cache": root / "cache", "train": root / "train", "cfg": cfg,
+            "results": {r.name: r for r in results}}
