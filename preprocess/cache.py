@@ -63,20 +63,24 @@ class CacheWriter:
         discard(self.tmp_dir)
         for sub in IMAGE_DIRS:
             (self.tmp_dir / sub).mkdir(parents=True)
-        # 4:4:4 chroma keeps colour edges around lips and eyes sharp; q95 keeps JPEG blocks invisible after upscaling.
-        self._params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+        # q95 keeps JPEG blocks invisible. Face crops and heads keep full 4:4:4 chroma (lip and eye edges, model
+        # input); full frames use 4:2:0 like the H.264 they end up in, which halves the cache.
+        self._params = {sub: [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                              cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420 if sub == "bg" else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+                        for sub in IMAGE_DIRS}
         self._pool = ThreadPoolExecutor(workers)
         self._pending: list[Future] = []
         self.records: list[FrameRecord] = []
 
     def write_image(self, sub: str, index: int, image: np.ndarray) -> None:
-        self._pending.append(self._pool.submit(self._encode, self.tmp_dir / sub / frame_name(index), image))
+        self._pending.append(self._pool.submit(self._encode, self.tmp_dir / sub / frame_name(index), image,
+                                               self._params[sub]))
         if len(self._pending) > 64:  # bound memory: wait for the oldest writes
             self._drain(keep=32)
 
-    def _encode(self, path: Path, image: np.ndarray) -> None:
-        ok, data = cv2.imencode(".jpg", image, self._params)
+    @staticmethod
+    def _encode(path: Path, image: np.ndarray, params: list[int]) -> None:
+        ok, data = cv2.imencode(".jpg", image, params)
         if not ok:
             raise OSError(f"could not encode {path}")
         path.write_bytes(data.tobytes())

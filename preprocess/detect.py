@@ -93,11 +93,10 @@ class MediaPipeDetector:
         self._roi: Optional[tuple[float, float, float]] = None  # centre x, centre y, side in frame pixels
 
     def detect(self, frame_bgr: np.ndarray) -> Optional[Face]:
-        rgb = np.ascontiguousarray(frame_bgr[..., ::-1])
-        landmarks = self._mesh_in_roi(rgb) if self._roi else None
+        landmarks = self._mesh_in_roi(frame_bgr) if self._roi else None
         if landmarks is None:
-            self._roi = self._find(rgb)
-            landmarks = self._mesh_in_roi(rgb) if self._roi else None
+            self._roi = self._find(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB))
+            landmarks = self._mesh_in_roi(frame_bgr) if self._roi else None
         if landmarks is None:
             self._roi = None
             return None
@@ -115,13 +114,13 @@ class MediaPipeDetector:
         b = best.location_data.relative_bounding_box
         return ((b.xmin + b.width / 2) * w, (b.ymin + b.height / 2) * h, 1.2 * self.ROI_SCALE * max(b.width * w, b.height * h))
 
-    def _mesh_in_roi(self, rgb: np.ndarray) -> Optional[np.ndarray]:
+    def _mesh_in_roi(self, frame_bgr: np.ndarray) -> Optional[np.ndarray]:
         cx, cy, side = self._roi
         scale = self.ROI_SIZE / side
         to_roi = np.array([[scale, 0, self.ROI_SIZE / 2 - scale * cx], [0, scale, self.ROI_SIZE / 2 - scale * cy]])
-        crop = cv2.warpAffine(rgb, to_roi, (self.ROI_SIZE, self.ROI_SIZE), flags=cv2.INTER_LINEAR,
+        crop = cv2.warpAffine(frame_bgr, to_roi, (self.ROI_SIZE, self.ROI_SIZE), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_CONSTANT)
-        result = self._mesh.process(crop)
+        result = self._mesh.process(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
         if not result.multi_face_landmarks:
             return None
         points = np.array([(p.x, p.y) for p in result.multi_face_landmarks[0].landmark], np.float32) * self.ROI_SIZE

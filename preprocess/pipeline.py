@@ -138,7 +138,7 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
             "name": name, "source": str(source.resolve()), "source_sha256": source_hash,
             "source_fps": info.fps, "fps": TARGET_FPS, "frames": frames, "faces": faces,
             "width": info.width, "height": info.height, "has_audio": has_audio,
-            "num_landmarks": detector.num_landmarks, "image_format": "jpg (4:4:4)",
+            "num_landmarks": detector.num_landmarks, "image_format": "jpg (bg 4:2:0, crops and heads 4:4:4)",
             "face_det_fields": cache.FACE_DET_FIELDS,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **cfg.cache_settings(),
