@@ -1,0 +1,200 @@
+"""The Wav2Lip audio front end, exactly: 80-band mel at 80 frames/s and one 80x16 window per 25 fps video frame.
+
+Parameters (identical in every reference repository): 16 kHz, pre-emphasis 0.97, STFT n_fft 800 / hop 200 /
+win 800 (periodic Hann, centred, reflect padding as in the pinned librosa 0.7), |STFT| -> 80 Slaney mel bands
+55-7600 Hz, 20*log10(max(1e-5, m)) - 20, then clip(8*(S+100)/100 - 4, -4, 4). Written in numpy (librosa only
+supplies the filter bank), so there is no numba compile and the streaming version shares every line.
+
+Frame i at fps f uses mel[:, int(i*80/f) : +16], i.e. it looks about 212 ms ahead: the latency floor of any
+streaming Wav2Lip. The last window is mel[:, T-16:], after which the reference stops.
+"""
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import numpy as np
+
+log = logging.getLogger("engine.mel")
+
+SAMPLE_RATE = 16000
+N_FFT = 800
+HOP = 200
+PREEMPHASIS = 0.97
+N_MELS = 80
+WINDOW = 16  # mel frames per video frame window (200 ms)
+MEL_FPS = SAMPLE_RATE / HOP  # 80
+SILENCE = -4.0  # the value of digital silence after normalisation
+
+
+@lru_cache(maxsize=1)
+def mel_basis() -> np.ndarray:
+    import librosa  # keyword call: librosa >= 0.10 rejects the reference's positional one
+    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=55, fmax=7600, htk=False,
+                               norm="slaney").astype(np.float64)
+
+
+@lru_cache(maxsize=1)
+def hann_window() -> np.ndarray:
+    n = np.arange(N_FFT)
+    return 0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)  # periodic ("fftbins=True") Hann, librosa's default
+
+
+def sanitise(wav: np.ndarray) -> np.ndarray:
+    """float64 mono with NaN/inf replaced by silence (TTS voices emit them; the reference then crashes)."""
+    wav = np.asarray(wav, np.float64).reshape(-1)
+    bad = ~np.isfinite(wav)
+    if bad.any():
+        log.warning("audio has %d NaN/inf samples; treating them as silence", int(bad.sum()))
+        wav = np.where(bad, 0.0, wav)
+    return wav
+
+
+def preemphasis(wav: np.ndarray, previous: float = 0.0) -> np.ndarray:
+    """y[n] = x[n] - 0.97 x[n-1]; `previous` is x[-1] (0 at the start, as scipy's lfilter)."""
+    shifted = np.concatenate([[previous], wav[:-1]])
+    return wav - PREEMPHASIS * shifted
+
+
+def frames_to_mel(frames: np.ndarray) -> np.ndarray:
+    """(n, 800) windows of pre-emphasised audio -> (80, n) normalised mel."""
+    magnitude = np.abs(np.fft.rfft(frames * hann_window(), n=N_FFT, axis=1))  # (n, 401)
+    mel = mel_basis() @ magnitude.T
+    db = 20 * np.log10(np.maximum(1e-5, mel)) - 20
+    return np.clip(8 * (db + 100) / 100 - 4, -4, 4).astype(np.float32)
+
+
+def reflect_index(index: np.ndarray, length: int) -> np.ndarray:
+    """numpy's 'reflect' padding (edge sample not repeated) as an index map into [0, length)."""
+    index = np.abs(index)
+    period = 2 * (length - 1) if length > 1 else 1
+    index = index % period
+    return np.where(index >= length, period - index, index)
+
+
+def frame_count(num_samples: int) -> int:
+    return 1 + num_samples // HOP
+
+
+def melspectrogram(wav: np.ndarray) -> np.ndarray:
+    """Whole-signal mel, (80, 1 + len(wav)//200)."""
+    y = preemphasis(sanitise(wav))
+    n = len(y)
+    starts = np.arange(frame_count(n)) * HOP - N_FFT // 2
+    index = reflect_index(starts[:, None] + np.arange(N_FFT)[None, :], max(n, 1))
+    frames = y[index] if n else np.zeros((1, N_FFT))
+    return frames_to_mel(frames)
+
+
+def window_start(i: int, fps: float) -> int:
+    return int(i * (80.0 / fps))  # the reference's float expression, floor included
+
+
+def frame_windows(mel: np.ndarray, fps: float = 25) -> np.ndarray:
+    """One (80,16) window per video frame with the reference tail rule -> (N, 80, 16)."""
+    mel = pad_to_window(mel)
+    total = mel.shape[1]
+    windows = []
+    i = 0
+    while window_start(i, fps) + WINDOW <= total:
+        start = window_start(i, fps)
+        windows.append(mel[:, start:start + WINDOW])
+        i += 1
+    windows.append(mel[:, total - WINDOW:])
+    return np.stack(windows)
+
+
+def pad_to_window(mel: np.ndarray) -> np.ndarray:
+    if mel.shape[1] >= WINDOW:
+        return mel
+    return np.pad(mel, ((0, 0), (0, WINDOW - mel.shape[1])), constant_values=SILENCE)
+
+
+class StreamingMel:
+    """Wav2Lip mel windows from audio arriving in chunks of any size (e.g. 20 ms from a microphone or TTS).
+
+    push() returns every window whose audio has fully arrived: window i needs samples up to 640*i + 3400 at
+    25 fps (its 16 mel frames plus half an FFT), ~212 ms after frame i's own time and not a sample more.
+    finish() ends the utterance with the reference's tail rule. The windows equal frame_windows(melspectrogram(all
+    audio)) exactly, the first and last ones included, because the start and end reflect padding are rebuilt here.
+    """
+
+    def __init__(self, fps: float = 25):
+        self.fps = fps
+        self._samples = np.zeros(0)      # pre-emphasised audio kept, starting at absolute sample _sample_base
+        self._sample_base = 0
+        self._head = np.zeros(0)          # the first N_FFT//2 + 1 samples, for the start reflection
+        self._last_raw = 0.0
+        self._received = 0
+        self._mel = np.zeros((N_MELS, 0), np.float32)  # mel columns kept, starting at column _mel_base
+        self._mel_base = 0
+        self._next_column = 0
+        self._next_window = 0
+
+    @property
+    def windows_emitted(self) -> int:
+        return self._next_window
+
+    def push(self, pcm: np.ndarray) -> list[np.ndarray]:
+        raw = sanitise(pcm)
+        if raw.size == 0:
+            return []
+        y = preemphasis(raw, self._last_raw)
+        self._last_raw = float(raw[-1])
+        self._samples = np.concatenate([self._samples, y])
+        if self._head.size <= N_FFT // 2:
+            self._head = np.concatenate([self._head, y])[: N_FFT // 2 + 1]
+        self._received += y.size
+        # column j is final once its window lies inside the audio received so far (no end padding needed)
+        self._compute_columns(until=(self._received - N_FFT // 2) // HOP + 1 if self._received >= N_FFT // 2 else 0)
+        return self._take_windows(final=False)
+
+    def finish(self) -> list[np.ndarray]:
+        """End of the utterance: the remaining windows, the last one being mel[:, T-16:]."""
+        if self._received == 0:
+            return []
+        self._compute_columns(until=frame_count(self._received), total=self._received)
+        windows = self._take_windows(final=True)
+        self.__init__(self.fps)
+        return windows
+
+    def _compute_columns(self, until: int, total: int | None = None) -> None:
+        if until <= self._next_column:
+            return
+        columns = np.arange(self._next_column, until)
+        absolute = columns[:, None] * HOP - N_FFT // 2 + np.arange(N_FFT)[None, :]
+        if total is not None:  # end of stream: reflect at the end like the offline padding
+            absolute = reflect_index(absolute, total)
+        frames = np.empty(absolute.shape)
+        from_head = absolute < 0
+        if from_head.any():  # start reflection: y[-k] = y[k]
+            frames[from_head] = self._head[-absolute[from_head]]
+        rest = ~from_head
+        frames[rest] = self._samples[absolute[rest] - self._sample_base]
+        self._mel = np.concatenate([self._mel, frames_to_mel(frames)], axis=1)
+        self._next_column = until
+        keep_from = max(self._next_column * HOP - N_FFT // 2, 0)  # samples older than the next column's window
+        if keep_from > self._sample_base:
+            self._samples = self._samples[keep_from - self._sample_base:]
+            self._sample_base = keep_from
+
+    def _take_windows(self, final: bool) -> list[np.ndarray]:
+        windows = []
+        while True:
+            start = window_start(self._next_window, self.fps)
+            if start + WINDOW > self._next_column:
+                break
+            windows.append(self._column_slice(start))
+            self._next_window += 1
+        if final:
+            windows.append(self._column_slice(max(self._next_column - WINDOW, 0)))
+        # keep the columns the next window needs, and always the last WINDOW ones for the tail rule
+        drop_before = min(window_start(self._next_window, self.fps), self._next_column - WINDOW)
+        if drop_before > self._mel_base:
+            self._mel = self._mel[:, drop_before - self._mel_base:]
+            self._mel_base = drop_before
+        return windows
+
+    def _column_slice(self, start: int) -> np.ndarray:
+        window = self._mel[:, start - self._mel_base:start - self._mel_base + WINDOW]
+        return pad_to_window(window).copy()
