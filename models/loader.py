@@ -116,7 +116,7 @@ def signature(spec: Spec) -> dict[str, tuple[int, ...]]:
 
 
 def identify(state: dict, candidates: tuple[Spec, ...]) -> Optional[Spec]:
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    shapes = shapes_of(state)
     return next((spec for spec in candidates if signature(spec) == shapes), None)
 
 
@@ -136,18 +136,28 @@ def what_is_it(state: dict, container: str = "") -> Optional[tuple[str, str]]:
     return None
 
 
-def _mismatch_report(state: dict, candidates: tuple[Spec, ...]) -> str:
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    closest = max(candidates, key=lambda s: len(set(signature(s)) & set(shapes)) / len(set(signature(s)) | set(shapes)))
-    expected = signature(closest)
+def shapes_of(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def describe_difference(shapes: dict, expected: dict) -> str:
+    """What separates a state dict from an expected layout: unexpected, missing and wrongly shaped keys."""
     unexpected = [k for k in shapes if k not in expected]
     missing = [k for k in expected if k not in shapes]
     wrong = [f"{k} {shapes[k]} (expected {expected[k]})" for k in shapes if k in expected and shapes[k] != expected[k]]
-    parts = [f"{len(shapes)} entries; closest known is {closest.name} ({len(expected)} entries)"]
+    parts = []
     for label, items in (("unexpected", unexpected), ("missing", missing), ("wrong shape", wrong)):
         if items:
             parts.append(f"{label}: {', '.join(items[:4])}{' …' if len(items) > 4 else ''}")
     return "; ".join(parts)
+
+
+def _mismatch_report(state: dict, candidates: tuple[Spec, ...]) -> str:
+    shapes = shapes_of(state)
+    closest = max(candidates, key=lambda s: len(set(signature(s)) & set(shapes)) / len(set(signature(s)) | set(shapes)))
+    expected = signature(closest)
+    return (f"{len(shapes)} entries; closest known is {closest.name} ({len(expected)} entries); "
+            f"{describe_difference(shapes, expected)}")
 
 
 def _load(path, kind: str, candidates: tuple[Spec, ...], build, trust_pickle: bool) -> LoadedCheckpoint:
