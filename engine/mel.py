@@ -121,6 +121,9 @@ class StreamingMel:
 
     def __init__(self, fps: float = 25):
         self.fps = fps
+        self._reset()
+
+    def _reset(self) -> None:
         self._samples = np.zeros(0)      # pre-emphasised audio kept, starting at absolute sample _sample_base
         self._sample_base = 0
         self._head = np.zeros(0)          # the first N_FFT//2 + 1 samples, for the start reflection
@@ -155,7 +158,7 @@ class StreamingMel:
             return []
         self._compute_columns(until=frame_count(self._received), total=self._received)
         windows = self._take_windows(final=True)
-        self.__init__(self.fps)
+        self._reset()
         return windows
 
     def _compute_columns(self, until: int, total: int | None = None) -> None:

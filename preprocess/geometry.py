@@ -1,6 +1,8 @@
 """Crop boxes and the upright head alignment used by GFPGAN."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 # GFPGAN / FFHQ five-point template for a 512x512 aligned face (eyes, nose tip, mouth corners).
@@ -8,14 +10,17 @@ FFHQ_TEMPLATE_512 = np.array([[192.98138, 239.94708], [318.90277, 240.19360], [2
                               [201.26117, 371.41043], [313.08905, 371.15118]], np.float32)
 
 
-def padded_box(box: np.ndarray, pads: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
-    """Wav2Lip's crop rule: pads are (top, bottom, left, right) pixels, then clip to the image; integer box."""
+def padded_box(box: np.ndarray, pads: tuple[int, int, int, int], width: int, height: int) -> Optional[np.ndarray]:
+    """Wav2Lip's crop rule: pads are (top, bottom, left, right) pixels, then clip to the image; integer box.
+
+    None when less than 2x2 pixels of it remain inside the image (a face that has left the frame).
+    """
     top, bottom, left, right = pads
     x1, y1, x2, y2 = box
     out = np.array([max(0, int(x1) - left), max(0, int(y1) - top),
                     min(width, int(x2) + right), min(height, int(y2) + bottom)], np.int32)
     if out[2] - out[0] < 2 or out[3] - out[1] < 2:
-        raise ValueError(f"face box {box.tolist()} is outside the {width}x{height} frame")
+        return None
     return out
 
 

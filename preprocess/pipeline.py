@@ -7,14 +7,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
 from . import cache
-from .detect import Face, FaceDetector, make_detector
+from .detect import Face, make_detector
+from .export import export_training_clip, write_filelists
 from .geometry import box_in_head, head_alignment, padded_box
 from .smooth import smooth_stream
 from .video import TARGET_FPS, VideoError, VideoInfo, decode_frames, extract_audio, probe
@@ -83,26 +84,29 @@ def crop_resized(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
 
 
 def process_frame(writer: cache.CacheWriter, index: int, frame: np.ndarray, face: Optional[Face],
-                  cfg: PreprocessConfig, num_landmarks: int) -> None:
+                  cfg: PreprocessConfig, num_landmarks: int) -> bool:
+    """Write one frame's images and record; returns whether it has a usable face."""
     writer.write_image("bg", index, frame)
-    if face is None:
-        writer.add_record(empty_record(num_landmarks))
-        return
     h, w = frame.shape[:2]
-    box = padded_box(face.box, cfg.pads, w, h)
+    box = padded_box(face.box, cfg.pads, w, h) if face is not None else None
+    if box is None:  # no face, or one that has left the frame
+        writer.add_record(empty_record(num_landmarks))
+        return False
     writer.write_image("body_face", index, crop_resized(frame, box, cfg.face_size))
     forward, inverse = head_alignment(face.points5, cfg.head_size)
     head = cv2.warpAffine(frame, forward, (cfg.head_size, cfg.head_size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REFLECT101)
     writer.write_image("heads", index, head)
     head_box = padded_box(box_in_head(face.box, forward), cfg.pads, cfg.head_size, cfg.head_size)
+    if head_box is None:
+        head_box = np.array([0, 0, cfg.head_size, cfg.head_size], np.int32)
     writer.write_image("head_face", index, crop_resized(head, head_box, cfg.face_size))
     writer.add_record(cache.FrameRecord(True, box, face.box.astype(np.float32), forward, inverse, head_box,
                                         face.points5, face.landmarks))
+    return True
 
 
 def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: Optional[str] = None,
-                     detector_factory: Callable[[str], FaceDetector] = make_detector,
                      progress: bool = True) -> VideoResult:
     """Build (or reuse) the cache of one video. Raises VideoError for unusable input, nothing half-written remains."""
     start = time.monotonic()
@@ -117,19 +121,17 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
     if abs(info.fps - TARGET_FPS) > 0.01:
         log.info("%s: normalising %.3f fps to %d fps (the models are trained on 25 fps)", source.name, info.fps, TARGET_FPS)
 
-    detector = detector_factory(cfg.detector)
+    detector = make_detector(cfg.detector)
     writer = cache.CacheWriter(final_dir, cfg.jpeg_quality)
     try:
         has_audio = extract_audio(info, writer.tmp_dir / cache.AUDIO)
         detections = ((frame, detector.detect(frame)) for frame in decode_frames(info))
-        bar = tqdm(total=info.expected_frames, desc=name, unit="frame", leave=False, disable=not progress)
         frames = faces = 0
-        for index, (frame, face) in enumerate(smooth_stream(detections, cfg.smooth_radius)):
-            process_frame(writer, index, frame, face, cfg, detector.num_landmarks)
-            frames += 1
-            faces += face is not None
-            bar.update(1)
-        bar.close()
+        with tqdm(total=info.expected_frames, desc=name, unit="frame", leave=False, disable=not progress) as bar:
+            for index, (frame, face) in enumerate(smooth_stream(detections, cfg.smooth_radius)):
+                faces += process_frame(writer, index, frame, face, cfg, detector.num_landmarks)
+                frames += 1
+                bar.update(1)
         if frames == 0:
             raise VideoError(f"{source}: no frame could be decoded")
         if faces == 0:
@@ -172,8 +174,6 @@ def unique_names(sources: list[Path]) -> list[str]:
 
 def run_batch(inputs: Iterable[Path], out_root: Path, cfg: PreprocessConfig, progress: bool = True) -> list[VideoResult]:
     """Preprocess every video; one that fails is reported and the others go on. Detector problems stop the batch."""
-    from .export import export_training_clip, write_filelists
-
     sources = find_videos(inputs)
     Path(out_root).mkdir(parents=True, exist_ok=True)
     results: list[VideoResult] = []

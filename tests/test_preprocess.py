@@ -206,3 +206,23 @@ def test_small_faces_are_found_from_the_first_frame(tmp_path):
     det = cache.read_face_det(tmp_path / "cache" / "small")
     assert det["has_face"].all()
     assert min(iou(det["face_box"][i], path.box_at(i / 25)) for i in range(25)) >= 0.8
+
+
+def test_a_face_leaving_the_frame_is_flagged_not_fatal(tmp_path):
+    path = FacePath(sway=420, tilt=0, zoom=0)  # the face swings fully out of the 640 px frame and back
+    clip = make_presenter_clip(tmp_path / "exit.mp4", 4.0, 25, path)
+    result = run_batch([clip], tmp_path / "cache", PreprocessConfig(), progress=False)[0]
+    assert result.status == "done"
+    det = cache.read_face_det(tmp_path / "cache" / "exit")
+    outside = [i for i in range(100) if path.box_at(i / 25)[0] > 640 or path.box_at(i / 25)[2] < 0]
+    assert outside and not det["has_face"][outside].any()
+    assert det["has_face"].sum() > 20
+    boxes = det["box"][det["has_face"]]
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 640).all() and (boxes[:, 2] - boxes[:, 0] >= 2).all()
+
+
+def test_padded_box_clips_to_the_frame_and_gives_up_outside_it():
+    from preprocess.geometry import padded_box
+    assert padded_box(np.array([100, 50, 200, 150], np.float32), (0, 10, 0, 0), 640, 360).tolist() == [100, 50, 200, 160]
+    assert padded_box(np.array([600, 300, 700, 400], np.float32), (0, 10, 0, 0), 640, 360).tolist() == [600, 300, 640, 360]
+    assert padded_box(np.array([639.5, 10, 740, 110], np.float32), (0, 10, 0, 0), 640, 360) is None
