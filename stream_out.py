@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """stream-wav2lip command line.
 
+  python stream_out.py --checkpoint_path wav2lip_gan.pth --data_dir CACHE --audio_files a.mp3 b.wav --outfile out.mp4
+  python stream_out.py ... --outfile obs       MPEG-TS into an OBS Media Source (--obs_control sets OBS up)
+  python stream_out.py ... --outfile vcam      virtual camera + audio device
   python stream_out.py preprocess <video-or-folder>... --out <cache_root>   build presenter caches
   python stream_out.py demo [--out out/demo]                                sample presenter -> cache
+Run `python stream_out.py --help` for every engine flag.
 """
 from __future__ import annotations
 
@@ -13,17 +17,20 @@ COMMANDS = ("preprocess", "demo")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in COMMANDS:
+    if not argv:
         print(__doc__.strip(), file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+        return 2
     command, rest = argv[0], argv[1:]
     if command == "preprocess":
         import argparse
 
         from preprocess.__main__ import parse_args, run
         return run(parse_args(rest, argparse.ArgumentParser(prog="stream_out.py preprocess")))
-    from demo.__main__ import main as demo_main
-    return demo_main(rest)
+    if command == "demo":
+        from demo.__main__ import main as demo_main
+        return demo_main(rest)
+    from engine.cli import main as engine_main
+    return engine_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,189 @@
+"""python stream_out.py --checkpoint_path X --data_dir CACHE --audio_files a.mp3 b.wav --outfile out.mp4 | obs | vcam"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+from configs import ConfigError, apply_defaults
+
+log = logging.getLogger("stream_out")
+OBS_URL = "udp://127.0.0.1:23000?pkt_size=1316"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stream_out.py", description="Make a cached presenter speak, to a file or live.")
+    p.add_argument("--config", help="YAML preset (wav2lip96|288|384) or file; its 'stream_out' section sets defaults")
+    p.add_argument("--checkpoint_path", help="Wav2Lip generator checkpoint (wav2lip.pth, wav2lip_gan.pth, 288/384)")
+    p.add_argument("--data_dir", help="a presenter cache folder (from `stream_out.py preprocess`), or a cache root "
+                                      "holding exactly one")
+    p.add_argument("--face", help="uncached input: a video to preprocess first (uses --pads/--nosmooth)")
+    p.add_argument("--pads", type=int, nargs=4, default=[0, 10, 0, 0], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"))
+    p.add_argument("--nosmooth", action="store_true", help="with --face: no temporal smoothing of face boxes")
+    p.add_argument("--audio_files", nargs="+", default=[], help="audio to speak, played back to back")
+    p.add_argument("--mic", nargs="?", const="default", help="speak what the microphone hears (optional device)")
+    p.add_argument("--outfile", nargs="+", default=["out/result.mp4"],
+                   help="one or more of: a .mp4 path; 'obs' (MPEG-TS to OBS on %s); 'vcam' (virtual camera + "
+                        "audio device); a udp:// or srt:// URL" % OBS_URL)
+    p.add_argument("--enhance", default="none", choices=["none", "lip", "face"], help="GFPGAN on the head")
+    p.add_argument("--gfpgan_path", help="GFPGANv1.3.pth / GFPGANv1.4.pth (for --enhance lip|face)")
+    p.add_argument("--batch_size", type=int, default=16, help="frames per model call when writing a file")
+    p.add_argument("--live_batch_size", type=int, default=2, help="frames per model call when live")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16 (CUDA) or bf16")
+    p.add_argument("--audio_device", help="vcam: sound device the audio plays on (name or index)")
+    p.add_argument("--audio_delay_ms", type=float, default=0.0, help="vcam: delay the audio; OBS: audio sync offset")
+    p.add_argument("--latency_ms", type=float, default=400.0, help="live: audio-in to frame-out target")
+    p.add_argument("--silence_db", type=float, default=-45.0, help="quieter than this: no inference, still mouth")
+    p.add_argument("--color_match", action="store_true", help="match the generated region's colour to the face")
+    p.add_argument("--preview", action="store_true", help="also show the output in a window")
+    p.add_argument("--seconds", type=float, help="live: stop after this many seconds")
+    p.add_argument("--obs_host", default="127.0.0.1")
+    p.add_argument("--obs_port", type=int, default=4455)
+    p.add_argument("--obs_password", default="")
+    p.add_argument("--obs_control", action="store_true",
+                   help="with obs/vcam: create/refresh our source in OBS's current scene (or start its virtual camera)")
+    p.add_argument("--trust_checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
+    return p
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        try:
+            apply_defaults(parser, known.config, "stream_out")
+        except ConfigError as exc:
+            parser.error(str(exc))
+    return parser.parse_args(argv)
+
+
+def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:
+    from preprocess.cache import read_manifest
+    from preprocess.pipeline import PreprocessConfig, preprocess_video
+    if args.face:
+        root = Path("out/cache")
+        cfg = PreprocessConfig(face_size=face_size, pads=tuple(args.pads), smooth_radius=0 if args.nosmooth else 2)
+        return root / preprocess_video(Path(args.face), root, cfg).name
+    if not args.data_dir:
+        raise ValueError("give a presenter: --data_dir CACHE (see `stream_out.py preprocess`) or --face VIDEO")
+    folder = Path(args.data_dir)
+    if read_manifest(folder) is None and folder.is_dir():
+        caches = [d for d in sorted(folder.iterdir()) if d.is_dir() and read_manifest(d) is not None]
+        if len(caches) == 1:
+            return caches[0]
+        if len(caches) > 1:
+            raise ValueError(f"{folder} holds {len(caches)} presenter caches; pick one: "
+                             + ", ".join(str(c) for c in caches))
+    return folder
+
+
+def make_sinks(args: argparse.Namespace):
+    from engine.sinks import Mp4Sink, MpegTsSink, PreviewSink, VirtualCameraSink
+    sinks = []
+    for target in args.outfile:
+        if target == "obs":
+            sinks.append(MpegTsSink(OBS_URL))
+        elif target == "vcam":
+            sinks.append(VirtualCameraSink(args.audio_device, args.audio_delay_ms))
+        elif "://" in target or target.endswith(".ts"):
+            sinks.append(MpegTsSink(target))
+        else:
+            sinks.append(Mp4Sink(target))
+    if args.preview:
+        sinks.append(PreviewSink())
+    return sinks
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.audio import AudioError
+    from engine.composite import Compositor
+    from engine.loop import EngineConfig, LiveEngine, render_file
+    from engine.presenter import Presenter, PresenterError
+    from engine.sinks import SinkError
+    from engine.sources import Microphone, load_files
+    from models.gfpgan import GfpganEnhancer, load_gfpgan
+    from models.loader import CheckpointError, load_generator
+    from models.predictor import LipSyncPredictor
+    from preprocess.video import VideoError
+
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        if not args.checkpoint_path:
+            raise ValueError("no --checkpoint_path: give a Wav2Lip generator (wav2lip.pth / wav2lip_gan.pth, or a "
+                             "288/384 checkpoint)")
+        if not args.audio_files and not args.mic:
+            raise ValueError("nothing to say: give --audio_files a.wav … or --mic")
+        sinks = make_sinks(args)
+        live = any(s.live for s in sinks)
+        if live and any(not s.live for s in sinks):
+            raise ValueError("mix of a file and a live output: run them separately (a file renders faster than live)")
+        generator = load_generator(args.checkpoint_path, args.trust_checkpoint)
+        presenter = Presenter(resolve_cache(args, generator.spec.size), generator.spec.size,
+                              load_heads=args.enhance != "none")
+        enhancer = None
+        if args.enhance != "none":
+            if not args.gfpgan_path:
+                raise ValueError(f"--enhance {args.enhance} needs --gfpgan_path GFPGANv1.4.pth")
+            enhancer = GfpganEnhancer(load_gfpgan(args.gfpgan_path, args.trust_checkpoint), args.device)
+            if live and not enhancer.realtime:
+                raise ValueError(f"--enhance {args.enhance} cannot run live on the CPU (GFPGAN takes seconds per "
+                                 f"frame here); use it for --outfile x.mp4, or on a CUDA GPU")
+        predictor = LipSyncPredictor(generator.model, args.device, args.dtype,
+                                     batch_size=args.live_batch_size if live else args.batch_size)
+        predictor.warm_up(1)
+        compositor = Compositor(presenter, args.enhance, enhancer, args.color_match)
+        cfg = EngineConfig(batch_size=args.batch_size, live_batch_size=args.live_batch_size,
+                           silence_db=args.silence_db, latency_ms=args.latency_ms)
+        audio = load_files(args.audio_files) if args.audio_files else None
+        if not live:
+            stats = render_file(audio, presenter, predictor, compositor, sinks, cfg)
+            print(f"wrote {', '.join(args.outfile)}: {stats.frames} frames ({stats.frames / 25:.2f} s), "
+                  f"{stats.inferred} lip-synced")
+            return 0
+        if args.obs_control:
+            obs_control(args)
+        engine = LiveEngine(presenter, predictor, compositor, sinks, cfg)
+        microphone = None
+        if args.mic:
+            microphone = Microphone(engine.buffer, None if args.mic == "default" else args.mic)
+            microphone.start()
+        if audio is not None:
+            engine.push(audio)
+            if not args.mic:
+                engine.buffer.ended.set()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: engine.stop())
+        try:
+            stats = engine.run(args.seconds)
+        except KeyboardInterrupt:
+            engine.stop()
+            stats = engine.stats
+        finally:
+            if microphone:
+                microphone.stop()
+        print(f"streamed {stats.frames} frames ({stats.inferred} lip-synced, {stats.late} late)")
+        return 0
+    except (ValueError, AudioError, PresenterError, CheckpointError, SinkError, VideoError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def obs_control(args: argparse.Namespace) -> None:
+    from engine.obs import ObsSettings, setup_media_source, start_virtual_camera
+    settings = ObsSettings(args.obs_host, args.obs_port, args.obs_password)
+    for target in args.outfile:
+        if target == "obs" or "://" in target:
+            done = setup_media_source(settings, OBS_URL if target == "obs" else target, int(args.audio_delay_ms))
+            for line in done or []:
+                log.info("OBS: %s", line)
+        elif target == "vcam" and start_virtual_camera(settings):
+            log.info("OBS: virtual camera started")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run(parse_args(argv))

@@ -1,0 +1,125 @@
+"""Paste generated mouths back into the full frame, invisibly: feathered masks, optional colour match, and the
+GFPGAN head path (enhance face | lip) through the cached upright head and its inverse affine."""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from .presenter import Presenter
+
+ENHANCE_MODES = ("none", "lip", "face")
+
+
+def _smoothstep(edge: float, t: np.ndarray) -> np.ndarray:
+    x = np.clip(t / edge, 0, 1)
+    return x * x * (3 - 2 * x)
+
+
+@lru_cache(maxsize=8)
+def lower_face_mask(size: int) -> np.ndarray:
+    """Soft mask over mouth, jaw and chin in a Wav2Lip crop (brows to chin), exactly 0 on the crop border.
+
+    Eyes and brows stay the original pixels (the model redraws the whole crop but only the mouth matters), and
+    the zero border means no box edge can ever show."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+    ellipse = (((x - 0.5) / 0.40) ** 2 + ((y - 0.70) / 0.32) ** 2 <= 1).astype(np.float32)
+    soft = cv2.GaussianBlur(ellipse, (0, 0), sigmaX=0.06 * size)
+    border = _smoothstep(0.10, x) * _smoothstep(0.10, 1 - x) * _smoothstep(0.10, y) * _smoothstep(0.06, 1 - y)
+    return (soft * border).astype(np.float32)
+
+
+@lru_cache(maxsize=2)
+def head_face_mask(size: int = 512) -> np.ndarray:
+    """Soft face oval in the FFHQ-aligned head (eyes ~y 240, mouth ~y 371 at 512), 0 well inside the border."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    ellipse = (((x - 0.5) / 0.30) ** 2 + ((y - 0.56) / 0.36) ** 2 <= 1).astype(np.float32)
+    return cv2.GaussianBlur(ellipse, (0, 0), sigmaX=0.04 * size).astype(np.float32)
+
+
+def blend(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
+    """dst = mask * src + (1 - mask) * dst, in place, rounding to uint8."""
+    m = mask[..., None]
+    dst[:] = np.clip(src.astype(np.float32) * m + dst.astype(np.float32) * (1 - m) + 0.5, 0, 255).astype(np.uint8)
+
+
+def match_colour(generated: np.ndarray, original: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shift the generated crop's per-channel mean inside the mask to the original's (fixes a tinted mouth region)."""
+    weight = mask[..., None]
+    total = weight.sum() + 1e-6
+    shift = ((original.astype(np.float32) - generated.astype(np.float32)) * weight).sum((0, 1)) / total
+    return np.clip(generated.astype(np.float32) + shift, 0, 255).astype(np.uint8)
+
+
+class Compositor:
+    """Builds the output frame for one cache frame from a generated face crop (or passes the frame through)."""
+
+    def __init__(self, presenter: Presenter, enhance: str = "none", enhancer=None, colour_match: bool = False):
+        if enhance not in ENHANCE_MODES:
+            raise ValueError(f"--enhance must be one of {', '.join(ENHANCE_MODES)}")
+        if enhance != "none" and enhancer is None:
+            raise ValueError(f"--enhance {enhance} needs a GFPGAN model (--gfpgan_path)")
+        self.presenter = presenter
+        self.enhance = enhance
+        self.enhancer = enhancer
+        self.colour_match = colour_match
+        self.crop_mask = lower_face_mask(presenter.face_size)
+
+    def passthrough(self, index: int) -> np.ndarray:
+        return self.presenter.background(index)
+
+    def compose(self, indices: list[int], faces: np.ndarray) -> list[np.ndarray]:
+        """Frames for cache frames `indices` with generated crops `faces` (B, S, S, 3) pasted in."""
+        if self.colour_match:
+            faces = np.stack([match_colour(f, self.presenter.face(i), self.crop_mask) for i, f in zip(indices, faces)])
+        if self.enhance == "none":
+            return [self._paste_crop(i, f) for i, f in zip(indices, faces)]
+        heads = np.stack([self._head_with_mouth(i, f) for i, f in zip(indices, faces)])
+        restored = self.enhancer.enhance(heads)
+        if self.enhance == "lip":  # keep the enhanced pixels only where the mouth changed
+            restored = np.stack([self._lip_only(i, h, r) for i, h, r in zip(indices, heads, restored)])
+        return [self._paste_head(i, r) for i, r in zip(indices, restored)]
+
+    def _paste_crop(self, index: int, face: np.ndarray) -> np.ndarray:
+        frame = self.presenter.background(index)
+        x1, y1, x2, y2 = self.presenter.box[index]
+        size = (int(x2 - x1), int(y2 - y1))
+        blend(frame[y1:y2, x1:x2], cv2.resize(face, size, interpolation=cv2.INTER_LINEAR),
+              cv2.resize(self.crop_mask, size, interpolation=cv2.INTER_LINEAR))
+        return frame
+
+    def _head_with_mouth(self, index: int, face: np.ndarray) -> np.ndarray:
+        head = self.presenter.head(index)
+        x1, y1, x2, y2 = self.presenter.head_box[index]
+        size = (int(x2 - x1), int(y2 - y1))
+        blend(head[y1:y2, x1:x2], cv2.resize(face, size), cv2.resize(self.crop_mask, size))
+        return head
+
+    def _lip_only(self, index: int, head: np.ndarray, restored: np.ndarray) -> np.ndarray:
+        x1, y1, x2, y2 = self.presenter.head_box[index]
+        mask = np.zeros(head.shape[:2], np.float32)
+        mask[y1:y2, x1:x2] = cv2.resize(self.crop_mask, (int(x2 - x1), int(y2 - y1)))
+        out = head.copy()
+        blend(out, restored, mask)
+        return out
+
+    def _paste_head(self, index: int, head: np.ndarray) -> np.ndarray:
+        """Warp the head back through the inverse affine, only over its footprint in the frame."""
+        frame = self.presenter.background(index)
+        inverse = self.presenter.head_affine_inv[index].astype(np.float64)
+        size = head.shape[0]
+        corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64) @ inverse[:, :2].T + inverse[:, 2]
+        h, w = frame.shape[:2]
+        x1, y1 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
+        x2, y2 = np.minimum(np.ceil(corners.max(0)).astype(int), [w, h])
+        if x2 <= x1 or y2 <= y1:
+            return frame
+        shifted = inverse.copy()
+        shifted[:, 2] -= (x1, y1)
+        region = (int(x2 - x1), int(y2 - y1))
+        warped = cv2.warpAffine(head, shifted, region, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        mask = cv2.warpAffine(head_face_mask(size), shifted, region, flags=cv2.INTER_LINEAR, borderValue=0)
+        blend(frame[y1:y2, x1:x2], warped, mask)
+        return frame
