@@ -102,7 +102,7 @@ def make_sinks(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from engine.audio import AudioError
     from engine.composite import Compositor
-    from engine.loop import EngineConfig, LiveEngine, render_file
+    from engine.loop import EngineConfig, LiveEngine, Stats, render_file
     from engine.presenter import Presenter, PresenterError
     from engine.sinks import SinkError
     from engine.sources import Microphone, load_files
@@ -141,7 +141,13 @@ def run(args: argparse.Namespace) -> int:
                            silence_db=args.silence_db, latency_ms=args.latency_ms)
         audio = load_files(args.audio_files) if args.audio_files else None
         if not live:
-            stats = render_file(audio, presenter, predictor, compositor, sinks, cfg)
+            stats = Stats()
+            try:
+                render_file(audio, presenter, predictor, compositor, sinks, cfg, stats=stats)
+            except KeyboardInterrupt:  # the sinks were closed on the way out: the file holds what was rendered
+                print(f"interrupted: wrote {', '.join(args.outfile)} with the first {stats.frames} frames",
+                      file=sys.stderr)
+                return 130
             print(f"wrote {', '.join(args.outfile)}: {stats.frames} frames ({stats.frames / 25:.2f} s), "
                   f"{stats.inferred} lip-synced")
             return 0

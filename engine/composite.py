@@ -33,10 +33,13 @@ def lower_face_mask(size: int) -> np.ndarray:
 
 @lru_cache(maxsize=2)
 def head_face_mask(size: int = 512) -> np.ndarray:
-    """Soft face oval in the FFHQ-aligned head (eyes ~y 240, mouth ~y 371 at 512), 0 well inside the border."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    ellipse = (((x - 0.5) / 0.30) ** 2 + ((y - 0.56) / 0.36) ** 2 <= 1).astype(np.float32)
-    return cv2.GaussianBlur(ellipse, (0, 0), sigmaX=0.04 * size).astype(np.float32)
+    """Soft face oval in the FFHQ-aligned head (eyes ~y 240, mouth ~y 371 at 512), exactly 0 on the head border,
+    so the warped-back head square never shows an edge."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
+    ellipse = (((x - 0.5) / 0.30) ** 2 + ((y - 0.56) / 0.34) ** 2 <= 1).astype(np.float32)
+    soft = cv2.GaussianBlur(ellipse, (0, 0), sigmaX=0.04 * size)
+    border = _smoothstep(0.08, x) * _smoothstep(0.08, 1 - x) * _smoothstep(0.08, y) * _smoothstep(0.08, 1 - y)
+    return (soft * border).astype(np.float32)
 
 
 def blend(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
@@ -50,7 +53,7 @@ def match_colour(generated: np.ndarray, original: np.ndarray, mask: np.ndarray) 
     weight = mask[..., None]
     total = weight.sum() + 1e-6
     shift = ((original.astype(np.float32) - generated.astype(np.float32)) * weight).sum((0, 1)) / total
-    return np.clip(generated.astype(np.float32) + shift, 0, 255).astype(np.uint8)
+    return np.clip(np.rint(generated.astype(np.float32) + shift), 0, 255).astype(np.uint8)
 
 
 class Compositor:

@@ -86,11 +86,13 @@ def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor
 
 
 def render_file(audio: np.ndarray, presenter: Presenter, lipsync, compositor: Compositor, sinks: list[Sink],
-                cfg: EngineConfig = EngineConfig(), progress: bool = True) -> Stats:
-    """Whole audio known in advance: ceil(len/640) frames, as fast as possible, to non-live sinks (mp4)."""
+                cfg: EngineConfig = EngineConfig(), progress: bool = True, stats: Optional[Stats] = None) -> Stats:
+    """Whole audio known in advance: ceil(len/640) frames, as fast as possible, to non-live sinks (mp4).
+
+    Interrupted (Ctrl-C), the sinks are still closed: the mp4 is finished with the frames rendered so far."""
     from tqdm import tqdm
 
-    stats = Stats()
+    stats = stats if stats is not None else Stats()
     timeline = FrameTimeline(cfg.silence_db)
     units = (u for part in (timeline.push(audio), timeline.finish()) for u in part)
     total = -(-len(audio) // 640)

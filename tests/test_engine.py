@@ -251,3 +251,85 @@ def test_unreachable_obs_is_one_message_and_no_exception(caplog):
         assert setup_media_source(ObsSettings(port=port, timeout=1), "udp://127.0.0.1:23000") is None
     errors = [r for r in caplog.records if r.name == "engine.obs"]
     assert len(errors) == 1 and "not reachable" in errors[0].getMessage()
+
+
+def test_ctrl_c_finishes_the_mp4(checkpoint, built, talk, tmp_path):
+    import signal
+    long_audio = tmp_path / "long.wav"
+    soundfile.write(str(long_audio), np.tile(talk[1], 4), 16000)
+    out = tmp_path / "partial.mp4"
+    proc = subprocess.Popen([sys.executable, "stream_out.py", "--checkpoint_path", str(checkpoint), "--data_dir",
+                             str(built["cache"] / "clip25"), "--audio_files", str(long_audio), "--outfile", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".render-*/video.mp4")):
+        time.sleep(0.2)
+    time.sleep(3)  # some frames in
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-1500:]
+    assert "interrupted" in err
+    probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json",
+                                       str(out)], capture_output=True, text=True).stdout)
+    frames = int(next(s for s in probe["streams"] if s["codec_type"] == "video")["nb_read_frames"])
+    audio = next(s for s in probe["streams"] if s["codec_type"] == "audio")
+    assert 0 < frames < len(talk[1]) * 4 / 640
+    assert float(audio["duration"]) == pytest.approx(frames / 25, abs=0.06)  # audio cut with the video
+    assert not list(tmp_path.glob(".render-*"))
+
+
+def test_microphone_errors_at_the_device_boundary():
+    """No sound card here: sounddevice's real device lookup fails and says how to list devices."""
+    from engine.audio import AudioError
+    from engine.sources import AudioBuffer, Microphone
+    try:
+        Microphone(AudioBuffer(), device="no-such-microphone").stop()
+    except AudioError as exc:
+        assert "no-such-microphone" in str(exc) or "PortAudio" in str(exc)
+    else:
+        pytest.fail("a device named no-such-microphone should not exist")
+
+
+def test_colour_match_moves_the_mean_inside_the_mask():
+    from engine.composite import match_colour
+    original = np.full((96, 96, 3), (90, 120, 200), np.uint8)
+    generated = np.full((96, 96, 3), (60, 140, 170), np.uint8)
+    fixed = match_colour(generated, original, lower_face_mask(96))
+    assert np.abs(fixed.reshape(-1, 3).mean(0) - (90, 120, 200)).max() < 1.0
+
+
+@pytest.fixture(scope="module")
+def gfpgan_rig(built):
+    import torch
+    from models.gfpgan import GfpganEnhancer
+    from models.gfpgan.arch import build_gfpgan
+    torch.manual_seed(0)
+    presenter = Presenter(built["cache"] / "clip25", 96, load_heads=True)
+    return presenter, GfpganEnhancer(build_gfpgan(), "cpu")
+
+
+@pytest.mark.parametrize("mode", ["face", "lip"])
+def test_enhanced_head_goes_back_through_the_inverse_affine(gfpgan_rig, mode):
+    import cv2
+    presenter, enhancer = gfpgan_rig
+    index = int(np.flatnonzero(presenter.has_face)[5])
+    face = np.full((1, 96, 96, 3), 128, np.uint8)
+    frame = Compositor(presenter, mode, enhancer).compose([index], face)[0]
+    diff = np.abs(frame.astype(int) - presenter.background(index).astype(int)).max(axis=2)
+    # the head's footprint in the frame: the 512 square mapped back by the cached inverse affine
+    footprint = cv2.warpAffine(np.ones((512, 512), np.uint8), presenter.head_affine_inv[index],
+                               (presenter.width, presenter.height))
+    assert diff[footprint == 0].max() == 0 and diff.max() > 10
+    changed = diff > 10
+    if mode == "lip":  # only around the mouth: the cached face box, lower part
+        x1, y1, x2, y2 = presenter.box[index]
+        inside = np.zeros_like(changed)
+        inside[y1:y2, x1:x2] = True
+        assert changed[~inside].sum() < 0.02 * changed.sum()
+
+
+def test_head_mask_leaves_no_edge():
+    from engine.composite import head_face_mask
+    mask = head_face_mask(512)
+    assert mask[0].max() == mask[-1].max() == mask[:, 0].max() == mask[:, -1].max() == 0
+    assert mask[371, 256] > 0.99 and mask[240, 193] > 0.9  # mouth and eyes of the FFHQ template inside
