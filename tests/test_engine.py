@@ -333,3 +333,15 @@ def test_head_mask_leaves_no_edge():
     mask = head_face_mask(512)
     assert mask[0].max() == mask[-1].max() == mask[:, 0].max() == mask[:, -1].max() == 0
     assert mask[371, 256] > 0.99 and mask[240, 193] > 0.9  # mouth and eyes of the FFHQ template inside
+
+
+def test_presets_set_engine_defaults_and_flags_win(tmp_path):
+    from engine.cli import parse_args
+    args = parse_args(["--config", "wav2lip288", "--audio_files", "a.wav"])
+    assert (args.batch_size, args.live_batch_size, args.enhance, args.latency_ms) == (8, 2, "none", 400)
+    args = parse_args(["--config", "wav2lip384", "--batch_size", "2", "--audio_files", "a.wav"])
+    assert args.batch_size == 2 and args.live_batch_size == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stream_out:\n  no_such_flag: 1\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(bad)])

@@ -1,0 +1,98 @@
+"""Engine speed with the Wav2Lip-96 model (random weights; speed does not depend on them).
+
+python bench/engine.py [--seconds 20] [--live_seconds 20] [--enhance_seconds 0.4] [--device auto]
+- file render: wall time for `seconds` of espeak-ng speech into an mp4, vs real time;
+- live loop: frames lip-synced in time, late frames, presentation offset p50/p95, at the default 400 ms latency;
+- file render with each GFPGAN enhancer (a short clip: ~5 s per head on a CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from demo.presenter import FacePath, make_presenter_clip, speak  # noqa: E402
+from engine.audio import load_audio  # noqa: E402
+from engine.composite import Compositor  # noqa: E402
+from engine.loop import EngineConfig, LiveEngine, render_file  # noqa: E402
+from engine.presenter import Presenter  # noqa: E402
+from engine.sinks import Mp4Sink  # noqa: E402
+from models import wav2lip96  # noqa: E402
+from models.blocks import Wav2Lip  # noqa: E402
+from models.predictor import LipSyncPredictor  # noqa: E402
+from preprocess.pipeline import PreprocessConfig, preprocess_video  # noqa: E402
+
+TEXT = ("Welcome back to the stream. Today we look at how a lip sync engine keeps audio and video together, "
+        "frame by frame, while the presenter loops quietly in the background.")
+
+
+class NullLiveSink:
+    live = True
+
+    def open(self, width, height):
+        pass
+
+    def write(self, frame, audio, pts):
+        pass
+
+    def close(self):
+        pass
+
+
+def speech(work: Path, seconds: float) -> np.ndarray:
+    one = load_audio(speak(TEXT, work / "speech.wav"))
+    return np.tile(one, int(np.ceil(seconds * 16000 / len(one))))[: int(seconds * 16000)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--live_seconds", type=float, default=20.0)
+    parser.add_argument("--enhance_seconds", type=float, default=0.4)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+    clip = make_presenter_clip(work / "presenter.mp4", 4.0, 25, FacePath(width=1280, height=720, scale=1.4))
+    preprocess_video(clip, work / "cache", PreprocessConfig(), progress=False)
+    presenter = Presenter(work / "cache" / "presenter", 96, load_heads=True)
+    predictor = LipSyncPredictor(Wav2Lip(wav2lip96.GENERATOR).eval(), args.device)
+    predictor.warm_up(16)
+    audio = speech(work, max(args.seconds, args.live_seconds))
+    print(f"presenter 720p, Wav2Lip-96 on {predictor.device} ({str(predictor.dtype).replace('torch.', '')})")
+
+    start = time.perf_counter()
+    stats = render_file(audio[: int(args.seconds * 16000)], presenter, predictor, Compositor(presenter),
+                        [Mp4Sink(work / "out.mp4")], progress=False)
+    took = time.perf_counter() - start
+    print(f"file render, enhance none: {args.seconds:.0f} s of audio in {took:.1f} s "
+          f"({stats.frames / took:.1f} frames/s, {args.seconds / took:.2f}x real time, {stats.inferred} frames lip-synced)")
+
+    engine = LiveEngine(presenter, LipSyncPredictor(Wav2Lip(wav2lip96.GENERATOR).eval(), args.device, batch_size=2),
+                        Compositor(presenter), [NullLiveSink()], EngineConfig())
+    engine.push(audio[: int(args.live_seconds * 16000)])
+    engine.buffer.ended.set()
+    live = engine.run()
+    offsets = 1000 * np.array(live.present_offsets)
+    print(f"live loop, enhance none, latency target {EngineConfig().latency_ms:.0f} ms: {live.frames} frames, "
+          f"{live.inferred} lip-synced in time ({100 * live.inferred / max(live.frames, 1):.0f}%), {live.late} late; "
+          f"presentation offset p50 {np.percentile(offsets, 50):.1f} ms, p95 {np.percentile(offsets, 95):.1f} ms")
+
+    from models.gfpgan import GfpganEnhancer
+    from models.gfpgan.arch import build_gfpgan
+    enhancer = GfpganEnhancer(build_gfpgan(), args.device)
+    for mode in ("lip", "face"):
+        start = time.perf_counter()
+        stats = render_file(audio[: int(args.enhance_seconds * 16000)], presenter, predictor,
+                            Compositor(presenter, mode, enhancer), [Mp4Sink(work / f"{mode}.mp4")], progress=False)
+        took = time.perf_counter() - start
+        print(f"file render, enhance {mode}: {stats.frames} frames in {took:.1f} s ({stats.frames / took:.2f} frames/s)")
+
+
+if __name__ == "__main__":
+    main()
