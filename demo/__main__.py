@@ -1,7 +1,9 @@
-"""The built-in default job: make a sample presenter with speech, then preprocess it into a cache.
+"""The built-in default job: a sample presenter speaks sample speech, through the real engine, into demo.mp4.
 
-python -m demo [--out out/demo]   (also: python stream_out.py demo)
-Everything comes from packages already installed: the face is scikit-image's astronaut photo, the voice espeak-ng.
+python stream_out.py demo [--out out/demo] [--short] [engine flags, e.g. --outfile obs or --checkpoint_path X]
+Everything comes from what is installed: the face is scikit-image's astronaut photo moving in a gentle loop, the
+voice espeak-ng (an English and a Mandarin sentence), the lip model the weight-free mouth animator unless a Wav2Lip
+checkpoint is given.
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ from .presenter import FacePath, make_presenter_clip, speak
 
 SENTENCES = (("en-us", "Hello! I am your stream presenter. Everything you hear, my lips will follow, live."),
              ("cmn", "大家好，欢迎来到直播间。"))
+SHORT = (("en-us", "Hello, I am your stream presenter."),)
 
 
-def make_speech(folder: Path) -> Path:
-    """English then Mandarin, a short pause between, as one 16 kHz mono wav."""
-    parts = [speak(text, folder / f"speech_{i}.wav", voice) for i, (voice, text) in enumerate(SENTENCES)]
+def make_speech(folder: Path, sentences=SENTENCES) -> Path:
+    """The sentences one after another, a short pause between, as one 16 kHz mono wav."""
+    parts = [speak(text, folder / f"speech_{i}.wav", voice) for i, (voice, text) in enumerate(sentences)]
     out = folder / "speech.wav"
     filters = "".join(f"[{i}:a]aresample=16000,apad=pad_dur=0.4[a{i}];" for i in range(len(parts)))
     concat = "".join(f"[a{i}]" for i in range(len(parts))) + f"concat=n={len(parts)}:v=0:a=1[out]"
@@ -31,28 +34,29 @@ def make_speech(folder: Path) -> Path:
     return out
 
 
-def audio_seconds(path: Path) -> float:
-    import soundfile
-    return soundfile.info(str(path)).duration
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python stream_out.py demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where the sample and its cache go")
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where the sample media, cache and video go")
+    parser.add_argument("--short", action="store_true", help="one short sentence and a 2 s presenter loop (tests)")
     parser.add_argument("--face_size", type=int, default=96, choices=(96, 288, 384))
-    args = parser.parse_args(argv)
+    args, engine_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    speech = make_speech(args.out)
-    clip = make_presenter_clip(args.out / "presenter.mp4", seconds=round(audio_seconds(speech) + 0.5, 1),
-                               path=FacePath(width=960, height=540, scale=1.2), audio=speech)
-    print(f"sample presenter: {clip}")
+    speech = make_speech(args.out, SHORT if args.short else SENTENCES)
+    path = FacePath(width=960, height=540, scale=1.2)
+    clip = make_presenter_clip(args.out / "presenter.mp4", seconds=2.0 if args.short else path.period, path=path)
     results = run_batch([clip], args.out / "cache", PreprocessConfig(face_size=args.face_size))
     print(summary_table(results))
     if results[0].status == "failed":
         return 1
-    print(f"cache ready: {(args.out / 'cache' / results[0].name).resolve()}")
-    return 0
+    if "--outfile" not in engine_args:
+        engine_args += ["--outfile", str(args.out / "demo.mp4")]
+    from engine.cli import main as engine_main
+    code = engine_main(["--data_dir", str(args.out / "cache" / results[0].name), "--audio_files", str(speech),
+                        *engine_args])
+    if code == 0 and str(args.out / "demo.mp4") in engine_args:
+        print(f"demo video: {(args.out / 'demo.mp4').resolve()}")
+    return code
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ OBS_URL = "udp://127.0.0.1:23000?pkt_size=1316"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stream_out.py", description="Make a cached presenter speak, to a file or live.")
     p.add_argument("--config", help="YAML preset (wav2lip96|288|384) or file; its 'stream_out' section sets defaults")
-    p.add_argument("--checkpoint_path", help="Wav2Lip generator checkpoint (wav2lip.pth, wav2lip_gan.pth, 288/384)")
+    p.add_argument("--checkpoint_path", help="Wav2Lip generator checkpoint (wav2lip.pth, wav2lip_gan.pth, 288/384); "
+                                             "without one, the weight-free mouth animator is used")
     p.add_argument("--data_dir", help="a presenter cache folder (from `stream_out.py preprocess`), or a cache root "
                                       "holding exactly one")
     p.add_argument("--face", help="uncached input: a video to preprocess first (uses --pads/--nosmooth)")
@@ -108,23 +109,24 @@ def run(args: argparse.Namespace) -> int:
     from engine.sources import Microphone, load_files
     from models.gfpgan import GfpganEnhancer, load_gfpgan
     from models.loader import CheckpointError, load_generator
+    from models.mouthwarp import MouthAnimator
     from models.predictor import LipSyncPredictor
     from preprocess.video import VideoError
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
-        if not args.checkpoint_path:
-            raise ValueError("no --checkpoint_path: give a Wav2Lip generator (wav2lip.pth / wav2lip_gan.pth, or a "
-                             "288/384 checkpoint)")
         if not args.audio_files and not args.mic:
             raise ValueError("nothing to say: give --audio_files a.wav … or --mic")
         sinks = make_sinks(args)
         live = any(s.live for s in sinks)
         if live and any(not s.live for s in sinks):
             raise ValueError("mix of a file and a live output: run them separately (a file renders faster than live)")
-        generator = load_generator(args.checkpoint_path, args.trust_checkpoint)
-        presenter = Presenter(resolve_cache(args, generator.spec.size), generator.spec.size,
-                              load_heads=args.enhance != "none")
+        if args.checkpoint_path:
+            generator = load_generator(args.checkpoint_path, args.trust_checkpoint)
+            face_size = generator.spec.size
+        else:
+            generator, face_size = None, None
+        presenter = Presenter(resolve_cache(args, face_size or 96), face_size, load_heads=args.enhance != "none")
         enhancer = None
         if args.enhance != "none":
             if not args.gfpgan_path:
@@ -133,8 +135,13 @@ def run(args: argparse.Namespace) -> int:
             if live and not enhancer.realtime:
                 raise ValueError(f"--enhance {args.enhance} cannot run live on the CPU (GFPGAN takes seconds per "
                                  f"frame here); use it for --outfile x.mp4, or on a CUDA GPU")
-        predictor = LipSyncPredictor(generator.model, args.device, args.dtype,
-                                     batch_size=args.live_batch_size if live else args.batch_size)
+        if generator is not None:
+            predictor = LipSyncPredictor(generator.model, args.device, args.dtype,
+                                         batch_size=args.live_batch_size if live else args.batch_size)
+        else:
+            log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for Wav2Lip "
+                     "lip sync pass --checkpoint_path wav2lip_gan.pth")
+            predictor = MouthAnimator(presenter.face_size)
         predictor.warm_up(1)
         compositor = Compositor(presenter, args.enhance, enhancer, args.color_match)
         cfg = EngineConfig(batch_size=args.batch_size, live_batch_size=args.live_batch_size,

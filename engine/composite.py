@@ -27,7 +27,8 @@ def lower_face_mask(size: int) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
     ellipse = (((x - 0.5) / 0.40) ** 2 + ((y - 0.70) / 0.32) ** 2 <= 1).astype(np.float32)
     soft = cv2.GaussianBlur(ellipse, (0, 0), sigmaX=0.06 * size)
-    border = _smoothstep(0.10, x) * _smoothstep(0.10, 1 - x) * _smoothstep(0.10, y) * _smoothstep(0.06, 1 - y)
+    # exactly 0 on the crop border and above 30% of its height (brows and eyes are never touched)
+    border = _smoothstep(0.10, x) * _smoothstep(0.10, 1 - x) * _smoothstep(0.12, y - 0.30) * _smoothstep(0.06, 1 - y)
     return (soft * border).astype(np.float32)
 
 

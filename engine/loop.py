@@ -53,8 +53,8 @@ def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor
     """Yield (unit, frame) in order. Speech on a frame with a face goes through the model in batches; everything
     else is the cached frame, untouched (closed natural mouth in silence, faceless frames pass through).
 
-    `lipsync` is anything with predict(mel_windows (B,80,16), faces (B,S,S,3) uint8) -> faces, e.g. a
-    models.predictor.LipSyncPredictor. `too_late(unit, pending)` lets a live run skip the model for a frame that
+    `lipsync` is anything with predict(mel_windows (B,80,16), faces (B,S,S,3) uint8, landmarks (B,K,2) in crop
+    pixels) -> faces: models.predictor.LipSyncPredictor (Wav2Lip) or models.mouthwarp.MouthAnimator. `too_late(unit, pending)` lets a live run skip the model for a frame that
     would miss its presentation time if it joined the `pending` frames already batched."""
     stats = stats or Stats()
     batch: list[tuple[FrameUnit, int]] = []
@@ -65,7 +65,8 @@ def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor
         started = time.perf_counter()
         indices = [i for _, i in batch]
         faces = np.stack([presenter.face(i) for i in indices])
-        mouths = lipsync.predict(np.stack([u.window for u, _ in batch]), faces)
+        landmarks = np.stack([presenter.crop_landmarks(i) for i in indices])
+        mouths = lipsync.predict(np.stack([u.window for u, _ in batch]), faces, landmarks)
         frames = compositor.compose(indices, mouths)
         stats.infer_seconds += time.perf_counter() - started
         stats.inferred += len(batch)

@@ -69,6 +69,12 @@ class Presenter:
     def head(self, i: int) -> np.ndarray:
         return self._decode(self._head[i])
 
+    def crop_landmarks(self, i: int) -> np.ndarray:
+        """Frame i's landmarks in body_face crop pixels (the crop is the padded box resized to face_size)."""
+        x1, y1, x2, y2 = self.box[i].astype(np.float32)
+        scale = np.array([self.face_size / (x2 - x1), self.face_size / (y2 - y1)], np.float32)
+        return (self.landmarks[i] - np.array([x1, y1], np.float32)) * scale
+
     @property
     def memory_bytes(self) -> int:
         return sum(len(v) for d in (self._bg, self._face, self._head, self._head_face) for v in d.values())

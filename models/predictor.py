@@ -97,8 +97,11 @@ class LipSyncPredictor:
         """One dummy batch, so the first real frame does not pay for lazy initialisation (or cuDNN autotuning)."""
         self.predict(np.zeros((batch, 80, 16), np.float32), np.zeros((batch, self.size, self.size, 3), np.uint8))
 
-    def predict(self, mel_windows: np.ndarray, faces_bgr: np.ndarray) -> np.ndarray:
-        """mel_windows (B,80,16) float; faces_bgr (B,S,S,3) uint8 -> generated faces (B,S,S,3) uint8, BGR."""
+    def predict(self, mel_windows: np.ndarray, faces_bgr: np.ndarray, landmarks: Optional[np.ndarray] = None
+                ) -> np.ndarray:
+        """mel_windows (B,80,16) float; faces_bgr (B,S,S,3) uint8 -> generated faces (B,S,S,3) uint8, BGR.
+
+        `landmarks` is accepted for the engine's common interface and not needed: Wav2Lip sees only pixels."""
         if faces_bgr.ndim != 4 or faces_bgr.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"faces must be (B,{self.size},{self.size},3) for this {self.size}px model; got "
                              f"{faces_bgr.shape} (preprocess the video with --face_size {self.size})")
