@@ -20,7 +20,7 @@ import numpy as np
 # calibrated on espeak-ng speech: mel loudness near a frame is -4 in silence, about -2.9 .. -0.6 in speech
 LOUDNESS_CLOSED, LOUDNESS_OPEN = -3.2, -0.8
 TILT_SCALE = 1.3
-MAX_OPEN = 0.32      # jaw drop at full opening, as a fraction of the mouth width
+MAX_OPEN = 0.27      # jaw drop at full opening, as a fraction of the mouth width
 CAVITY_BGR = (30, 22, 48)
 TEETH_BGR = (196, 202, 212)
 
