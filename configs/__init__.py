@@ -37,3 +37,14 @@ def apply_defaults(parser: argparse.ArgumentParser, config: str, section: str) -
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in '{section}': {', '.join(unknown)}")
     parser.set_defaults(**values)
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, section: str) -> argparse.Namespace:
+    """Parse flags; a --config preset's `section` supplies the defaults first, so explicit flags still win."""
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        try:
+            apply_defaults(parser, known.config, section)
+        except ConfigError as exc:
+            parser.error(str(exc))
+    return parser.parse_args(argv)

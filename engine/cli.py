@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from configs import ConfigError, apply_defaults
+from configs import parse_with_config
 
 log = logging.getLogger("stream_out")
 OBS_URL = "udp://127.0.0.1:23000?pkt_size=1316"
@@ -53,14 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = build_parser()
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        try:
-            apply_defaults(parser, known.config, "stream_out")
-        except ConfigError as exc:
-            parser.error(str(exc))
-    return parser.parse_args(argv)
+    return parse_with_config(build_parser(), argv, "stream_out")
 
 
 def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from configs import ConfigError, apply_defaults
+from configs import parse_with_config
 
 from .detect import DETECTORS, DetectorUnavailable
 from .pipeline import FACE_SIZES, PreprocessConfig, run_batch, summary_table
@@ -56,15 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
-    """Parse flags, with a --config preset supplying defaults first."""
-    parser = build_parser(parser)
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        try:
-            apply_defaults(parser, known.config, "preprocess")
-        except ConfigError as exc:
-            parser.error(str(exc))
-    return parser.parse_args(argv)
+    return parse_with_config(build_parser(parser), argv, "preprocess")
 
 
 def main(argv: list[str] | None = None) -> int:
