@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from configs import parse_with_config
 
 log = logging.getLogger("stream_out")
@@ -110,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.audio_files and not args.mic:
             raise ValueError("nothing to say: give --audio_files a.wav … or --mic")
+        audio = load_files(args.audio_files) if args.audio_files else None  # fail fast, before any model loads
+        if audio is not None and np.sqrt(np.mean(np.square(audio, dtype=np.float64))) < 10 ** (args.silence_db / 20):
+            log.warning("the audio is silent (below %.0f dB): the presenter will keep a still mouth", args.silence_db)
         sinks = make_sinks(args)
         live = any(s.live for s in sinks)
         if live and any(not s.live for s in sinks):
@@ -139,7 +144,6 @@ def run(args: argparse.Namespace) -> int:
         compositor = Compositor(presenter, args.enhance, enhancer, args.color_match)
         cfg = EngineConfig(batch_size=args.batch_size, live_batch_size=args.live_batch_size,
                            silence_db=args.silence_db, latency_ms=args.latency_ms)
-        audio = load_files(args.audio_files) if args.audio_files else None
         if not live:
             stats = Stats()
             try:
