@@ -5,14 +5,14 @@
   python stream_out.py ... --outfile obs       MPEG-TS into an OBS Media Source (--obs_control sets OBS up)
   python stream_out.py ... --outfile vcam      virtual camera + audio device
   python stream_out.py preprocess <video-or-folder>... --out <cache_root>   build presenter caches
-  python stream_out.py demo [--out out/demo]                                sample presenter -> cache
+  python stream_out.py demo [--out out/demo]                    sample presenter speaks -> out/demo/demo.mp4
+  python stream_out.py obs-setup [--target obs|vcam] [--obs_password ...]   point OBS at our stream
 Run `python stream_out.py --help` for every engine flag.
 """
 from __future__ import annotations
 
 import sys
 
-COMMANDS = ("preprocess", "demo")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo":
         from demo.__main__ import main as demo_main
         return demo_main(rest)
+    if command == "obs-setup":
+        from engine.obs import main as obs_main
+        return obs_main(rest)
     from engine.cli import main as engine_main
     return engine_main(argv)
 

@@ -36,6 +36,9 @@ def connect(settings: ObsSettings):
     except ImportError as exc:
         log.error("obsws-python is not installed (%s); run scripts/setup.sh", exc)
         return None
+    library_log = logging.getLogger("obsws_python")  # it logs a full traceback even for errors we handle
+    level = library_log.level
+    library_log.setLevel(logging.CRITICAL)
     try:
         return obsws_python.ReqClient(host=settings.host, port=settings.port, password=settings.password,
                                       timeout=settings.timeout)
@@ -44,6 +47,8 @@ def connect(settings: ObsSettings):
                   "(Tools > WebSocket Server Settings); the stream keeps running and OBS can pick it up later.",
                   settings.host, settings.port, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return None
+    finally:
+        library_log.setLevel(level)
 
 
 def setup_media_source(settings: ObsSettings, url: str, audio_offset_ms: int = 0,
@@ -82,3 +87,30 @@ def start_virtual_camera(settings: ObsSettings, client=None) -> bool:
     except Exception as exc:
         log.error("OBS could not start its virtual camera: %s", str(exc).splitlines()[0])
         return False
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """stream_out.py obs-setup: point OBS at our stream (or start its virtual camera), idempotently."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="stream_out.py obs-setup", description=main.__doc__)
+    parser.add_argument("--target", default="obs", help="obs (our MPEG-TS on udp://127.0.0.1:23000), a udp:// or "
+                                                        "srt:// URL, or vcam (start OBS's virtual camera)")
+    parser.add_argument("--obs_host", default="127.0.0.1")
+    parser.add_argument("--obs_port", type=int, default=4455)
+    parser.add_argument("--obs_password", default="")
+    parser.add_argument("--audio_delay_ms", type=int, default=0, help="the input's audio sync offset")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    settings = ObsSettings(args.obs_host, args.obs_port, args.obs_password)
+    if args.target == "vcam":
+        ok = start_virtual_camera(settings)
+        print("OBS virtual camera is on" if ok else "OBS virtual camera could not be started")
+        return 0 if ok else 2
+    url = "udp://127.0.0.1:23000" if args.target == "obs" else args.target
+    done = setup_media_source(settings, url, args.audio_delay_ms)
+    if done is None:
+        return 2
+    for line in done:
+        print(f"OBS: {line}")
+    return 0
