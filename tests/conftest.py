@@ -43,3 +43,19 @@ def built(media, tmp_path_factory):
     results = run_batch([media["clip25"], media["clip30"]], root / "cache", cfg, progress=False)
     return {"root": root, "cache": root / "cache", "train": root / "train", "cfg": cfg,
             "results": {r.name: r for r in results}}
+
+
+@pytest.fixture(scope="session")
+def obs_studio(tmp_path_factory):
+    """A running OBS Studio (Xvfb, throw-away profile, websocket on 127.0.0.1); skipped only if OBS can't install."""
+    from obs_studio import ObsStudio, ensure_installed
+
+    reason = ensure_installed()
+    if reason:
+        pytest.skip(reason)
+    studio = ObsStudio(tmp_path_factory.mktemp("obs"))
+    try:
+        studio.start()
+        yield studio
+    finally:
+        studio.close()
