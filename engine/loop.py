@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -19,7 +20,7 @@ import numpy as np
 from .composite import Compositor
 from .mel import mel_basis
 from .presenter import Presenter, ping_pong
-from .sinks import Sink, wait_until
+from .sinks import Sink
 from .sources import AudioBuffer
 from .timeline import FPS, LOOKAHEAD, FrameTimeline, FrameUnit
 
@@ -27,7 +28,7 @@ log = logging.getLogger("engine")
 TICK = 320  # live timeline step: 20 ms of audio
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineConfig:
     batch_size: int = 16           # frames per model call (file renders); live runs use live_batch_size
     live_batch_size: int = 2       # small batches keep latency low
@@ -43,7 +44,8 @@ class Stats:
     infer_seconds: float = 0.0     # time spent in the model and composite for inferred frames
     late: int = 0                  # live frames presented after their time
     max_late_ms: float = 0.0
-    present_offsets: list = field(default_factory=list)  # live: actual - planned presentation time, seconds
+    # live: actual - planned presentation time (s) of the last 10 minutes of frames
+    present_offsets: deque = field(default_factory=lambda: deque(maxlen=FPS * 600))
 
 
 def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor: Compositor, batch_size: int,
@@ -54,8 +56,9 @@ def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor
     else is the cached frame, untouched (closed natural mouth in silence, faceless frames pass through).
 
     `lipsync` is anything with predict(mel_windows (B,80,16), faces (B,S,S,3) uint8, landmarks (B,K,2) in crop
-    pixels) -> faces: models.predictor.LipSyncPredictor (Wav2Lip) or models.mouthwarp.MouthAnimator. `too_late(unit, pending)` lets a live run skip the model for a frame that
-    would miss its presentation time if it joined the `pending` frames already batched."""
+    pixels) -> faces: models.predictor.LipSyncPredictor (Wav2Lip) or models.mouthwarp.MouthAnimator.
+    `too_late(unit, pending)` lets a live run skip the model for a frame that would miss its presentation time if
+    it joined the `pending` frames already batched."""
     stats = stats or Stats()
     batch: list[tuple[FrameUnit, int]] = []
 
@@ -110,6 +113,14 @@ def render_file(audio: np.ndarray, presenter: Presenter, lipsync, compositor: Co
         for sink in sinks:
             sink.close()
     return stats
+
+
+def wait_until(deadline: float) -> float:
+    """Sleep until a monotonic deadline; return how late we are (s, >= 0)."""
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+    return max(0.0, time.monotonic() - deadline)
 
 
 def threaded(items: Iterable, maxsize: int, name: str, stop: threading.Event) -> Iterator:

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -242,11 +241,3 @@ class PreviewSink:
 
     def close(self) -> None:
         self._cv2.destroyWindow("stream-wav2lip")
-
-
-def wait_until(deadline: float) -> float:
-    """Sleep until a monotonic deadline; return how late we are (s, >= 0)."""
-    remaining = deadline - time.monotonic()
-    if remaining > 0:
-        time.sleep(remaining)
-    return max(0.0, time.monotonic() - deadline)

@@ -1,6 +1,7 @@
 """Real test media, made once per session from what ships in packages: the astronaut photo and espeak-ng speech."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,25 @@ import pytest
 from demo.presenter import FacePath, make_presenter_clip, speak
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class CollectSink:
+    """A real sink that keeps every frame, its audio, frame number and send time, to inspect output exactly."""
+
+    def __init__(self, live: bool = False):
+        self.live = live
+
+    def open(self, width, height):
+        self.frames, self.audio, self.times, self.numbers = [], [], [], []
+
+    def write(self, frame, audio, pts):  # the engine hands every sink a fresh array per frame: no copy needed
+        self.frames.append(frame)
+        self.audio.append(audio)
+        self.times.append(time.monotonic())
+        self.numbers.append(int(round(pts * 25)))
+
+    def close(self):
+        pass
 
 CLIP_SECONDS = 4.0
 COVER = (2.0, 2.6)  # seconds during which a card hides the face in clip25

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import ROOT
+from conftest import ROOT, CollectSink
 from engine.audio import load_audio
 from engine.composite import Compositor, lower_face_mask
 from engine.loop import EngineConfig, LiveEngine, render_file
@@ -25,26 +25,6 @@ from models import wav2lip96
 from models.blocks import SyncNet, Wav2Lip
 from models.loader import load_generator, save_checkpoint
 from models.predictor import LipSyncPredictor
-
-
-class CollectSink:
-    """Keeps every frame and its audio in memory (a real sink, for inspecting output exactly)."""
-    live = False
-
-    def open(self, width, height):
-        self.size, self.frames, self.audio, self.times = (width, height), [], [], []
-
-    def write(self, frame, audio, pts):
-        self.frames.append(frame.copy())
-        self.audio.append(audio.copy())
-        self.times.append(time.monotonic())
-
-    def close(self):
-        pass
-
-
-class LiveCollectSink(CollectSink):
-    live = True
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +168,7 @@ def test_live_udp_stream_reaches_a_listener(rig, talk, tmp_path):
 
 def test_live_pacing_holds_25_fps_for_60_seconds_without_drift(rig, caplog):
     presenter, predictor, compositor = rig
-    sink = LiveCollectSink()
+    sink = CollectSink(live=True)
     engine = LiveEngine(presenter, predictor, compositor, [sink], EngineConfig())
     stats = engine.run(max_seconds=60)  # no input: the timeline runs on silence, as between utterances
     offsets = np.array(stats.present_offsets)

@@ -8,26 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, CollectSink
 from engine.audio import load_audio
 from engine.composite import Compositor
 from engine.loop import render_file
 from engine.presenter import Presenter, ping_pong
 from engine.timeline import FrameTimeline
 from models.mouthwarp import MouthAnimator, audio_features
-
-
-class CollectSink:
-    live = False
-
-    def open(self, width, height):
-        self.frames = []
-
-    def write(self, frame, audio, pts):
-        self.frames.append(frame)
-
-    def close(self):
-        pass
 
 
 @pytest.fixture(scope="module")

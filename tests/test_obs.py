@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, CollectSink
 from engine.audio import load_audio
 from engine.composite import Compositor
 from engine.loop import EngineConfig, LiveEngine
@@ -22,20 +22,6 @@ from models.mouthwarp import MouthAnimator
 from obs_studio import PASSWORD, free_port
 
 SIMILAR = 0.9  # normalised correlation between an OBS screenshot and the frame we sent
-
-
-class RecordingSink:
-    """Keeps what was sent and when, to compare with what OBS shows."""
-    live = True
-
-    def open(self, width, height):
-        self.sent = []
-
-    def write(self, frame, audio, pts):
-        self.sent.append((time.monotonic(), int(round(pts * 25)), frame, float(np.sqrt(np.mean(audio ** 2)))))
-
-    def close(self):
-        pass
 
 
 def screenshot(client, width: int, height: int) -> np.ndarray:
@@ -49,9 +35,10 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
 
 
-def best_match(shot: np.ndarray, sent: list, since: float) -> tuple[float, int]:
+def best_match(shot: np.ndarray, sink: CollectSink, since: float) -> tuple[float, int]:
     """(similarity, frame number) of the sent frame the screenshot shows best, among those sent after `since`."""
-    return max((similarity(shot, frame), k) for t, k, frame, _ in sent if t >= since)
+    return max(((similarity(shot, frame), k) for t, k, frame in zip(sink.times, sink.numbers, sink.frames)
+                if t >= since), default=(0.0, -1))  # nothing sent yet: no match
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +49,7 @@ def stage(built, media):
 
 
 def start_engine(presenter, audio, port):
-    sink = RecordingSink()
+    sink = CollectSink(live=True)
     engine = LiveEngine(presenter, MouthAnimator(presenter.face_size), Compositor(presenter),
                         [MpegTsSink(f"udp://127.0.0.1:{port}?pkt_size=1316"), sink], EngineConfig())
     engine.push(audio)
@@ -70,6 +57,17 @@ def start_engine(presenter, audio, port):
     thread = threading.Thread(target=engine.run, daemon=True)
     thread.start()
     return engine, sink, thread
+
+
+def wait_for_our_frames(obs_studio, presenter, sink, timeout: float = 12.0) -> float:
+    """Seconds until OBS shows one of the frames we just sent (it needs a keyframe after connecting)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        shot = screenshot(obs_studio.client(), presenter.width, presenter.height)
+        if best_match(shot, sink, time.monotonic() - 2.0)[0] >= SIMILAR:
+            return time.monotonic() - start
+        time.sleep(0.5)
+    raise AssertionError(f"OBS did not show our stream within {timeout} s")
 
 
 def test_obs_setup_creates_then_updates_one_input(obs_studio):
@@ -90,7 +88,7 @@ def test_obs_setup_creates_then_updates_one_input(obs_studio):
 def test_obs_shows_our_presenter_speaking_and_hears_it(obs_studio, stage, tmp_path):
     import obsws_python
     presenter, speech = stage
-    speech = np.tile(speech, 2)  # OBS shows nothing before its first keyframe (~2 s): give the speech room
+    speech = np.tile(speech, 3)  # room for OBS's start-up (it shows nothing before a keyframe) plus the shots
     audio = np.concatenate([speech, np.zeros(16000 * 4, np.float32)])  # speech, then 4 s of silence
     port = free_port()
     assert setup_media_source(obs_studio.settings, f"udp://127.0.0.1:{port}")
@@ -105,16 +103,21 @@ def test_obs_shows_our_presenter_speaking_and_hears_it(obs_studio, stage, tmp_pa
                                       subs=obsws_python.Subs.INPUTVOLUMEMETERS)
     events.callback.register(on_input_volume_meters)
     engine, sink, thread = start_engine(presenter, audio, port)
+    start = time.monotonic()
+    speech_end = len(speech) / 16000
+    wait_for_our_frames(obs_studio, presenter, sink)
     client = obs_studio.client()
     shots = []
-    speech_end = len(speech) / 16000
-    start = time.monotonic()
-    for when in (3.0, 4.0, 5.0, 6.0, 7.0, speech_end + 2.5, speech_end + 3.0):
+    while time.monotonic() - start < speech_end - 0.8:  # while speaking, as long as there is speech left
+        shots.append((time.monotonic() - start, time.monotonic(), screenshot(client, presenter.width, presenter.height)))
+        time.sleep(0.6)
+    for when in (speech_end + 2.5, speech_end + 3.0):
         time.sleep(max(0.0, start + when - time.monotonic()))
         shots.append((when, time.monotonic(), screenshot(client, presenter.width, presenter.height)))
+    assert len(shots) >= 5, f"OBS took {shots[0][0] if shots else '?'} s to show the stream: too few speech shots"
     thread.join(timeout=30)
     events.disconnect()
-    cv2.imwrite(str(tmp_path / "obs_speech.png"), shots[2][2])
+    cv2.imwrite(str(tmp_path / "obs_speech.png"), shots[1][2])
 
     def mouth_change(shot, frame_number):
         index = ping_pong(frame_number, presenter.frames)
@@ -124,7 +127,7 @@ def test_obs_shows_our_presenter_speaking_and_hears_it(obs_studio, stage, tmp_pa
 
     speaking, silent = [], []
     for when, taken, shot in shots:
-        score, k = best_match(shot, sink.sent, taken - 2.0)
+        score, k = best_match(shot, sink, taken - 2.0)
         assert score >= SIMILAR, f"screenshot at {when:.1f} s shows something else (best correlation {score:.2f})"
         (speaking if when < speech_end else silent).append(mouth_change(shot, k))
     assert max(speaking) > 2 * max(silent) + 2, (speaking, silent)
@@ -134,17 +137,6 @@ def test_obs_shows_our_presenter_speaking_and_hears_it(obs_studio, stage, tmp_pa
     after = [level for t, level in levels if t0 + speech_end + 1.5 < t < t0 + speech_end + 3.5]
     assert during and after, f"no volume meter events for {INPUT_NAME}"
     assert max(during) > 0.05 and max(after) < 0.01, (max(during), max(after))
-
-
-def wait_for_our_frames(obs_studio, presenter, sink, timeout: float = 12.0) -> float:
-    """Seconds until OBS shows one of the frames we just sent (it needs a keyframe after connecting)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        shot = screenshot(obs_studio.client(), presenter.width, presenter.height)
-        if best_match(shot, sink.sent, time.monotonic() - 2.0)[0] >= SIMILAR:
-            return time.monotonic() - start
-        time.sleep(0.5)
-    raise AssertionError(f"OBS did not show our stream within {timeout} s")
 
 
 def test_engine_outlives_obs_and_the_input_recovers(obs_studio, stage):
@@ -157,9 +149,9 @@ def test_engine_outlives_obs_and_the_input_recovers(obs_studio, stage):
     assert setup_media_source(obs_studio.settings, f"udp://127.0.0.1:{port}")
     wait_for_our_frames(obs_studio, presenter, sink)
     obs_studio.stop_obs()  # OBS goes away mid-stream
-    frames_before = len(sink.sent)
+    frames_before = len(sink.frames)
     time.sleep(1.5)
-    assert thread.is_alive() and len(sink.sent) > frames_before + 25  # the engine kept streaming
+    assert thread.is_alive() and len(sink.frames) > frames_before + 25  # the engine kept streaming
     obs_studio.start()
     assert setup_media_source(obs_studio.settings, f"udp://127.0.0.1:{port}")
     wait_for_our_frames(obs_studio, presenter, sink)
