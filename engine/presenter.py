@@ -31,8 +31,6 @@ class Presenter:
         if face_size is not None and manifest["face_size"] != face_size:
             raise PresenterError(f"{self.dir}: cache was made for {manifest['face_size']} px faces but the model needs "
                                  f"{face_size} px; rebuild it with `preprocess --face_size {face_size}`")
-        self.manifest = manifest
-        self.fps = manifest["fps"]
         self.face_size = manifest["face_size"]
         self.width, self.height = manifest["width"], manifest["height"]
         det = cache.read_face_det(self.dir)
@@ -46,7 +44,6 @@ class Presenter:
         faces = np.flatnonzero(self.has_face)
         self._face = self._read_all("body_face", faces)
         self._head = self._read_all("heads", faces) if load_heads else {}
-        self._head_face = self._read_all("head_face", faces) if load_heads else {}
 
     def _read_all(self, sub: str, indices) -> dict[int, bytes]:
         folder = self.dir / sub
@@ -74,10 +71,6 @@ class Presenter:
         x1, y1, x2, y2 = self.box[i].astype(np.float32)
         scale = np.array([self.face_size / (x2 - x1), self.face_size / (y2 - y1)], np.float32)
         return (self.landmarks[i] - np.array([x1, y1], np.float32)) * scale
-
-    @property
-    def memory_bytes(self) -> int:
-        return sum(len(v) for d in (self._bg, self._face, self._head, self._head_face) for v in d.values())
 
 
 def ping_pong(k: int, frames: int) -> int:

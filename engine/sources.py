@@ -48,11 +48,6 @@ class AudioBuffer:
                     self._chunks[0] = chunk[used:]
         return out
 
-    def clear(self) -> None:
-        with self._lock:
-            self._chunks.clear()
-            self._size = 0
-
 
 def load_files(paths: list[Path | str]) -> np.ndarray:
     """Several audio files back to back, as one 16 kHz mono timeline."""
