@@ -22,9 +22,9 @@ import numpy as np
 import soundfile
 
 from .mel import SAMPLE_RATE
+from .timeline import FPS
 
 log = logging.getLogger("engine.sinks")
-FPS = 25
 
 
 class SinkError(RuntimeError):
