@@ -14,6 +14,11 @@ class AudioError(RuntimeError):
     """An audio input that cannot be used; the message says why, in one line."""
 
 
+def rms(samples: np.ndarray) -> float:
+    """Root-mean-square level of float samples (1.0 = full scale)."""
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
+
+
 def load_audio(path: Path | str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     path = Path(path)
     if not path.is_file():

@@ -9,8 +9,6 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 from configs import parse_with_config
 
 log = logging.getLogger("stream_out")
@@ -96,7 +94,7 @@ def make_sinks(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.audio import AudioError
+    from engine.audio import AudioError, rms
     from engine.composite import Compositor
     from engine.loop import EngineConfig, LiveEngine, Stats, render_file
     from engine.presenter import Presenter, PresenterError
@@ -113,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.audio_files and not args.mic:
             raise ValueError("nothing to say: give --audio_files a.wav … or --mic")
         audio = load_files(args.audio_files) if args.audio_files else None  # fail fast, before any model loads
-        if audio is not None and np.sqrt(np.mean(np.square(audio, dtype=np.float64))) < 10 ** (args.silence_db / 20):
+        if audio is not None and rms(audio) < 10 ** (args.silence_db / 20):
             log.warning("the audio is silent (below %.0f dB): the presenter will keep a still mouth", args.silence_db)
         sinks = make_sinks(args)
         live = any(s.live for s in sinks)

@@ -7,6 +7,7 @@ from typing import Optional
 
 import numpy as np
 
+from .audio import rms
 from .mel import N_FFT, SAMPLE_RATE, StreamingMel
 
 FPS = 25
@@ -70,7 +71,7 @@ class FrameTimeline:
         audio = self._slice(start, start + SAMPLES_PER_FRAME)
         # what the window hears: mel frames 3.2k .. 3.2k+15, each centred on its hop with half an FFT either side
         span = self._slice(start - N_FFT // 2, start + LOOKAHEAD)
-        speaking = bool(span.size and np.sqrt(np.mean(np.square(span, dtype=np.float64))) > self.silence_rms)
+        speaking = rms(span) > self.silence_rms
         self._next += 1
         self._last_window = window
         self._drop_before(self._next * SAMPLES_PER_FRAME - N_FFT // 2)
