@@ -16,6 +16,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from ..loader import shapes_of
+
 NOISE_MAPS = 15  # stylegan_decoder.noises.noise0..14: fixed noise stored in the checkpoint
 
 
@@ -48,5 +50,4 @@ def build_gfpgan() -> nn.Module:
 @lru_cache(maxsize=1)
 def gfpgan_signature() -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
-        model = build_gfpgan()
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return shapes_of(build_gfpgan().state_dict())
