@@ -1,13 +1,17 @@
 """Engine speed with the Wav2Lip-96 model (random weights; speed does not depend on them).
 
-python bench/engine.py [--seconds 20] [--live_seconds 20] [--enhance_seconds 0.4] [--device auto]
+python bench/engine.py [--data_dir CACHE] [--seconds 20] [--live_seconds 20] [--enhance_seconds 0.4]
+                       [--device auto] [--runtime auto] [--dtype auto] [--latency_ms 300] [--live_batch_size 1]
 - file render: wall time for `seconds` of espeak-ng speech into an mp4, vs real time;
-- live loop: frames lip-synced in time, late frames, presentation offset p50/p95, at the default 400 ms latency;
+- live loop (null sink): speech frames lip-synced in time, late frames, audio-in -> frame-out latency p50/p95,
+  CPU use and peak RSS (of this whole process; bench/memory.py measures a live run on its own);
 - file render with each GFPGAN enhancer (a short clip: ~5 s per head on a CPU).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -55,16 +59,28 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--live_seconds", type=float, default=20.0)
     parser.add_argument("--enhance_seconds", type=float, default=0.4)
+    parser.add_argument("--data_dir", help="a presenter cache to use (e.g. out/demo/cache/presenter from "
+                                           "`stream_out.py demo`); default: a generated 720p presenter")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--runtime", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--latency_ms", type=float, default=300.0)
+    parser.add_argument("--live_batch_size", type=int, default=1)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
-    clip = make_presenter_clip(work / "presenter.mp4", 4.0, 25, FacePath(width=1280, height=720, scale=1.4))
-    preprocess_video(clip, work / "cache", PreprocessConfig(), progress=False)
-    presenter = Presenter(work / "cache" / "presenter", 96, load_heads=True)
-    predictor = LipSyncPredictor(Wav2Lip(wav2lip96.GENERATOR).eval(), args.device)
+    if args.data_dir:
+        presenter = Presenter(args.data_dir, 96, load_heads=True)
+    else:
+        clip = make_presenter_clip(work / "presenter.mp4", 4.0, 25, FacePath(width=1280, height=720, scale=1.4))
+        preprocess_video(clip, work / "cache", PreprocessConfig(), progress=False)
+        presenter = Presenter(work / "cache" / "presenter", 96, load_heads=True)
+    model = Wav2Lip(wav2lip96.GENERATOR).eval()
+    predictor = LipSyncPredictor(model, args.device, args.dtype, runtime=args.runtime,
+                                 calibration_faces=presenter.sample_faces(64), store_dir=work / "runtime")
     predictor.warm_up(16)
     audio = speech(work, max(args.seconds, args.live_seconds))
-    print(f"presenter 720p, Wav2Lip-96 on {predictor.device} ({str(predictor.dtype).replace('torch.', '')})")
+    print(f"presenter {presenter.width}x{presenter.height}, Wav2Lip-96 on {predictor.device} via {predictor.runtime} "
+          f"({str(predictor.precision).replace('torch.', '')})")
 
     start = time.perf_counter()
     stats = render_file(audio[: int(args.seconds * 16000)], presenter, predictor, Compositor(presenter),
@@ -73,15 +89,21 @@ def main() -> None:
     print(f"file render, enhance none: {args.seconds:.0f} s of audio in {took:.1f} s "
           f"({stats.frames / took:.1f} frames/s, {args.seconds / took:.2f}x real time, {stats.inferred} frames lip-synced)")
 
-    engine = LiveEngine(presenter, LipSyncPredictor(Wav2Lip(wav2lip96.GENERATOR).eval(), args.device, batch_size=2),
-                        Compositor(presenter), [NullLiveSink()], EngineConfig())
+    predictor.batch_size = args.live_batch_size
+    cfg = EngineConfig(latency_ms=args.latency_ms, live_batch_size=args.live_batch_size)
+    engine = LiveEngine(presenter, predictor, Compositor(presenter), [NullLiveSink()], cfg)
     engine.push(audio[: int(args.live_seconds * 16000)])
     engine.buffer.ended.set()
+    cpu_before, wall_before = os.times(), time.perf_counter()
     live = engine.run()
-    offsets = 1000 * np.array(live.present_offsets)
-    print(f"live loop, enhance none, latency target {EngineConfig().latency_ms:.0f} ms: {live.frames} frames, "
-          f"{live.inferred} lip-synced in time ({100 * live.inferred / max(live.frames, 1):.0f}%), {live.late} late; "
-          f"presentation offset p50 {np.percentile(offsets, 50):.1f} ms, p95 {np.percentile(offsets, 95):.1f} ms")
+    cpu = sum(os.times()[:2]) - sum(cpu_before[:2])
+    wall = time.perf_counter() - wall_before
+    latency = args.latency_ms + 1000 * np.array(live.present_offsets)  # audio-in -> frame-out, per frame
+    print(f"live loop, enhance none, batch {args.live_batch_size}: {live.frames} frames in {wall:.1f} s "
+          f"({live.frames / wall:.1f} frames/s), {live.inferred} of {live.speech} speech frames lip-synced in time "
+          f"({100 * live.inferred / max(live.speech, 1):.0f}%), {live.late} late; audio-in -> frame-out latency "
+          f"p50 {np.percentile(latency, 50):.0f} ms, p95 {np.percentile(latency, 95):.0f} ms; CPU {100 * cpu / wall:.0f}% "
+          f"(of {os.cpu_count()} cores x 100%); peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
     from models.gfpgan import GfpganEnhancer
     from models.gfpgan.arch import build_gfpgan

@@ -1,8 +1,9 @@
 """Model-only speed: Wav2Lip 96/288/384 frames/s per batch size and dtype, and GFPGAN ms per 512 head.
 
 python bench/models.py [--sizes 96 288 384] [--device auto|cpu|cuda] [--seconds 3] [--skip_gfpgan]
-Random weights (speed does not depend on them). 'eager' is the reference way (plain fp32 model, NCHW);
-'predictor' is ours (BatchNorm folded, channels-last, the dtype shown), including uint8 pre/post-processing.
+Random weights (speed does not depend on them). 'eager' is the reference way (plain fp32 model, NCHW); the
+others are our predictor (BatchNorm folded, uint8 pre/post-processing included) per runtime and precision:
+torch (channels-last) and, on the CPU, OpenVINO fp32 and int8 (calibrated on astronaut crops).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import wav2lip96, wav2lip288, wav2lip384  # noqa: E402
 from models.blocks import Wav2Lip  # noqa: E402
-from models.predictor import LipSyncPredictor, cpu_has_native_bf16, pick_device  # noqa: E402
+from models.predictor import LipSyncPredictor, pick_device  # noqa: E402
+from models.runtime import cpu_has_native_bf16, cpu_has_vnni, openvino_available  # noqa: E402
 
 SPECS = {96: wav2lip96.GENERATOR, 288: wav2lip288.GENERATOR, 384: wav2lip384.GENERATOR}
 BATCHES = {"cpu": {96: (1, 8, 16, 32), 288: (1, 4), 384: (1, 4)},
@@ -38,9 +40,25 @@ def timed(run, seconds: float, device: torch.device) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def astronaut_crops(size: int, count: int = 24) -> np.ndarray:
+    """int8 calibration crops: the astronaut's face, shifted a little each time."""
+    import cv2
+    from demo.presenter import astronaut_bgr
+    photo = astronaut_bgr()
+    return np.stack([cv2.resize(photo[55 + i % 6:175 + i % 6, 160 + i % 8:280 + i % 8], (size, size))
+                     for i in range(count)])
+
+
+def variants(device: torch.device) -> list[tuple[str, str]]:
+    """(runtime, dtype) pairs this device runs."""
+    if device.type == "cuda":
+        return [("torch", "fp32"), ("torch", "fp16"), ("torch", "bf16")]
+    found = [("torch", "fp32"), ("torch", "bf16")]
+    return found + ([("openvino", "fp32"), ("openvino", "int8")] if openvino_available() else [])
+
+
 def bench_wav2lip(size: int, device: torch.device, seconds: float) -> list[tuple]:
     model = Wav2Lip(SPECS[size]).eval()
-    dtypes = [torch.float32] + ([torch.float16, torch.bfloat16] if device.type == "cuda" else [torch.bfloat16])
     rows = []
     for batch in BATCHES[device.type][size]:
         rng = np.random.default_rng(0)
@@ -51,10 +69,11 @@ def bench_wav2lip(size: int, device: torch.device, seconds: float) -> list[tuple
         with torch.inference_mode():
             per_call = timed(lambda: eager(mel, x), seconds, device)
         rows.append(report(size, batch, "eager fp32", batch / per_call))
-        for dtype in dtypes:
-            predictor = LipSyncPredictor(model, device, dtype, batch_size=batch)
+        for runtime, dtype in variants(device):
+            predictor = LipSyncPredictor(model, device, dtype, batch_size=batch, runtime=runtime,
+                                         calibration_faces=astronaut_crops(size) if dtype == "int8" else None)
             per_call = timed(lambda: predictor.predict(mels, faces), seconds, device)
-            rows.append(report(size, batch, f"predictor {str(dtype).replace('torch.', '')}", batch / per_call))
+            rows.append(report(size, batch, f"{runtime} {predictor.precision}".replace("torch.", ""), batch / per_call))
     return rows
 
 
@@ -80,7 +99,8 @@ def main() -> None:
     args = parser.parse_args()
     device = pick_device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; native bf16 on this CPU: {cpu_has_native_bf16()}")
+    print(f"device: {name}; torch {torch.__version__}; CPU native bf16: {cpu_has_native_bf16()}, "
+          f"int8 VNNI: {cpu_has_vnni()}")
     print("size | batch | variant | frames/s")
     for size in args.sizes:
         bench_wav2lip(size, device, args.seconds)

@@ -33,12 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enhance", default="none", choices=["none", "lip", "face"], help="GFPGAN on the head")
     p.add_argument("--gfpgan_path", help="GFPGANv1.3.pth / GFPGANv1.4.pth (for --enhance lip|face)")
     p.add_argument("--batch_size", type=int, default=16, help="frames per model call when writing a file")
-    p.add_argument("--live_batch_size", type=int, default=2, help="frames per model call when live")
+    p.add_argument("--live_batch_size", type=int, default=1, help="frames per model call when live")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
-    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16 (CUDA) or bf16")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (fp16 on CUDA; int8 on CPUs with VNNI, checked against fp32), fp32, fp16, bf16 or int8")
+    p.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"],
+                   help="auto: OpenVINO on the CPU, torch on CUDA")
     p.add_argument("--audio_device", help="vcam: sound device the audio plays on (name or index)")
     p.add_argument("--audio_delay_ms", type=float, default=0.0, help="vcam: delay the audio; OBS: audio sync offset")
-    p.add_argument("--latency_ms", type=float, default=400.0, help="live: audio-in to frame-out target")
+    p.add_argument("--latency_ms", type=float, default=300.0, help="live: audio-in to frame-out target")
     p.add_argument("--silence_db", type=float, default=-45.0, help="quieter than this: no inference, still mouth")
     p.add_argument("--color_match", action="store_true", help="match the generated region's colour to the face")
     p.add_argument("--preview", action="store_true", help="also show the output in a window")
@@ -133,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
                                  f"frame here); use it for --outfile x.mp4, or on a CUDA GPU")
         if generator is not None:
             predictor = LipSyncPredictor(generator.model, args.device, args.dtype,
-                                         batch_size=args.live_batch_size if live else args.batch_size)
+                                         batch_size=args.live_batch_size if live else args.batch_size,
+                                         runtime=args.runtime, calibration_faces=presenter.sample_faces(64),
+                                         store_dir=presenter.dir / "runtime")
         else:
             log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for Wav2Lip "
                      "lip sync pass --checkpoint_path wav2lip_gan.pth")

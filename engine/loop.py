@@ -31,29 +31,39 @@ TICK = 320  # live timeline step: 20 ms of audio
 @dataclass(frozen=True)
 class EngineConfig:
     batch_size: int = 16           # frames per model call (file renders); live runs use live_batch_size
-    live_batch_size: int = 2       # small batches keep latency low
+    live_batch_size: int = 1       # one frame per call: a batch would wait 40 ms per extra frame
     silence_db: float = -45.0      # below this RMS a frame's window counts as silence: no inference, untouched frame
-    latency_ms: float = 400.0      # live: audio-in -> frame-out target (>= 212.5 ms of mel lookahead)
+    latency_ms: float = 300.0      # live: audio-in -> frame-out target (>= 212.5 ms of mel lookahead)
     start_frame: int = 0           # where in the cached loop to start
 
 
 @dataclass
 class Stats:
     frames: int = 0
+    speech: int = 0                # frames with speech and a face: the ones that want the model
     inferred: int = 0
     infer_seconds: float = 0.0     # time spent in the model and composite for inferred frames
+    recent_costs: deque = field(default_factory=lambda: deque(maxlen=16))  # s per inferred frame, latest calls
     late: int = 0                  # live frames presented after their time
     max_late_ms: float = 0.0
     # live: actual - planned presentation time (s) of the last 10 minutes of frames
     present_offsets: deque = field(default_factory=lambda: deque(maxlen=FPS * 600))
 
 
-def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor: Compositor, batch_size: int,
-           start_frame: int = 0, stats: Optional[Stats] = None,
-           too_late: Callable[[FrameUnit, int], bool] = lambda unit, pending: False
-           ) -> Iterator[tuple[FrameUnit, np.ndarray]]:
-    """Yield (unit, frame) in order. Speech on a frame with a face goes through the model in batches; everything
-    else is the cached frame, untouched (closed natural mouth in silence, faceless frames pass through).
+@dataclass
+class Mouths:
+    """Frames leaving the model stage: cache frames `indices` for `units`, with generated crops, or None (the
+    cached frame as it is: silence, no face, or too late for the model)."""
+    units: list[FrameUnit]
+    indices: list[int]
+    faces: Optional[np.ndarray]
+
+
+def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_size: int, start_frame: int = 0,
+             stats: Optional[Stats] = None, too_late: Callable[[FrameUnit, int], bool] = lambda unit, pending: False
+             ) -> Iterator[Mouths]:
+    """The model stage, in frame order. Speech on a frame with a face goes through the model in batches;
+    everything else passes as None.
 
     `lipsync` is anything with predict(mel_windows (B,80,16), faces (B,S,S,3) uint8, landmarks (B,K,2) in crop
     pixels) -> faces: models.predictor.LipSyncPredictor (Wav2Lip) or models.mouthwarp.MouthAnimator.
@@ -70,23 +80,44 @@ def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor
         faces = np.stack([presenter.face(i) for i in indices])
         landmarks = np.stack([presenter.crop_landmarks(i) for i in indices])
         mouths = lipsync.predict(np.stack([u.window for u, _ in batch]), faces, landmarks)
-        frames = compositor.compose(indices, mouths)
-        stats.infer_seconds += time.perf_counter() - started
+        spent = time.perf_counter() - started
+        stats.infer_seconds += spent
         stats.inferred += len(batch)
-        for (unit, _), frame in zip(batch, frames):
-            yield unit, frame
+        stats.recent_costs.extend([spent / len(batch)] * len(batch))
+        yield Mouths([u for u, _ in batch], indices, mouths)
         batch.clear()
 
     for unit in units:
         index = ping_pong(unit.index + start_frame, presenter.frames)
-        if unit.speaking and presenter.has_face[index] and not too_late(unit, len(batch)):
+        wanted = unit.speaking and presenter.has_face[index]
+        stats.speech += wanted
+        if wanted and not too_late(unit, len(batch)):
             batch.append((unit, index))
             if len(batch) >= batch_size:
                 yield from flush()
             continue
         yield from flush()
-        yield unit, compositor.passthrough(index)
+        yield Mouths([unit], [index], None)
     yield from flush()
+
+
+def composite(stream: Iterable[Mouths], compositor: Compositor) -> Iterator[tuple[FrameUnit, np.ndarray]]:
+    """The paste-back stage: (unit, full frame) in order. Runs in its own thread, beside the model."""
+    for item in stream:
+        if item.faces is None:
+            yield item.units[0], compositor.passthrough(item.indices[0])
+        else:
+            yield from zip(item.units, compositor.compose(item.indices, item.faces))
+
+
+def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor: Compositor, batch_size: int,
+           start_frame: int = 0, stats: Optional[Stats] = None,
+           too_late: Callable[[FrameUnit, int], bool] = lambda unit, pending: False,
+           stop: Optional[threading.Event] = None) -> Iterator[tuple[FrameUnit, np.ndarray]]:
+    """Yield (unit, frame) in order: the model stage and the composite stage overlapped in two threads."""
+    stop = stop or threading.Event()
+    mouths = threaded(lip_sync(units, presenter, lipsync, batch_size, start_frame, stats, too_late), 4, "model", stop)
+    return threaded(composite(mouths, compositor), 8, "composite", stop)
 
 
 def render_file(audio: np.ndarray, presenter: Presenter, lipsync, compositor: Compositor, sinks: list[Sink],
@@ -100,16 +131,19 @@ def render_file(audio: np.ndarray, presenter: Presenter, lipsync, compositor: Co
     timeline = FrameTimeline(cfg.silence_db)
     units = (u for part in (timeline.push(audio), timeline.finish()) for u in part)
     total = -(-len(audio) // 640)
+    stop = threading.Event()
     for sink in sinks:
         sink.open(presenter.width, presenter.height)
     try:
         with tqdm(total=total, unit="frame", desc="render", disable=not progress) as bar:
-            for unit, frame in render(units, presenter, lipsync, compositor, cfg.batch_size, cfg.start_frame, stats):
+            for unit, frame in render(units, presenter, lipsync, compositor, cfg.batch_size, cfg.start_frame, stats,
+                                      stop=stop):
                 for sink in sinks:
                     sink.write(frame, unit.audio, unit.pts)
                 stats.frames += 1
                 bar.update(1)
     finally:
+        stop.set()
         for sink in sinks:
             sink.close()
     return stats
@@ -176,16 +210,20 @@ class LiveEngine:
         self._stop.set()
 
     def _timeline_units(self, t0: float) -> Iterator[FrameUnit]:
-        """The audio timeline advancing in real time: every 20 ms, the next 20 ms of input or silence."""
+        """The audio timeline advancing in real time: every 20 ms, the next 20 ms of input or silence.
+
+        The first step is shorter (200 samples) so that ticks fall exactly where frame windows complete
+        (640 k + 3400): no frame waits for the rest of a tick."""
         timeline = FrameTimeline(self.cfg.silence_db)
-        position = 0
+        position, step = 0, LOOKAHEAD % TICK or TICK
         while not self._stop.is_set():
-            if self.buffer.ended.is_set() and self.buffer.available == 0:
+            if self.buffer.ended.is_set() and self.buffer.available < step:  # the input's last samples, unpadded
+                yield from timeline.push(self.buffer.take(self.buffer.available))
                 yield from timeline.finish()
                 return
-            wait_until(t0 + (position + TICK) / 16000)
-            yield from timeline.push(self.buffer.take(TICK))
-            position += TICK
+            wait_until(t0 + (position + step) / 16000)
+            yield from timeline.push(self.buffer.take(step))
+            position, step = position + step, TICK
 
     def run(self, max_seconds: Optional[float] = None) -> Stats:
         """Until stop(), the end of ended input, or max_seconds of output."""
@@ -195,14 +233,22 @@ class LiveEngine:
         t0 = time.monotonic()
         stats = self.stats
 
+        skipped = 0
+
         def too_late(unit: FrameUnit, pending: int) -> bool:
-            """Would this frame, batched behind `pending` others, miss its time at the measured model speed?"""
-            per_frame = stats.infer_seconds / stats.inferred if stats.inferred else 0.0
-            return time.monotonic() + per_frame * (pending + 1) > t0 + unit.pts + latency - 0.5 / FPS
+            """Would this frame, batched behind `pending` others, miss its time at the recent model speed?
+
+            After a second of skipped frames one is tried anyway, so a slow call (a cold start, a busy moment)
+            cannot stop the model for good."""
+            nonlocal skipped
+            per_frame = float(np.median(stats.recent_costs)) if stats.recent_costs and skipped < FPS else 0.0
+            late = time.monotonic() + per_frame * (pending + 1) > t0 + unit.pts + latency - 0.5 / FPS
+            skipped = skipped + 1 if late else 0
+            return late
 
         units = threaded(self._timeline_units(t0), 8, "timeline", self._stop)
-        frames = threaded(render(units, self.presenter, self.lipsync, self.compositor, self.cfg.live_batch_size,
-                                 self.cfg.start_frame, self.stats, too_late=too_late), 8, "render", self._stop)
+        frames = render(units, self.presenter, self.lipsync, self.compositor, self.cfg.live_batch_size,
+                        self.cfg.start_frame, self.stats, too_late, self._stop)
         try:
             for unit, frame in frames:
                 planned = t0 + unit.pts + latency

@@ -63,6 +63,12 @@ class Presenter:
     def face(self, i: int) -> np.ndarray:
         return self._decode(self._face[i])
 
+    def sample_faces(self, count: int) -> np.ndarray:
+        """Up to `count` face crops spread evenly over the clip (int8 calibration data), (N, S, S, 3)."""
+        faces = np.flatnonzero(self.has_face)
+        picks = faces[np.linspace(0, len(faces) - 1, min(count, len(faces))).round().astype(int)]
+        return np.stack([self.face(int(i)) for i in picks])
+
     def head(self, i: int) -> np.ndarray:
         return self._decode(self._head[i])
 

@@ -223,8 +223,9 @@ def face_batch():
     return rng.normal(0, 1.5, (5, 80, 16)).astype(np.float32).clip(-4, 4), face
 
 
-@pytest.mark.parametrize("spec", [wav2lip96.GENERATOR, wav2lip384.GENERATOR], ids=lambda s: s.name)
-def test_predictor_matches_the_reference_inference(spec, face_batch):
+@pytest.mark.parametrize("spec, runtime", [(wav2lip96.GENERATOR, "torch"), (wav2lip384.GENERATOR, "torch"),
+                                           (wav2lip96.GENERATOR, "openvino")], ids=["96-torch", "384-torch", "96-openvino"])
+def test_predictor_matches_the_reference_inference(spec, runtime, face_batch):
     import cv2
     mels, face = face_batch
     n = 5 if spec.size == 96 else 1
@@ -232,7 +233,7 @@ def test_predictor_matches_the_reference_inference(spec, face_batch):
     faces[1:] = np.roll(faces[1:], 3, axis=2)  # different crops in one batch
     model = randomise_batchnorm(Wav2Lip(spec))
     expected = reference_inference(model, mels[:n], faces)
-    got = LipSyncPredictor(model, "cpu", "fp32", batch_size=2).predict(mels[:n], faces)
+    got = LipSyncPredictor(model, "cpu", "fp32", batch_size=2, runtime=runtime).predict(mels[:n], faces)
     diff = np.abs(got.astype(int) - expected.astype(int))
     assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # BN folding moves values by ~1e-7: rare truncation flips
     assert got.std() > 1  # not a constant image
@@ -252,13 +253,13 @@ def test_bf16_stays_within_its_measured_bound(face_batch):
     mels, face = face_batch
     faces = np.stack([cv2.resize(face, (96, 96))] * 5)
     model = randomise_batchnorm(Wav2Lip(wav2lip96.GENERATOR))
-    fp32 = LipSyncPredictor(model, "cpu", "fp32").predict(mels, faces).astype(int)
-    bf16 = LipSyncPredictor(model, "cpu", "bf16").predict(mels, faces).astype(int)
+    fp32 = LipSyncPredictor(model, "cpu", "fp32", runtime="torch").predict(mels, faces).astype(int)
+    bf16 = LipSyncPredictor(model, "cpu", "bf16", runtime="torch").predict(mels, faces).astype(int)
     diff = np.abs(fp32 - bf16)
     assert diff.max() <= 4 and diff.mean() < 1.0  # measured here: max 1, mean 0.17 (README)
 
 
 def test_predictor_rejects_crops_of_another_size():
-    predictor = LipSyncPredictor(Wav2Lip(wav2lip96.GENERATOR), "cpu", "fp32")
+    predictor = LipSyncPredictor(Wav2Lip(wav2lip96.GENERATOR), "cpu", "fp32", runtime="torch")
     with pytest.raises(ValueError, match="--face_size 96"):
         predictor.predict(np.zeros((1, 80, 16), np.float32), np.zeros((1, 288, 288, 3), np.uint8))
