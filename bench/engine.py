@@ -76,7 +76,7 @@ def main() -> None:
         presenter = Presenter(work / "cache" / "presenter", 96, load_heads=True)
     model = Wav2Lip(wav2lip96.GENERATOR).eval()
     predictor = LipSyncPredictor(model, args.device, args.dtype, runtime=args.runtime,
-                                 calibration_faces=presenter.sample_faces(64), store_dir=work / "runtime")
+                                 calibration_faces=presenter.sample_faces(32), store_dir=work / "runtime")
     predictor.warm_up(16)
     audio = speech(work, max(args.seconds, args.live_seconds))
     print(f"presenter {presenter.width}x{presenter.height}, Wav2Lip-96 on {predictor.device} via {predictor.runtime} "

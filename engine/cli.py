@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         if generator is not None:
             predictor = LipSyncPredictor(generator.model, args.device, args.dtype,
                                          batch_size=args.live_batch_size if live else args.batch_size,
-                                         runtime=args.runtime, calibration_faces=presenter.sample_faces(64),
+                                         runtime=args.runtime, calibration_faces=presenter.sample_faces(32),
                                          store_dir=presenter.dir / "runtime")
         else:
             log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for Wav2Lip "

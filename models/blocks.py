@@ -26,7 +26,8 @@ class Layer:
     residual: bool = False
     transpose: bool = False
     output_padding: int = 0
-    act: str = "relu"  # relu | leaky (0.2) | prelu
+    act: str = "relu"  # relu | leaky (0.2) | leaky0.01 | prelu
+    norm: bool = True  # False: conv + activation only (the GAN discriminator's nonorm_Conv2d)
 
 
 def conv(cin: int, cout: int, kernel: Size2 = 3, stride: Size2 = 1, padding: Size2 = 1, act: str = "relu") -> Layer:
@@ -52,6 +53,8 @@ def make_act(name: str) -> nn.Module:
         return nn.ReLU()
     if name == "leaky":
         return nn.LeakyReLU(0.2)
+    if name == "leaky0.01":
+        return nn.LeakyReLU(0.01)
     if name == "prelu":
         return nn.PReLU()
     raise ValueError(f"unknown activation {name!r}")
@@ -67,7 +70,7 @@ class ConvBN(nn.Module):
                                             layer.output_padding)
         else:
             conv_layer = nn.Conv2d(layer.cin, layer.cout, layer.kernel, layer.stride, layer.padding)
-        self.conv_block = nn.Sequential(conv_layer, nn.BatchNorm2d(layer.cout))
+        self.conv_block = nn.Sequential(conv_layer, nn.BatchNorm2d(layer.cout)) if layer.norm else nn.Sequential(conv_layer)
         self.act = make_act(layer.act)
         self.residual = layer.residual
 
@@ -147,6 +150,32 @@ class SyncNetSpec:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class DiscriminatorSpec:
+    name: str
+    size: int  # the generator face size it judges; it sees the lower half of each frame
+    blocks: tuple[tuple[Layer, ...], ...]
+
+
+class QualityDiscriminator(nn.Module):
+    """Wav2Lip's visual-quality discriminator (hq_wav2lip_train.py): real/fake per frame, from its lower half."""
+
+    def __init__(self, spec: DiscriminatorSpec):
+        super().__init__()
+        self.spec = spec
+        self.face_encoder_blocks = nn.ModuleList(stack(block) for block in spec.blocks)
+        self.binary_pred = nn.Sequential(nn.Conv2d(spec.blocks[-1][-1].cout, 1, 1, 1, 0), nn.Sigmoid())
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        """faces (B,3,T,S,S) or (N,3,S,S) in [0,1] -> (N,1) probabilities of being real, time-major as the generator."""
+        if faces.dim() > 4:
+            faces = torch.cat([faces[:, :, t] for t in range(faces.size(2))], dim=0)
+        x = faces[:, :, faces.size(2) // 2:]
+        for block in self.face_encoder_blocks:
+            x = block(x)
+        return self.binary_pred(x).view(len(x), -1)
+
+
 class Wav2Lip(nn.Module):
     """Wav2Lip generator: model(mel, faces) -> faces. mel (B,1,80,16); faces (B,6,S,S) BGR in [0,1], channels 0-2 the
     target with its lower half zeroed, 3-5 the reference. 5-D inputs (B,T,1,80,16) / (B,6,T,S,S) as in training."""
@@ -201,7 +230,11 @@ class SyncNet(nn.Module):
         self.face_encoder = stack(spec.face)
         self.audio_encoder = stack(spec.audio)
 
+    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.audio_encoder(audio).flatten(1), p=2, dim=1)
+
+    def embed_faces(self, faces: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.face_encoder(faces).flatten(1), p=2, dim=1)
+
     def forward(self, audio: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        face_embedding = self.face_encoder(faces).flatten(1)
-        audio_embedding = self.audio_encoder(audio).flatten(1)
-        return F.normalize(audio_embedding, p=2, dim=1), F.normalize(face_embedding, p=2, dim=1)
+        return self.embed_audio(audio), self.embed_faces(faces)

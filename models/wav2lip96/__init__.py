@@ -1,4 +1,4 @@
 """Wav2Lip-96 generator and SyncNet_color tables (Rudrabha layout)."""
-from .arch import GENERATOR, SYNCNET
+from .arch import DISCRIMINATOR, GENERATOR, SYNCNET
 
-__all__ = ["GENERATOR", "SYNCNET"]
+__all__ = ["DISCRIMINATOR", "GENERATOR", "SYNCNET"]
