@@ -7,6 +7,7 @@
   python stream_out.py preprocess <video-or-folder>... --out <cache_root>   build presenter caches
   python stream_out.py demo [--out out/demo]                    sample presenter speaks -> out/demo/demo.mp4
   python stream_out.py obs-setup [--target obs|vcam] [--obs_password ...]   point OBS at our stream
+  python stream_out.py serve --data_dir CACHE [--listen 127.0.0.1:8765] [--token T]   WebSocket/HTTP/WebRTC API
 Run `python stream_out.py --help` for every engine flag.
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         from engine.obs import main as obs_main
         return obs_main(rest)
     from engine.cli import main as engine_main
+    if command == "serve":  # the engine with the network API; --listen defaults to 127.0.0.1:8765
+        return engine_main(rest if any(a.startswith("--listen") for a in rest) else [*rest, "--listen", "127.0.0.1:8765"])
     return engine_main(argv)
 
 

@@ -13,6 +13,7 @@ from configs import parse_with_config
 
 log = logging.getLogger("stream_out")
 OBS_URL = "udp://127.0.0.1:23000?pkt_size=1316"
+DEFAULT_OUTFILE = ["out/result.mp4"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nosmooth", action="store_true", help="with --face: no temporal smoothing of face boxes")
     p.add_argument("--audio_files", nargs="+", default=[], help="audio to speak, played back to back")
     p.add_argument("--mic", nargs="?", const="default", help="speak what the microphone hears (optional device)")
-    p.add_argument("--outfile", nargs="+", default=["out/result.mp4"],
+    p.add_argument("--outfile", nargs="+", default=DEFAULT_OUTFILE,
                    help="one or more of: a .mp4 path; 'obs' (MPEG-TS to OBS on %s); 'vcam' (virtual camera + "
                         "audio device); a udp:// or srt:// URL" % OBS_URL)
     p.add_argument("--enhance", default="none", choices=["none", "lip", "face"], help="GFPGAN on the head")
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--obs_password", default="")
     p.add_argument("--obs_control", action="store_true",
                    help="with obs/vcam: create/refresh our source in OBS's current scene (or start its virtual camera)")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="serve the network API (WebSocket speech in, WebRTC preview out), e.g. 127.0.0.1:8765")
+    p.add_argument("--token", help="with --listen on a non-loopback address: the secret every request must carry")
     p.add_argument("--trust_checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
     return p
 
@@ -96,57 +100,77 @@ def make_sinks(args: argparse.Namespace):
     return sinks
 
 
-def run(args: argparse.Namespace) -> int:
-    from engine.audio import AudioError, rms
+def build_parts(args: argparse.Namespace, live: bool):
+    """(presenter, lip model, compositor, engine config) from the flags."""
     from engine.composite import Compositor
-    from engine.loop import EngineConfig, LiveEngine, Stats, render_file
-    from engine.presenter import Presenter, PresenterError
-    from engine.sinks import SinkError
-    from engine.sources import Microphone, load_files
+    from engine.loop import EngineConfig
+    from engine.presenter import Presenter
     from models.gfpgan import GfpganEnhancer, load_gfpgan
-    from models.loader import CheckpointError, load_generator
+    from models.loader import load_generator
     from models.mouthwarp import MouthAnimator
     from models.predictor import LipSyncPredictor
+
+    if args.checkpoint_path:
+        generator = load_generator(args.checkpoint_path, args.trust_checkpoint)
+        face_size = generator.spec.size
+    else:
+        generator, face_size = None, None
+    presenter = Presenter(resolve_cache(args, face_size or 96), face_size, load_heads=args.enhance != "none")
+    enhancer = None
+    if args.enhance != "none":
+        if not args.gfpgan_path:
+            raise ValueError(f"--enhance {args.enhance} needs --gfpgan_path GFPGANv1.4.pth")
+        enhancer = GfpganEnhancer(load_gfpgan(args.gfpgan_path, args.trust_checkpoint), args.device)
+        if live and not enhancer.realtime:
+            raise ValueError(f"--enhance {args.enhance} cannot run live on the CPU (GFPGAN takes seconds per "
+                             f"frame here); use it for --outfile x.mp4, or on a CUDA GPU")
+    if generator is not None:
+        predictor = LipSyncPredictor(generator.model, args.device, args.dtype,
+                                     batch_size=args.live_batch_size if live else args.batch_size,
+                                     runtime=args.runtime, calibration_faces=presenter.sample_faces(32),
+                                     store_dir=presenter.dir / "runtime")
+    else:
+        log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for Wav2Lip "
+                 "lip sync pass --checkpoint_path wav2lip_gan.pth")
+        predictor = MouthAnimator(presenter.face_size)
+    predictor.warm_up(1)
+    compositor = Compositor(presenter, args.enhance, enhancer, args.color_match)
+    cfg = EngineConfig(batch_size=args.batch_size, live_batch_size=args.live_batch_size,
+                       silence_db=args.silence_db, latency_ms=args.latency_ms)
+    return presenter, predictor, compositor, cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.audio import AudioError, rms
+    from engine.loop import LiveEngine, Stats, render_file
+    from engine.presenter import PresenterError
+    from engine.sinks import SinkError
+    from engine.sources import Microphone, load_files
+    from models.loader import CheckpointError
     from preprocess.video import VideoError
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
-        if not args.audio_files and not args.mic:
-            raise ValueError("nothing to say: give --audio_files a.wav … or --mic")
+        serving = args.listen is not None
+        if not args.audio_files and not args.mic and not serving:
+            raise ValueError("nothing to say: give --audio_files a.wav … or --mic (or --listen to take it over "
+                             "the network)")
         audio = load_files(args.audio_files) if args.audio_files else None  # fail fast, before any model loads
         if audio is not None and rms(audio) < 10 ** (args.silence_db / 20):
             log.warning("the audio is silent (below %.0f dB): the presenter will keep a still mouth", args.silence_db)
+        if serving and args.outfile == DEFAULT_OUTFILE:
+            args.outfile = []  # serving: the WebRTC preview, plus any live outputs asked for
         sinks = make_sinks(args)
-        live = any(s.live for s in sinks)
+        live = serving or any(s.live for s in sinks)
         if live and any(not s.live for s in sinks):
             raise ValueError("mix of a file and a live output: run them separately (a file renders faster than live)")
-        if args.checkpoint_path:
-            generator = load_generator(args.checkpoint_path, args.trust_checkpoint)
-            face_size = generator.spec.size
-        else:
-            generator, face_size = None, None
-        presenter = Presenter(resolve_cache(args, face_size or 96), face_size, load_heads=args.enhance != "none")
-        enhancer = None
-        if args.enhance != "none":
-            if not args.gfpgan_path:
-                raise ValueError(f"--enhance {args.enhance} needs --gfpgan_path GFPGANv1.4.pth")
-            enhancer = GfpganEnhancer(load_gfpgan(args.gfpgan_path, args.trust_checkpoint), args.device)
-            if live and not enhancer.realtime:
-                raise ValueError(f"--enhance {args.enhance} cannot run live on the CPU (GFPGAN takes seconds per "
-                                 f"frame here); use it for --outfile x.mp4, or on a CUDA GPU")
-        if generator is not None:
-            predictor = LipSyncPredictor(generator.model, args.device, args.dtype,
-                                         batch_size=args.live_batch_size if live else args.batch_size,
-                                         runtime=args.runtime, calibration_faces=presenter.sample_faces(32),
-                                         store_dir=presenter.dir / "runtime")
-        else:
-            log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for Wav2Lip "
-                     "lip sync pass --checkpoint_path wav2lip_gan.pth")
-            predictor = MouthAnimator(presenter.face_size)
-        predictor.warm_up(1)
-        compositor = Compositor(presenter, args.enhance, enhancer, args.color_match)
-        cfg = EngineConfig(batch_size=args.batch_size, live_batch_size=args.live_batch_size,
-                           silence_db=args.silence_db, latency_ms=args.latency_ms)
+        server_cfg = None
+        if serving:
+            from engine.server import ServerConfig, check_bind, parse_listen
+            host, port = parse_listen(args.listen)
+            server_cfg = ServerConfig(host, port, args.token)
+            check_bind(server_cfg)  # before any model loads
+        presenter, predictor, compositor, cfg = build_parts(args, live)
         if not live:
             stats = Stats()
             try:
@@ -161,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         if args.obs_control:
             obs_control(args)
         engine = LiveEngine(presenter, predictor, compositor, sinks, cfg)
+        if serving:
+            return serve(engine, server_cfg, audio)
         microphone = None
         if args.mic:
             microphone = Microphone(engine.buffer, None if args.mic == "default" else args.mic)
@@ -184,6 +210,23 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, AudioError, PresenterError, CheckpointError, SinkError, VideoError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def serve(engine, server_cfg, audio) -> int:
+    """Run the network API until Ctrl-C / SIGTERM; --audio_files become the first utterance."""
+    from engine.server import Server
+    server = Server(engine, server_cfg)
+    if audio is not None:
+        engine.push(audio, server.utterances.new(None))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: server.loop.call_soon_threadsafe(server.loop.stop))
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    stats = engine.stats
+    print(f"served {stats.frames} frames ({stats.inferred} lip-synced, {stats.late} late)")
+    return 0
 
 
 def obs_control(args: argparse.Namespace) -> None:

@@ -18,11 +18,11 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from .composite import Compositor
-from .mel import mel_basis
+from .mel import N_FFT, mel_basis
 from .presenter import Presenter, ping_pong
 from .sinks import Sink
 from .sources import AudioBuffer
-from .timeline import FPS, LOOKAHEAD, FrameTimeline, FrameUnit
+from .timeline import FPS, LOOKAHEAD, SAMPLES_PER_FRAME as SAMPLES, FrameTimeline, FrameUnit
 
 log = logging.getLogger("engine")
 TICK = 320  # live timeline step: 20 ms of audio
@@ -89,7 +89,7 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
 
     for unit in units:
         index = ping_pong(unit.index + start_frame, presenter.frames)
-        wanted = unit.speaking and presenter.has_face[index]
+        wanted = bool(unit.speaking and presenter.has_face[index])
         stats.speech += wanted
         if wanted and not too_late(unit, len(batch)):
             batch.append((unit, index))
@@ -199,15 +199,50 @@ class LiveEngine:
         self.presenter, self.lipsync, self.compositor, self.sinks, self.cfg = presenter, lipsync, compositor, sinks, cfg
         self.buffer = AudioBuffer()
         self.stats = Stats()
+        self.on_event: Optional[Callable[[dict], None]] = None  # called from the presenting thread
+        self.started_at: Optional[float] = None                 # monotonic t0 of the running clock
         self._stop = threading.Event()
+        self._marks: deque = deque()    # (frame index, kind, tag) waiting for their frame to be shown
+        self._mute_before = 0           # frames whose window starts before this sample were cut by interrupt()
+        self._last_shown = -1
         mel_basis()  # builds librosa's filter bank now (a 2 s import), not while the clock runs
 
-    def push(self, pcm: np.ndarray) -> None:
-        """Queue 16 kHz mono float audio to be spoken after what is already queued."""
-        self.buffer.push(pcm)
+    def push(self, pcm: np.ndarray, utterance: object = None) -> None:
+        """Queue 16 kHz mono float audio to be spoken after what is already queued. Audio pushed with an
+        `utterance` id reports speech_started/speech_ended events (see close())."""
+        self.buffer.push(pcm, utterance)
+
+    def close(self, utterance: object) -> None:
+        """Utterance complete: its speech_ended event comes when its last frame is shown."""
+        self.buffer.close(utterance)
+
+    def interrupt(self) -> list:
+        """Drop queued speech now: frames already rendered from it are replaced by the closed-mouth cached frame
+        and muted from the next frame on. Returns the utterances dropped or cut short."""
+        position, dropped = self.buffer.interrupt()
+        self._mute_before = position + N_FFT // 2  # frame k hears from sample 640 k - 400 on
+        self._marks = deque(m for m in list(self._marks) if m[2] not in dropped)
+        closed_from = self._last_shown + 1  # the first frame shown from now on has the mouth closed
+        for tag in dropped:
+            self._emit({"type": "speech_interrupted", "utterance": tag, "frame": closed_from,
+                        "pts": closed_from / FPS})
+        return dropped
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _emit(self, event: dict) -> None:
+        if self.on_event:
+            try:
+                self.on_event(event)
+            except Exception:  # a listener's failure must never stop the clock
+                log.exception("event listener failed")
+
+    def _show_marks(self, unit: FrameUnit, shown_at: float) -> None:
+        while self._marks and self._marks[0][0] <= unit.index:
+            _, kind, tag = self._marks.popleft()
+            self._emit({"type": f"speech_{'started' if kind == 'start' else 'ended'}", "utterance": tag,
+                        "frame": unit.index, "pts": unit.pts, "shown_at": shown_at})
 
     def _timeline_units(self, t0: float) -> Iterator[FrameUnit]:
         """The audio timeline advancing in real time: every 20 ms, the next 20 ms of input or silence.
@@ -222,7 +257,10 @@ class LiveEngine:
                 yield from timeline.finish()
                 return
             wait_until(t0 + (position + step) / 16000)
-            yield from timeline.push(self.buffer.take(step))
+            pcm = self.buffer.take(step)
+            self._marks.extend((m.position // SAMPLES if m.kind == "start" else max(m.position - 1, 0) // SAMPLES,
+                                m.kind, m.tag) for m in self.buffer.pop_marks())
+            yield from timeline.push(pcm)
             position, step = position + step, TICK
 
     def run(self, max_seconds: Optional[float] = None) -> Stats:
@@ -230,7 +268,7 @@ class LiveEngine:
         latency = self.cfg.latency_ms / 1000
         for sink in self.sinks:
             sink.open(self.presenter.width, self.presenter.height)
-        t0 = time.monotonic()
+        t0 = self.started_at = time.monotonic()
         stats = self.stats
 
         skipped = 0
@@ -252,9 +290,16 @@ class LiveEngine:
         try:
             for unit, frame in frames:
                 planned = t0 + unit.pts + latency
+                audio = unit.audio
+                if unit.index * SAMPLES < self._mute_before:  # rendered from speech that interrupt() dropped
+                    frame = self.compositor.passthrough(ping_pong(unit.index + self.cfg.start_frame,
+                                                                  self.presenter.frames))
+                    audio = np.zeros_like(audio)
                 late = wait_until(planned)
                 for sink in self.sinks:
-                    sink.write(frame, unit.audio, unit.pts)
+                    sink.write(frame, audio, unit.pts)
+                self._last_shown = unit.index
+                self._show_marks(unit, time.time())
                 self.stats.frames += 1
                 self.stats.present_offsets.append(time.monotonic() - planned)
                 if late > 0.5 / FPS:

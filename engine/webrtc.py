@@ -1,0 +1,104 @@
+"""WebRTC preview sink: the engine's frames and their audio to browsers through aiortc.
+
+The engine's clock decides when each frame goes out (like every other sink); this sink hands it to each peer's
+tracks on the server's asyncio loop with the frame's own timestamp, so browsers see the same frames and hear the
+same audio as OBS or the virtual camera.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from fractions import Fraction
+from typing import Optional
+
+import numpy as np
+
+from .sinks import to_int16
+from .timeline import FPS, SAMPLES_PER_FRAME
+
+log = logging.getLogger("engine.webrtc")
+VIDEO_CLOCK = 90_000
+
+
+def _track_class():
+    from aiortc import MediaStreamTrack
+
+    class QueuedTrack(MediaStreamTrack):
+        """A track whose frames come from the engine; a slow peer drops its oldest frames, never the engine's."""
+
+        def __init__(self, kind: str):
+            super().__init__()
+            self.kind = kind
+            self.queue: asyncio.Queue = asyncio.Queue(maxsize=2 * FPS)
+
+        def offer(self, frame) -> None:
+            if self.queue.full():
+                self.queue.get_nowait()
+            self.queue.put_nowait(frame)
+
+        async def recv(self):
+            return await self.queue.get()
+
+    return QueuedTrack
+
+
+class WebRtcSink:
+    live = True
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.peers: dict = {}  # RTCPeerConnection -> (video track, audio track)
+        self.size: Optional[tuple[int, int]] = None
+        self.last_frame: Optional[np.ndarray] = None
+
+    def open(self, width: int, height: int) -> None:
+        self.size = (width, height)
+
+    def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
+        self.last_frame = frame
+        if not self.peers:
+            return
+        import av
+        index = int(round(pts * FPS))
+        video = av.VideoFrame.from_ndarray(frame, format="bgr24")
+        video.pts, video.time_base = index * (VIDEO_CLOCK // FPS), Fraction(1, VIDEO_CLOCK)
+        sound = av.AudioFrame.from_ndarray(np.frombuffer(to_int16(audio), np.int16)[None], format="s16", layout="mono")
+        sound.sample_rate = SAMPLES_PER_FRAME * FPS
+        sound.pts, sound.time_base = index * SAMPLES_PER_FRAME, Fraction(1, SAMPLES_PER_FRAME * FPS)
+        self.loop.call_soon_threadsafe(self._deliver, video, sound)
+
+    def _deliver(self, video, sound) -> None:
+        for video_track, audio_track in self.peers.values():
+            video_track.offer(video)
+            audio_track.offer(sound)
+
+    async def answer(self, sdp: str, kind: str) -> tuple[str, str]:
+        """Take a browser's offer; return our answer (SDP, type). The peer gets the live video and audio."""
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+        track = _track_class()
+        peer = RTCPeerConnection()
+        tracks = (track("video"), track("audio"))
+        self.peers[peer] = tracks
+
+        @peer.on("connectionstatechange")
+        async def on_state() -> None:
+            if peer.connectionState in ("failed", "closed"):
+                await self._drop(peer)
+
+        for t in tracks:
+            peer.addTrack(t)
+        await peer.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        await peer.setLocalDescription(await peer.createAnswer())
+        return peer.localDescription.sdp, peer.localDescription.type
+
+    async def _drop(self, peer) -> None:
+        self.peers.pop(peer, None)
+        await peer.close()
+
+    async def close_all(self) -> None:
+        for peer in list(self.peers):
+            await self._drop(peer)
+
+    def close(self) -> None:
+        if self.loop.is_running():  # else the server's own shutdown closes the peers
+            asyncio.run_coroutine_threadsafe(self.close_all(), self.loop)

@@ -1,0 +1,331 @@
+"""engine/server.py: the network API against a live engine on a real cache, with espeak-ng speech and a real
+WebSocket/HTTP client; the WebRTC page in Debian's headless Chromium."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import time
+
+import cv2
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import CollectSink
+from demo.presenter import speak
+from engine.composite import Compositor
+from engine.loop import EngineConfig, LiveEngine
+from engine.presenter import Presenter, ping_pong
+from engine.server import Server, ServerConfig, check_bind, is_loopback, parse_listen
+from models.mouthwarp import MouthAnimator
+
+aiohttp = pytest.importorskip("aiohttp")
+
+
+def make_server(built, cfg: ServerConfig):
+    presenter = Presenter(built["cache"] / "clip30")  # a face on every frame
+    sink = CollectSink(live=True)
+    engine = LiveEngine(presenter, MouthAnimator(presenter.face_size), Compositor(presenter), [sink],
+                        EngineConfig(latency_ms=300))
+    return Server(engine, cfg).start(), sink, presenter
+
+
+@pytest.fixture(scope="module")
+def served(built):
+    server, sink, presenter = make_server(built, ServerConfig(port=0))
+    yield server, sink, presenter
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def voice(tmp_path_factory):
+    """espeak-ng speech as the client has it: 22.05 kHz int16 (the server resamples)."""
+    path = speak("Hello from the network. This sentence arrives in small pieces, twenty milliseconds at a time.",
+                 tmp_path_factory.mktemp("voice") / "voice.wav")
+    pcm, rate = soundfile.read(path, dtype="int16")
+    return pcm, rate, path
+
+
+def url(server, path: str, scheme: str = "http") -> str:
+    return f"{scheme}://127.0.0.1:{server.port}{path}"
+
+
+async def stream(ws, pcm: np.ndarray, rate: int, realtime: bool, lead: float = 0.3) -> None:
+    """20 ms chunks; in real time after a `lead` sent at once (as a TTS client keeps a little ahead)."""
+    step = rate // 50
+    start = time.monotonic()
+    for n, i in enumerate(range(0, len(pcm), step)):
+        await ws.send_bytes(pcm[i:i + step].tobytes())
+        if realtime:
+            await asyncio.sleep(max(0.0, start + n * 0.02 - lead - time.monotonic()))
+
+
+async def events_until(ws, kind: str, timeout: float = 30.0) -> list[dict]:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = await ws.receive(timeout=deadline - time.monotonic())
+        if message.type != aiohttp.WSMsgType.TEXT:
+            raise AssertionError(f"socket closed while waiting for {kind}: {message}")
+        seen.append(json.loads(message.data))
+        if seen[-1]["type"] == kind:
+            return seen
+    raise AssertionError(f"no {kind} within {timeout} s: {seen}")
+
+
+def changed(sink: CollectSink, presenter: Presenter, frame_numbers) -> np.ndarray:
+    """Per frame number: mean absolute difference from the untouched cached frame."""
+    index = {n: i for i, n in enumerate(sink.numbers)}
+    return np.array([np.abs(sink.frames[index[k]].astype(int)
+                            - presenter.background(ping_pong(k, presenter.frames)).astype(int)).mean()
+                     for k in frame_numbers if k in index])
+
+
+def test_streamed_speech_moves_the_mouth_and_events_come_in_order(served, voice):
+    server, sink, presenter = served
+    pcm, rate, _ = voice
+
+    async def client():
+        async with aiohttp.ClientSession() as session, session.ws_connect(url(server, "/ws", "ws")) as ws:
+            await ws.send_json({"type": "start", "sample_rate": rate, "format": "int16", "channels": 1})
+            await stream(ws, pcm, rate, realtime=True)
+            await ws.send_json({"type": "end"})
+            return await events_until(ws, "speech_ended")
+
+    events = asyncio.run(client())
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "queued" and kinds.index("speech_started") < kinds.index("speech_ended")
+    started, ended = events[kinds.index("speech_started")], events[kinds.index("speech_ended")]
+    assert started["utterance"] == ended["utterance"] == events[0]["utterance"]
+    assert abs((ended["frame"] - started["frame"]) - len(pcm) / rate * 25) <= 3
+    assert ended["shown_at"] - started["shown_at"] == pytest.approx(len(pcm) / rate, abs=0.15)
+    speech = changed(sink, presenter, range(started["frame"], ended["frame"] + 1))
+    before = changed(sink, presenter, range(max(0, started["frame"] - 15), started["frame"] - 5))
+    assert (speech > 0.05).mean() > 0.5  # the mouth moves while the speech is shown
+    assert np.all(before == 0)  # and the frames before it are the cached ones, untouched
+
+
+def test_interrupt_closes_the_mouth_within_two_frames(served, voice):
+    server, sink, presenter = served
+    pcm, rate, _ = voice
+
+    async def client():
+        async with aiohttp.ClientSession() as session, session.ws_connect(url(server, "/ws", "ws")) as ws:
+            await ws.send_json({"type": "start", "sample_rate": rate, "format": "int16"})
+            await stream(ws, np.tile(pcm, 2), rate, realtime=False)  # ~10 s queued at once
+            await ws.send_json({"type": "end"})
+            await events_until(ws, "speech_started")
+            await asyncio.sleep(1.0)
+            await ws.send_json({"type": "interrupt"})
+            events = await events_until(ws, "speech_interrupted")
+            await asyncio.sleep(1.0)
+            return events
+
+    events = asyncio.run(client())
+    cut = events[-1]["frame"]  # the first frame shown after the server took the interrupt
+    assert events[-1]["queue_seconds"] == 0
+    assert (changed(sink, presenter, range(cut - 10, cut)) > 0).mean() >= 0.7  # it was speaking until then
+    after = [n for n in sink.numbers if n >= cut + 1]  # within 2 frames: from the second one on, closed
+    assert len(after) >= 20 and np.all(changed(sink, presenter, after) == 0)
+    index = {n: i for i, n in enumerate(sink.numbers)}
+    assert all(not sink.audio[index[n]].any() for n in after)  # and the dropped speech is not heard
+
+
+def test_bad_messages_get_errors_and_the_server_keeps_serving(served, voice):
+    server, _, _ = served
+    pcm, rate, _ = voice
+
+    async def client():
+        errors = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url(server, "/ws", "ws")) as ws:
+                await ws.send_bytes(b"\x00\x01" * 160)                     # audio before start
+                for text in ("not json", "[1, 2]", '{"type": 5}', '{"type": "dance"}', '{"type": "end"}',
+                             '{"type": "start", "sample_rate": "fast"}', '{"type": "start", "format": "mp3"}',
+                             '{"type": "start", "channels": 9}'):
+                    await ws.send_str(text)
+                await ws.send_json({"type": "start", "sample_rate": 16000, "format": "float32"})
+                await ws.send_bytes(b"\x00" * 7)                          # not whole float32 samples
+                await ws.send_bytes(np.full(160, np.nan, np.float32).tobytes())
+                for _ in range(12):  # 11 errors and the 'queued' answer to the good start
+                    message = json.loads((await ws.receive(timeout=5)).data)
+                    if message["type"] == "error":
+                        errors.append(message["message"])
+            async with session.ws_connect(url(server, "/ws", "ws")) as ws:  # oversize: the socket is closed
+                await ws.send_bytes(b"\x00" * (server.cfg.max_message_bytes + 2))
+                closed = await ws.receive(timeout=5)
+            async with session.ws_connect(url(server, "/ws", "ws")) as ws:  # gone mid-utterance
+                await ws.send_json({"type": "start", "sample_rate": rate})
+                await stream(ws, pcm[: rate // 2], rate, realtime=False)
+            async with session.ws_connect(url(server, "/ws", "ws")) as ws:  # the next client is served as usual
+                await ws.send_json({"type": "start", "sample_rate": rate})
+                await stream(ws, pcm[: rate], rate, realtime=False)
+                await ws.send_json({"type": "end"})
+                events = await events_until(ws, "speech_ended")
+            async with session.get(url(server, "/health")) as response:
+                health = response.status, await response.json()
+        return errors, closed, events, health
+
+    errors, closed, events, health = asyncio.run(client())
+    assert len(errors) == 11 and any("before 'start'" in e for e in errors) and any("NaN" in e for e in errors)
+    assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+    assert [e["type"] for e in events][-1] == "speech_ended"
+    assert health == (200, {"ok": True})
+
+
+def test_http_speak_status_and_health(served, voice):
+    server, _, _ = served
+
+    async def client():
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url(server, "/speak"), data=voice[2].read_bytes()) as response:
+                spoken = response.status, await response.json()
+            async with session.post(url(server, "/speak"), data=b"this is not audio at all") as response:
+                garbage = response.status, await response.json()
+            async with session.post(url(server, "/speak"), data=b"\x00" * (server.cfg.max_upload_bytes + 1)) as r:
+                too_big = r.status
+            async with session.get(url(server, "/status")) as response:
+                status = await response.json()
+        return spoken, garbage, too_big, status
+
+    spoken, garbage, too_big, status = asyncio.run(client())
+    assert spoken[0] == 200 and spoken[1]["seconds"] == pytest.approx(len(voice[0]) / voice[1], abs=0.05)
+    assert garbage[0] == 400 and "error" in garbage[1]
+    assert too_big == 413
+    assert status["fps"] == pytest.approx(25, abs=1.5) and status["queue"]["utterances"] >= 0
+    assert status["latency_ms"]["target"] == 300 and status["sinks"] == ["CollectSink", "WebRtcSink"]
+
+
+def test_bind_rules_and_token(built):
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
+    assert parse_listen("[::1]:9000") == ("::1", 9000)
+    with pytest.raises(ValueError, match="--token"):
+        check_bind(ServerConfig(host="0.0.0.0"))
+    server, _, _ = make_server(built, ServerConfig(host="0.0.0.0", port=0, token="s3cret"))
+    try:
+        async def client():
+            async with aiohttp.ClientSession() as session:
+                codes = []
+                for headers, query in (({}, ""), ({"Authorization": "Bearer wrong"}, ""),
+                                       ({"Authorization": "Bearer s3cret"}, ""), ({}, "?token=s3cret")):
+                    async with session.get(url(server, "/status" + query), headers=headers) as response:
+                        codes.append(response.status)
+                return codes
+        assert asyncio.run(client()) == [401, 401, 200, 200]
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    found = shutil.which("chromium")
+    if found is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True)
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("Debian's chromium cannot be installed here")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_browser_shows_the_presenter_over_webrtc(served, chromium, tmp_path):
+    server, sink, presenter = served
+    port = free_port()
+    browser = subprocess.Popen([chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
+                                "--disable-background-networking", "--no-first-run", "--mute-audio",
+                                "--autoplay-policy=no-user-gesture-required",
+                                "--disable-features=WebRtcHideLocalIpsWithMdns",
+                                f"--remote-debugging-port={port}", f"--user-data-dir={tmp_path / 'profile'}",
+                                f"--window-size={presenter.width},{presenter.height}", "about:blank"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        shot, sent = asyncio.run(screenshot_of_page(port, url(server, "/"), server))
+    finally:
+        browser.terminate()
+        browser.wait(timeout=10)
+    seen = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)[:presenter.height, :presenter.width]
+    small = lambda image: cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (160, 90)).astype(float)
+    a, b = small(seen), small(sent)
+    assert seen.shape[:2] == (presenter.height, presenter.width)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.8 and np.abs(a - b).mean() < 25
+
+
+async def screenshot_of_page(port: int, page: str, server) -> tuple[bytes, np.ndarray]:
+    """Drive Chromium over the DevTools protocol: open the page, wait for live video, take a screenshot."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/json/list") as response:
+                    targets = [t for t in await response.json() if t["type"] == "page"]
+                    if targets:
+                        break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        async with session.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0) as cdp:
+            ids = iter(range(1, 10_000))
+
+            async def call(method: str, **params):
+                number = next(ids)
+                await cdp.send_json({"id": number, "method": method, "params": params})
+                while True:
+                    reply = json.loads((await cdp.receive(timeout=30)).data)
+                    if reply.get("id") == number:
+                        return reply.get("result", {})
+
+            width, height = server.webrtc.size
+            await call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                       mobile=False)
+            await call("Page.navigate", url=page)
+            playing = "(() => { const v = document.querySelector('video'); " \
+                      "return !!v && v.videoWidth > 0 && v.currentTime > 1.0; })()"
+            for _ in range(300):
+                if (await call("Runtime.evaluate", expression=playing))["result"].get("value"):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                state = await call("Runtime.evaluate", expression="document.getElementById('state').textContent")
+                raise AssertionError(f"no live video in the page: {state}")
+            sent = server.webrtc.last_frame.copy()
+            shot = await call("Page.captureScreenshot", format="png")
+    return base64.b64decode(shot["data"]), sent
+
+
+def test_serve_command_starts_answers_and_stops(built):
+    import signal
+    import sys
+    import urllib.request
+    from conftest import ROOT
+    cache = str(built["cache"] / "clip30")
+    refused = subprocess.run([sys.executable, "stream_out.py", "serve", "--data_dir", cache, "--listen", "0.0.0.0:0"],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--token" in refused.stderr
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "stream_out.py", "serve", "--data_dir", cache, "--listen",
+                                f"127.0.0.1:{port}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                    assert json.loads(response.read()) == {"ok": True}
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("the server never answered /health")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err[-2000:]
+    assert out.startswith("served ")
