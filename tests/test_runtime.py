@@ -34,9 +34,9 @@ def wide_generator() -> Wav2Lip:
 @pytest.fixture(scope="module")
 def crops(built, media):
     presenter = Presenter(built["cache"] / "clip25")
-    faces = presenter.sample_faces(56)
+    faces = presenter.sample_faces(48)
     mels = frame_windows(melspectrogram(load_audio(media["speech"])))
-    return faces[:24], faces[24:], mels[:len(faces) - 24]
+    return faces[:16], faces[16:], mels[:len(faces) - 16]
 
 
 @pytest.fixture(scope="module")
