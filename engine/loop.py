@@ -42,7 +42,7 @@ class Stats:
     frames: int = 0
     speech: int = 0                # frames with speech and a face: the ones that want the model
     inferred: int = 0
-    infer_seconds: float = 0.0     # time spent in the model and composite for inferred frames
+    infer_seconds: float = 0.0     # time spent in the model stage (crops + model) for inferred frames
     recent_costs: deque = field(default_factory=lambda: deque(maxlen=16))  # s per inferred frame, latest calls
     late: int = 0                  # live frames presented after their time
     max_late_ms: float = 0.0
@@ -203,6 +203,7 @@ class LiveEngine:
         self.started_at: Optional[float] = None                 # monotonic t0 of the running clock
         self._stop = threading.Event()
         self._marks: deque = deque()    # (frame index, kind, tag) waiting for their frame to be shown
+        self._marks_lock = threading.Lock()
         self._mute_before = 0           # frames whose window starts before this sample were cut by interrupt()
         self._last_shown = -1
         mel_basis()  # builds librosa's filter bank now (a 2 s import), not while the clock runs
@@ -221,7 +222,8 @@ class LiveEngine:
         and muted from the next frame on. Returns the utterances dropped or cut short."""
         position, dropped = self.buffer.interrupt()
         self._mute_before = position + N_FFT // 2  # frame k hears from sample 640 k - 400 on
-        self._marks = deque(m for m in list(self._marks) if m[2] not in dropped)
+        with self._marks_lock:
+            self._marks = deque(m for m in self._marks if m[2] not in dropped)
         closed_from = self._last_shown + 1  # the first frame shown from now on has the mouth closed
         for tag in dropped:
             self._emit({"type": "speech_interrupted", "utterance": tag, "frame": closed_from,
@@ -238,9 +240,21 @@ class LiveEngine:
             except Exception:  # a listener's failure must never stop the clock
                 log.exception("event listener failed")
 
+    def _take(self, samples: int) -> np.ndarray:
+        """The next samples of the timeline, noting on which frames utterances start and end."""
+        pcm = self.buffer.take(samples)
+        marks = [(m.position // SAMPLES if m.kind == "start" else max(m.position - 1, 0) // SAMPLES, m.kind, m.tag)
+                 for m in self.buffer.pop_marks()]
+        with self._marks_lock:
+            self._marks.extend(marks)
+        return pcm
+
     def _show_marks(self, unit: FrameUnit, shown_at: float) -> None:
-        while self._marks and self._marks[0][0] <= unit.index:
-            _, kind, tag = self._marks.popleft()
+        while True:
+            with self._marks_lock:
+                if not self._marks or self._marks[0][0] > unit.index:
+                    return
+                _, kind, tag = self._marks.popleft()
             self._emit({"type": f"speech_{'started' if kind == 'start' else 'ended'}", "utterance": tag,
                         "frame": unit.index, "pts": unit.pts, "shown_at": shown_at})
 
@@ -253,14 +267,11 @@ class LiveEngine:
         position, step = 0, LOOKAHEAD % TICK or TICK
         while not self._stop.is_set():
             if self.buffer.ended.is_set() and self.buffer.available < step:  # the input's last samples, unpadded
-                yield from timeline.push(self.buffer.take(self.buffer.available))
+                yield from timeline.push(self._take(self.buffer.available))
                 yield from timeline.finish()
                 return
             wait_until(t0 + (position + step) / 16000)
-            pcm = self.buffer.take(step)
-            self._marks.extend((m.position // SAMPLES if m.kind == "start" else max(m.position - 1, 0) // SAMPLES,
-                                m.kind, m.tag) for m in self.buffer.pop_marks())
-            yield from timeline.push(pcm)
+            yield from timeline.push(self._take(step))
             position, step = position + step, TICK
 
     def run(self, max_seconds: Optional[float] = None) -> Stats:

@@ -64,11 +64,11 @@ class Trainer:
     """Shared loop: steps, mixed precision on CUDA, periodic eval and checkpoints, resume."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, checkpoint_dir: Path, device: torch.device,
-                 prefix: str = "checkpoint"):
+                 prefix: str = "checkpoint", betas: tuple[float, float] = (0.9, 0.999)):
         self.model, self.cfg, self.device, self.prefix = model.to(device), cfg, device, prefix
         self.checkpoint_dir = Path(checkpoint_dir)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=betas)
         self.amp = device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.step = 0
@@ -187,18 +187,18 @@ def train_wav2lip(data_root: Path, checkpoint_dir: Path, syncnet_path: str, cfg:
         raise CheckpointError(f"{syncnet_path}: is a {expert.spec.size}px expert; this run trains {cfg.size}px")
     model = Wav2Lip(arch.GENERATOR)
     load_initial(model, pre_path, "generator")
-    trainer = Trainer(model, cfg, checkpoint_dir, pick_device(device))
+    if gan and not hasattr(arch, "DISCRIMINATOR"):
+        raise ValueError(f"--gan: no reference quality discriminator for {cfg.size}px; train without --gan")
+    betas = (0.5, 0.999) if gan else (0.9, 0.999)  # hq_wav2lip_train.py's Adam betas for G and D
+    trainer = Trainer(model, cfg, checkpoint_dir, pick_device(device), betas=betas)
     trainer.resume()
     syncnet = expert.model.to(trainer.device).eval()
     for p in syncnet.parameters():
         p.requires_grad_(False)
     disc = None
     if gan:
-        if not hasattr(arch, "DISCRIMINATOR"):
-            raise ValueError(f"--gan: no reference quality discriminator for {cfg.size}px; train without --gan")
-        disc = Trainer(QualityDiscriminator(arch.DISCRIMINATOR), cfg, checkpoint_dir, trainer.device, "disc_checkpoint")
-        disc.optimizer = torch.optim.Adam(disc.model.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-        trainer.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        disc = Trainer(QualityDiscriminator(arch.DISCRIMINATOR), cfg, checkpoint_dir, trainer.device,
+                       "disc_checkpoint", betas)
         disc.resume()
         trainer.companions.append(disc)
     state = {"sync_wt": 0.0}

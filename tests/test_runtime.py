@@ -14,7 +14,7 @@ from engine.presenter import Presenter
 from models import wav2lip96
 from models.blocks import Wav2Lip
 from models.predictor import LipSyncPredictor, pick_dtype
-from models.runtime import Int8Check, OpenVinoStore, build_openvino, pick_runtime
+from models.runtime import Int8Check, OpenVinoStore, build_openvino, pick_runtime, weights_digest
 from test_models import randomise_batchnorm
 
 pytest.importorskip("openvino")
@@ -79,12 +79,14 @@ def test_int8_that_fails_its_check_falls_back_to_fp32(wide_generator, int8_predi
     assert "running fp32" in caplog.text
 
 
-def test_other_weights_do_not_reuse_a_stored_model(crops, int8_predictor):
+def test_stored_models_are_keyed_by_their_weights(wide_generator, int8_predictor):
+    import copy
+    from models.predictor import fold_batchnorm
     _, store = int8_predictor
-    other = LipSyncPredictor(randomise_batchnorm(Wav2Lip(wav2lip96.GENERATOR), seed=1), "cpu", "fp32",
-                             runtime="openvino", store_dir=store)
-    assert other.precision == "fp32"
-    assert len([p for p in store.iterdir() if p.name.endswith("-fp32")]) == 2
+    digest = weights_digest(fold_batchnorm(copy.deepcopy(wide_generator)))
+    assert sorted(p.name for p in store.iterdir()) == [f"wav2lip96-{digest}-fp32", f"wav2lip96-{digest}-int8"]
+    other = fold_batchnorm(randomise_batchnorm(Wav2Lip(wav2lip96.GENERATOR), seed=1))
+    assert weights_digest(other) != digest  # other weights never find this conversion
 
 
 def test_runtime_and_dtype_rules():

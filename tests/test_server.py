@@ -109,6 +109,27 @@ def test_streamed_speech_moves_the_mouth_and_events_come_in_order(served, voice)
     assert np.all(before == 0)  # and the frames before it are the cached ones, untouched
 
 
+def test_utterances_queue_in_order(served, voice):
+    server, _, _ = served
+    pcm, rate, _ = voice
+
+    async def client():
+        async with aiohttp.ClientSession() as session, session.ws_connect(url(server, "/ws", "ws")) as ws:
+            for part in (pcm[: rate], pcm[rate: 2 * rate]):  # two one-second utterances, sent at once
+                await ws.send_json({"type": "start", "sample_rate": rate})
+                await stream(ws, part, rate, realtime=False)
+                await ws.send_json({"type": "end"})
+            first = await events_until(ws, "speech_ended")
+            return first + await events_until(ws, "speech_ended")
+
+    events = [e for e in asyncio.run(client()) if e["type"] != "queued"]
+    assert [e["type"] for e in events] == ["speech_started", "speech_ended"] * 2
+    one, two = events[0]["utterance"], events[2]["utterance"]
+    assert two == one + 1 and events[1]["utterance"] == one and events[3]["utterance"] == two
+    assert events[0]["frame"] < events[1]["frame"] <= events[2]["frame"] < events[3]["frame"]
+    assert events[2]["frame"] - events[1]["frame"] <= 1  # queued speech follows without a gap
+
+
 def test_interrupt_closes_the_mouth_within_two_frames(served, voice):
     server, sink, presenter = served
     pcm, rate, _ = voice
