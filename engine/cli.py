@@ -127,7 +127,7 @@ def build_parts(args: argparse.Namespace, live: bool):
     if generator is not None:
         predictor = LipSyncPredictor(generator.model, args.device, args.dtype,
                                      batch_size=args.live_batch_size if live else args.batch_size,
-                                     runtime=args.runtime, calibration_faces=presenter.sample_faces(32),
+                                     runtime=args.runtime, calibration_faces=presenter.sample_faces(24),
                                      store_dir=presenter.dir / "runtime")
     else:
         log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for Wav2Lip "

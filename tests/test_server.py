@@ -327,10 +327,9 @@ def test_serve_command_starts_answers_and_stops(built):
     import sys
     import urllib.request
     from conftest import ROOT
+    from engine.cli import main as engine_main
     cache = str(built["cache"] / "clip30")
-    refused = subprocess.run([sys.executable, "stream_out.py", "serve", "--data_dir", cache, "--listen", "0.0.0.0:0"],
-                             cwd=ROOT, capture_output=True, text=True)
-    assert refused.returncode == 2 and "--token" in refused.stderr
+    assert engine_main(["--data_dir", cache, "--listen", "0.0.0.0:0"]) == 2  # refused before any model loads
     port = free_port()
     process = subprocess.Popen([sys.executable, "stream_out.py", "serve", "--data_dir", cache, "--listen",
                                 f"127.0.0.1:{port}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
