@@ -170,25 +170,32 @@ def build_openvino(net: nn.Module, name: str, size: int, int8: bool,
     `calibration()` returns (calibration batches, held-out batches) of model inputs; it is only called when no
     stored int8 model exists for these weights."""
     digest = weights_digest(net)
-    fp32_key = f"{name}-{digest}-fp32"
-    fp32_model, _ = store.load(fp32_key) if store else (None, None)
-    if fp32_model is None:
-        fp32_model = convert(net, size)
-        if store:
-            store.save(fp32_key, fp32_model, {"precision": "fp32"})
-    fp32 = OpenVinoRunner(fp32_model)
+
+    def fp32_model():
+        """Converted (or stored) fp32 model; only read or built when something needs it."""
+        key = f"{name}-{digest}-fp32"
+        model, _ = store.load(key) if store else (None, None)
+        if model is None:
+            model = convert(net, size)
+            if store:
+                store.save(key, model, {"precision": "fp32"})
+        return model
+
     if not int8:
-        return fp32, "fp32"
+        return OpenVinoRunner(fp32_model()), "fp32"
     int8_key = f"{name}-{digest}-int8"
     model, info = store.load(int8_key) if store else (None, None)
+    runner = None
     if model is None:
         if calibration is None:
             raise ValueError("int8 needs calibration data (the presenter's face crops)")
         started = time.perf_counter()
         calibrate, held_out = calibration()
         log.info("calibrating int8 on %d face crops (once per model and presenter)…", sum(len(m) for m, _ in calibrate))
-        model = quantize_int8(fp32_model, calibrate)
-        error = output_error(fp32, OpenVinoRunner(model), held_out)
+        reference = fp32_model()
+        model = quantize_int8(reference, calibrate)
+        runner = OpenVinoRunner(model)
+        error = output_error(OpenVinoRunner(reference), runner, held_out)
         info = {"precision": "int8", "error_levels": error, "calibration_seconds": time.perf_counter() - started}
         if store:
             store.save(int8_key, model, info)
@@ -196,6 +203,6 @@ def build_openvino(net: nn.Module, name: str, size: int, int8: bool,
     if error["mean"] > check.max_mean_error or error["p99"] > check.max_p99_error:
         log.warning("int8 strays too far from fp32 on held-out crops (mean %.2f, p99 %.1f of 255 levels; limits "
                     "%.1f / %.1f): running fp32", error["mean"], error["p99"], check.max_mean_error, check.max_p99_error)
-        return fp32, "fp32"
+        return OpenVinoRunner(fp32_model()), "fp32"
     log.info("int8 model within tolerance of fp32: mean %.2f, p99 %.1f of 255 levels", error["mean"], error["p99"])
-    return OpenVinoRunner(model), "int8"
+    return runner or OpenVinoRunner(model), "int8"
