@@ -7,17 +7,25 @@
   python stream_out.py preprocess <video-or-folder>... --out <cache_root>   build presenter caches
   python stream_out.py demo [--out out/demo]                    sample presenter speaks -> out/demo/demo.mp4
   python stream_out.py obs-setup [--target obs|vcam] [--obs_password ...]   point OBS at our stream
-  python stream_out.py serve --data_dir CACHE [--listen 127.0.0.1:8765] [--token T]   WebSocket/HTTP/WebRTC API
-Run `python stream_out.py --help` for every engine flag.
+  python stream_out.py serve --data_dir CACHE [--listen 127.0.0.1:8765]   WebSocket/HTTP/WebRTC API
+Run `python stream_out.py --help` for every engine flag; add --verbose to any command for tracebacks.
 """
 from __future__ import annotations
 
+import os
 import sys
 
+# Before numpy or scipy load: their OpenBLAS workers would spin a core between our small matrix products.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Every subcommand, with errors as one line on stderr (--verbose adds the traceback) and SIGTERM as Ctrl-C."""
+    from core.cli import run_command
+    return run_command(dispatch, argv)
+
+
+def dispatch(argv: list[str]) -> int:
     if not argv:
         print(__doc__.strip(), file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from core.ffmpeg import Child
+
 # Face box of skimage.data.astronaut() in photo pixels (x1, y1, x2, y2), as OpenCV's Haar frontal-face cascade
 # finds it (S3FD gives the same box within a few pixels). Independent of our own detector, so a fair reference.
 ASTRONAUT_FACE_BOX = np.array([177, 66, 272, 161], np.float32)
@@ -97,7 +99,7 @@ def make_presenter_clip(out: Path, seconds: float = 4.0, fps: float = 25, path: 
         cmd += ["-i", str(audio), "-af", "apad", "-c:a", "aac", "-b:a", "96k"]
     cmd += ["-t", f"{n / fps:.6f}", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
             "-r", str(fps), str(out)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    encoder = Child(cmd, stdin=subprocess.PIPE)
     for i in range(n):
         t = i / fps
         frame = render_frame(photo, alpha, background, path.transform_at(t))
@@ -105,8 +107,9 @@ def make_presenter_clip(out: Path, seconds: float = 4.0, fps: float = 25, path: 
             x1, y1, x2, y2 = path.box_at(t).astype(int)
             pad = (x2 - x1) // 2
             cv2.rectangle(frame, (x1 - pad, y1 - pad), (x2 + pad, y2 + 2 * pad), (40, 90, 160), -1)
-        proc.stdin.write(frame.tobytes())
-    proc.stdin.close()
-    if proc.wait() != 0:
-        raise RuntimeError(f"ffmpeg failed writing {out}: {proc.stderr.read().decode()[-300:]}")
+        encoder.stdin.write(frame.tobytes())
+    encoder.stdin.close()
+    if encoder.wait() != 0:
+        raise RuntimeError(f"ffmpeg failed writing {out}: {encoder.error()}")
+    encoder.close()
     return out

@@ -5,6 +5,7 @@ streaming (OBS picks the stream up whenever its Media Source is there)."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -36,17 +37,25 @@ def connect(settings: ObsSettings):
     except ImportError as exc:
         log.error("obsws-python is not installed (%s); run scripts/setup.sh", exc)
         return None
-    library_log = logging.getLogger("obsws_python")  # it logs a full traceback even for errors we handle
-    level = library_log.level
-    library_log.setLevel(logging.CRITICAL)
     try:
-        return obsws_python.ReqClient(host=settings.host, port=settings.port, password=settings.password,
-                                      timeout=settings.timeout)
+        with library_quiet():
+            return obsws_python.ReqClient(host=settings.host, port=settings.port, password=settings.password,
+                                          timeout=settings.timeout)
     except Exception as exc:  # refused connection, wrong password, timeout: all mean "not now"
         log.error("OBS is not reachable at %s:%d (%s). Start OBS with its WebSocket server enabled "
                   "(Tools > WebSocket Server Settings); the stream keeps running and OBS can pick it up later.",
-                  settings.host, settings.port, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                  settings.host, settings.port, one_line(exc))
         return None
+
+
+@contextmanager
+def library_quiet():
+    """obsws-python logs a full traceback even for errors we handle and report in one line ourselves."""
+    library_log = logging.getLogger("obsws_python")
+    level = library_log.level
+    library_log.setLevel(logging.CRITICAL)
+    try:
+        yield
     finally:
         library_log.setLevel(level)
 
@@ -57,6 +66,16 @@ def setup_media_source(settings: ObsSettings, url: str, audio_offset_ms: int = 0
     client = client or connect(settings)
     if client is None:
         return None
+    try:
+        with library_quiet():
+            return _place_media_source(client, url, audio_offset_ms)
+    except Exception as exc:  # obsws-python raises OBSSDKRequestError, timeouts, closed sockets: one line each
+        log.error("OBS refused a request (%s); the stream keeps running, and `stream_out.py obs-setup` can try "
+                  "again", one_line(exc))
+        return None
+
+
+def _place_media_source(client, url: str, audio_offset_ms: int) -> list[str]:
     done = []
     scene = client.get_current_program_scene().current_program_scene_name
     existing = {i["inputName"] for i in client.get_input_list().inputs}
@@ -76,16 +95,22 @@ def setup_media_source(settings: ObsSettings, url: str, audio_offset_ms: int = 0
     return done
 
 
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def start_virtual_camera(settings: ObsSettings, client=None) -> bool:
     client = client or connect(settings)
     if client is None:
         return False
     try:
-        if not client.get_virtual_cam_status().output_active:
-            client.start_virtual_cam()
+        with library_quiet():
+            if not client.get_virtual_cam_status().output_active:
+                client.start_virtual_cam()
         return True
     except Exception as exc:
-        log.error("OBS could not start its virtual camera: %s", str(exc).splitlines()[0])
+        log.error("OBS could not start its virtual camera: %s", one_line(exc))
         return False
 
 

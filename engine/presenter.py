@@ -5,15 +5,17 @@ Frames stay JPEG-encoded in memory and are decoded when needed: a 10 s 1080p cac
 """
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from core.errors import UserError
 from preprocess import cache
 
 
-class PresenterError(RuntimeError):
+class PresenterError(UserError):
     """A cache that cannot be played; the message says what to run."""
 
 
@@ -22,18 +24,29 @@ class Presenter:
         self.dir = Path(cache_dir)
         manifest = cache.read_manifest(self.dir)
         if manifest is None:
-            hint = " (it is still being built or was interrupted)" if (self.dir.parent / f".{self.dir.name}.partial").exists() else ""
+            building = any(self.dir.parent.glob(f".{self.dir.name}.swl-*.partial"))
+            hint = " (it is still being built or was interrupted)" if building else ""
             raise PresenterError(f"{self.dir}: no finished presenter cache here{hint}; build one with "
                                  f"`python stream_out.py preprocess <video> --out {self.dir.parent}`")
         if manifest.get("format_version") != cache.FORMAT_VERSION:
-            raise PresenterError(f"{self.dir}: cache format {manifest.get('format_version')} is not "
-                                 f"{cache.FORMAT_VERSION}; rebuild it with preprocess --force")
+            raise PresenterError(f"{self.dir}: made by another version of stream-wav2lip (cache format "
+                                 f"{manifest.get('format_version')}, this version reads {cache.FORMAT_VERSION}); "
+                                 f"rebuild it with `python stream_out.py preprocess <video> --out {self.dir.parent} "
+                                 f"--force`")
         if face_size is not None and manifest["face_size"] != face_size:
             raise PresenterError(f"{self.dir}: cache was made for {manifest['face_size']} px faces but the model needs "
                                  f"{face_size} px; rebuild it with `preprocess --face_size {face_size}`")
         self.face_size = manifest["face_size"]
         self.width, self.height = manifest["width"], manifest["height"]
-        det = cache.read_face_det(self.dir)
+        try:
+            det = cache.read_face_det(self.dir)
+            missing = sorted(set(cache.FACE_DET_FIELDS) - set(det))
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise PresenterError(f"{self.dir}: {cache.FACE_DET} cannot be read ({exc}); rebuild the cache with "
+                                 f"preprocess --force") from exc
+        if missing:
+            raise PresenterError(f"{self.dir}: {cache.FACE_DET} lacks {', '.join(missing)}; rebuild the cache with "
+                                 f"preprocess --force")
         self.has_face = det["has_face"]
         self.box = det["box"]
         self.head_box = det["head_box"]

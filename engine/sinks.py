@@ -1,6 +1,6 @@
 """Where frames go. Every sink gets the same frames with their 640 audio samples and presentation time.
 
-- Mp4Sink: H.264 + AAC file, muxed at close; nothing half-written is left (temp files, rename).
+- Mp4Sink: H.264 + AAC file, muxed at close in a scratch folder, then renamed into place: nothing half-written.
 - MpegTsSink: live MPEG-TS (video + audio muxed, shared timestamps) to udp:// (or srt://, or a file) for an OBS
   Media Source; needs no driver.
 - VirtualCameraSink: pyvirtualcam (BGR, no colour flip) + the audio played on a sound device.
@@ -8,18 +8,21 @@ Live sinks (`live = True`) are paced by the engine's clock; the file sink takes 
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
-import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Optional, Protocol
 
 import numpy as np
-import soundfile
+
+from core.cli import OS_HINTS, describe, first_line
+from core.errors import UserError
+from core.ffmpeg import Child, find_tool
+from core.scratch import make_scratch, publish, remove
 
 from .mel import SAMPLE_RATE
 from .timeline import FPS
@@ -27,16 +30,18 @@ from .timeline import FPS
 log = logging.getLogger("engine.sinks")
 
 
-class SinkError(RuntimeError):
+class SinkError(UserError):
     """A sink that cannot start; the message says what to install or configure."""
 
 
 class Sink(Protocol):
+    """A sink may also have `wants_frames` (default True): while it is False, the live engine may hand it None
+    instead of a frame (nothing is decoded for it), with the frame's audio as usual."""
     live: bool
 
     def open(self, width: int, height: int) -> None: ...
 
-    def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None: ...
+    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: float) -> None: ...
 
     def close(self) -> None: ...
 
@@ -45,11 +50,18 @@ def to_int16(audio: np.ndarray) -> bytes:
     return (np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes()
 
 
-def _ffmpeg() -> str:
-    path = shutil.which("ffmpeg")
-    if path is None:
-        raise SinkError("ffmpeg is not installed; run scripts/setup.sh")
-    return path
+def writable_folder(path: Path) -> None:
+    """Fail now, before any model loads, if `path`'s folder cannot be made or written."""
+    folder = path.resolve().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SinkError(f"{path}: cannot write there ({existing} is not a folder you can write to)")
+
+
+def encoder_failure(encoder: Child) -> str:
+    """ffmpeg's last word, with what to do when it is a full disk."""
+    said = encoder.error()
+    return f"{said} ({OS_HINTS[errno.ENOSPC]})" if "No space left on device" in said else said
 
 
 class Mp4Sink:
@@ -57,47 +69,63 @@ class Mp4Sink:
 
     def __init__(self, path: Path | str, crf: int = 18, preset: str = "veryfast"):
         self.path = Path(path)
+        writable_folder(self.path)
         self.crf, self.preset = crf, preset
-        self._proc: Optional[subprocess.Popen] = None
+        self._encoder: Optional[Child] = None
         self.frames = 0
 
     def open(self, width: int, height: int) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=".render-", dir=self.path.parent))
+        """Encode into a scratch folder beside the target; nothing appears at the target until close() muxes."""
+        self._tmp = make_scratch(self.path.parent, f"render-{self.path.name}")
         self._video = self._tmp / "video.mp4"
-        self._audio = soundfile.SoundFile(str(self._tmp / "audio.wav"), "w", SAMPLE_RATE, 1, "PCM_16")
-        self._proc = subprocess.Popen(
-            [_ffmpeg(), "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
-             "-r", str(FPS), "-i", "-", "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf),
-             "-pix_fmt", "yuv420p", str(self._video)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._audio = open(self._tmp / "audio.s16le", "wb")
+        self._encoder = Child(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
+                               "-s", f"{width}x{height}", "-r", str(FPS), "-i", "pipe:0", "-c:v", "libx264",
+                               "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p", str(self._video)],
+                              stdin=subprocess.PIPE)
 
     def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
-        self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-        self._audio.write(audio)
+        try:
+            self._encoder.stdin.write(np.ascontiguousarray(frame).tobytes())
+        except BrokenPipeError:
+            self._encoder.wait()
+            raise SinkError(f"could not write {self.path}: the encoder stopped ({encoder_failure(self._encoder)})") \
+                from None
+        try:
+            self._audio.write(to_int16(audio))
+        except OSError as exc:  # a full disk, a quota
+            raise SinkError(f"could not write {self.path}: {describe(exc)[0]}") from exc
         self.frames += 1
 
     def close(self) -> None:
         """Finish the file: the audio is exactly the frames' audio, so the two line up by construction."""
-        if self._proc is None:
+        if self._encoder is None:
             return
-        self._proc.stdin.close()
-        err = self._proc.stderr.read().decode(errors="replace")
-        self._audio.close()
-        if self._proc.wait() != 0 or self.frames == 0:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._proc = None
-            raise SinkError(f"could not write {self.path}: {err.strip()[-300:] or 'no frames'}")
-        partial = self._tmp / f"final{self.path.suffix or '.mp4'}"
-        result = subprocess.run([_ffmpeg(), "-v", "error", "-y", "-i", str(self._video), "-i", str(self._tmp / "audio.wav"),
-                                 "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac", "-b:a", "128k",
-                                 "-movflags", "+faststart", str(partial)], capture_output=True, text=True)
-        if result.returncode != 0:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            raise SinkError(f"could not mux {self.path}: {result.stderr.strip()[-300:]}")
-        os.replace(partial, self.path)
-        shutil.rmtree(self._tmp, ignore_errors=True)
-        self._proc = None
-        log.info("wrote %s (%d frames, %.2f s)", self.path, self.frames, self.frames / FPS)
+        encoder, self._encoder = self._encoder, None
+        try:
+            self._audio.close()
+            try:
+                encoder.stdin.close()
+            except BrokenPipeError:
+                pass
+            if encoder.wait() != 0 or self.frames == 0:
+                raise SinkError(f"could not write {self.path}: "
+                                f"{encoder_failure(encoder) if self.frames else 'no frames'}")
+            partial = self._tmp / f"final{self.path.suffix or '.mp4'}"
+            result = subprocess.run([find_tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-i", str(self._video),
+                                     "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1",
+                                     "-i", str(self._tmp / "audio.s16le"), "-map", "0:v", "-map", "1:a",
+                                     "-c:v", "copy", "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart",
+                                     str(partial)], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise SinkError(f"could not mux {self.path}: {first_line(result.stderr[-300:])}")
+            publish(partial, self.path)
+            log.info("wrote %s (%d frames, %.2f s)", self.path, self.frames, self.frames / FPS)
+        except OSError as exc:  # a full disk, a quota
+            raise SinkError(f"could not write {self.path}: {describe(exc)[0]}") from exc
+        finally:
+            encoder.close()
+            remove(self._tmp)
 
 
 class MpegTsSink:
@@ -107,20 +135,21 @@ class MpegTsSink:
     def __init__(self, url: str = "udp://127.0.0.1:23000?pkt_size=1316", bitrate: str = "4M"):
         self.url = url
         self.bitrate = bitrate
-        self._proc: Optional[subprocess.Popen] = None
+        self._encoder: Optional[Child] = None
 
     def open(self, width: int, height: int) -> None:
         read_fd, self._audio_fd = os.pipe()
-        self._proc = subprocess.Popen(
+        self._encoder = Child(
             # raw inputs need no probing; ffmpeg's default probe would wait for ~5 s of audio before reading video
-            [_ffmpeg(), "-v", "error", "-y", "-probesize", "32", "-analyzeduration", "0", "-thread_queue_size", "64",
-             "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}", "-r", str(FPS), "-i", "pipe:0",
+            ["ffmpeg", "-v", "error", "-nostdin", "-y", "-probesize", "32", "-analyzeduration", "0",
+             "-thread_queue_size", "64", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
+             "-r", str(FPS), "-i", "pipe:0",
              "-probesize", "32", "-analyzeduration", "0", "-thread_queue_size", "512",
              "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", f"pipe:{read_fd}",
              "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
              "-g", str(FPS), "-b:v", self.bitrate, "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
              "-flush_packets", "1", "-f", "mpegts", self.url],
-            stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(read_fd,))
+            stdin=subprocess.PIPE, pass_fds=(read_fd,))
         os.close(read_fd)
         # audio goes through its own thread: ffmpeg reads the two pipes at its own pace, and one blocked write
         # must never stop the other
@@ -140,24 +169,26 @@ class MpegTsSink:
     def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
         self._audio_queue.put(to_int16(audio))
         try:
-            self._proc.stdin.write(np.ascontiguousarray(frame).tobytes())
-        except BrokenPipeError as exc:
-            raise SinkError(f"the MPEG-TS encoder stopped: {self._proc.stderr.read().decode()[-300:]}") from exc
+            self._encoder.stdin.write(np.ascontiguousarray(frame).tobytes())
+        except BrokenPipeError:
+            self._encoder.wait(timeout=5)
+            raise SinkError(f"the MPEG-TS encoder stopped: {encoder_failure(self._encoder)}") from None
 
     def close(self) -> None:
-        if self._proc is None:
+        if self._encoder is None:
             return
         self._audio_queue.put(None)
         self._audio_thread.join(timeout=5)
         try:
-            self._proc.stdin.close()
+            self._encoder.stdin.close()
         except BrokenPipeError:
             pass
         try:
-            self._proc.wait(timeout=10)
+            self._encoder.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
-        self._proc = None
+            pass
+        self._encoder.close()
+        self._encoder = None
 
 
 V4L2_HELP = ("on Linux the virtual camera needs v4l2loopback: `sudo apt install v4l2loopback-dkms` then "

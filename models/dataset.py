@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from core.errors import UserError
 from engine.audio import load_audio
 from engine.mel import melspectrogram
 
@@ -22,7 +23,7 @@ WINDOW = 5        # frames per sample
 MEL_STEP = 16     # mel frames per window (200 ms)
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A training folder that cannot be used; the message says what to run."""
 
 

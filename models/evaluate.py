@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .dataset import MEL_STEP, WINDOW, mel_start
-from .loader import CheckpointError, load_syncnet
+from .loader import load_syncnet
 
 
 @dataclass(frozen=True)
@@ -111,14 +111,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--syncnet", required=True, help="a SyncNet expert checkpoint (python -m models.train syncnet)")
     p.add_argument("--vshift", type=int, default=15, help="audio offsets tried, in frames either way")
     args = p.parse_args(argv)
-    try:
-        score = evaluate_video(Path(args.video), args.syncnet, args.vshift)
-    except (CheckpointError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    score = evaluate_video(Path(args.video), args.syncnet, args.vshift)
     print(f"LSE-D {score.lse_d:.4f}  LSE-C {score.lse_c:.4f}  offset {score.offset:+d} frames")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.cli import run_command
+    sys.exit(run_command(main))

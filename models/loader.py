@@ -6,8 +6,10 @@ architecture is recognised from the exact set of keys and shapes, never from a f
 """
 from __future__ import annotations
 
+import io
 import logging
-import pickle
+import pickletools
+import re
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,6 +17,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
+
+from core.errors import UserError
+from core.scratch import publish, remove, scratch_file
 
 from . import wav2lip96, wav2lip288, wav2lip384
 from .blocks import GeneratorSpec, SyncNet, SyncNetSpec, Wav2Lip
@@ -35,7 +40,7 @@ WHERE_FROM = {
 }
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message is one line saying what is wrong and what to do."""
 
 
@@ -60,6 +65,10 @@ def read_checkpoint(path: Union[str, Path], trust_pickle: bool = False) -> tuple
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
     if _is_torchscript(path):
+        if not trust_pickle:
+            raise CheckpointError(f"{path}: a TorchScript archive, and loading one runs the program inside it; if you "
+                                  f"made it or trust its source, pass --trust_checkpoint")
+        log.warning("%s: loading a TorchScript archive (--trust_checkpoint)", path.name)
         try:
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception as exc:  # torch raises several types for damaged archives
@@ -67,16 +76,20 @@ def read_checkpoint(path: Union[str, Path], trust_pickle: bool = False) -> tuple
         return _strip_module(state), {}
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc) and "can still be loaded" not in str(exc):  # not a disallowed object
-            raise CheckpointError(f"{path}: truncated or corrupt ({_first_line(exc)})") from exc
+    except Exception as exc:  # a damaged file raises UnpicklingError, IndexError, UnicodeDecodeError, RuntimeError…
+        callables = unsafe_globals(path)
+        if not callables:
+            reason = "" if str(exc).startswith("Weights only load failed") else f" ({_first_line(exc)})"
+            raise CheckpointError(f"{path}: truncated or corrupt, not a checkpoint torch can read{reason}") from exc
         if not trust_pickle:
-            raise CheckpointError(f"{path}: holds Python objects besides tensors, and unpickling them could run any "
-                                  f"code; if you trust the file, pass --trust_checkpoint") from exc
-        log.warning("%s: loading with full unpickling (--trust_checkpoint)", path.name)
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupt ({_first_line(exc)})") from exc
+            raise CheckpointError(f"{path}: refused: besides tensors it holds Python objects that unpickling would "
+                                  f"build by calling {', '.join(callables[:4])}, which could run any code; if you "
+                                  f"made this file or trust its source, pass --trust_checkpoint") from exc
+        log.warning("%s: unpickling %s (--trust_checkpoint)", path.name, ", ".join(callables[:4]))
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: truncated or corrupt ({_first_line(exc)})") from exc
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a state dict")
     for key in ("state_dict", "params_ema", "params"):
@@ -86,6 +99,44 @@ def read_checkpoint(path: Union[str, Path], trust_pickle: bool = False) -> tuple
     if data and all(isinstance(v, torch.Tensor) for v in data.values()):
         return _strip_module(data), {}
     raise CheckpointError(f"{path}: no state dict inside (top-level keys: {', '.join(map(str, list(data)[:6]))})")
+
+
+def unsafe_globals(path: Path) -> list[str]:
+    """The functions and classes a checkpoint's pickle would call, other than torch's own tensor rebuilders, read
+    from its opcodes without running any of them. Empty when the file holds no readable pickle."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                streams = [archive.read(name)] if name else []
+        else:  # the legacy format: several pickles back to back, then raw storage bytes
+            streams = [path.read_bytes()]
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found: list[str] = []
+    for data in streams:
+        found += _pickle_globals(io.BytesIO(data))
+    safe = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.frozenset")
+    named = (g for g in found if re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", g))  # not bytes of a damaged file
+    return list(dict.fromkeys(g for g in named if not g.startswith(safe)))
+
+
+def _pickle_globals(stream: io.BytesIO) -> list[str]:
+    """module.name of every GLOBAL/STACK_GLOBAL in the pickles at the start of `stream` (stops at the first byte
+    that is not a pickle)."""
+    found: list[str] = []
+    while True:
+        strings: list[str] = []
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                if opcode.name == "GLOBAL":
+                    found.append(arg.replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL":
+                    found.append(".".join(strings[-2:]) if len(strings) >= 2 else "an unnamed global")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # noqa: BLE001 - past the pickles (raw storages) or garbage: done reading
+            return found
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -199,7 +250,9 @@ def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], optimizer: O
     payload = {"state_dict": state, "optimizer": optimizer.state_dict() if optimizer else None,
                "global_step": global_step, "global_epoch": global_epoch}
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    tmp = scratch_file(path.parent, path.name)
+    try:
+        torch.save(payload, tmp)
+        return publish(tmp, path)
+    finally:
+        remove(tmp)

@@ -15,19 +15,33 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import UserError
+
 from .blocks import ConvBN, Wav2Lip
 from .runtime import OpenVinoStore, TorchRunner, build_openvino, cpu_has_native_bf16, cpu_has_vnni, pick_runtime
 
 log = logging.getLogger("models")
 
 
+class DeviceError(UserError):
+    """A --device that this machine does not have."""
+
+
 def pick_device(requested: Optional[str] = None) -> torch.device:
     """'auto'/None: CUDA when present, else CPU. An explicit 'cuda' without a GPU is an error, not a silent fallback."""
     if requested in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise DeviceError(f"--device {requested!r}: not a device name (auto, cpu, cuda, cuda:1 …)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but this torch build sees no CUDA GPU; use --device cpu")
+        raise DeviceError(f"--device {requested} was asked for, but this torch build sees no CUDA GPU; use "
+                          f"--device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"--device {requested}: only cpu and cuda are supported")
     return device
 
 

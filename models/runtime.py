@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +20,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+
+from core.scratch import make_scratch, publish, remove
 
 log = logging.getLogger("models")
 RUNTIMES = ("auto", "torch", "openvino")
@@ -153,13 +153,13 @@ class OpenVinoStore:
 
     def save(self, key: str, model, info: dict) -> None:
         import openvino as ov
-        partial = self.folder / f".{key}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        ov.save_model(model, str(partial / "model.xml"), compress_to_fp16=False)
-        (partial / "info.json").write_text(json.dumps(info, indent=1))
-        shutil.rmtree(self.folder / key, ignore_errors=True)
-        os.replace(partial, self.folder / key)
+        partial = make_scratch(self.folder, key)
+        try:
+            ov.save_model(model, str(partial / "model.xml"), compress_to_fp16=False)
+            (partial / "info.json").write_text(json.dumps(info, indent=1))
+            publish(partial, self.folder / key)
+        finally:
+            remove(partial)
 
 
 def build_openvino(net: nn.Module, name: str, size: int, int8: bool,

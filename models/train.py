@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from . import wav2lip96, wav2lip288, wav2lip384
 from .blocks import QualityDiscriminator, SyncNet, Wav2Lip
-from .dataset import DataError, Sampler, batch, read_split
+from .dataset import Sampler, batch, read_split
 from .loader import CheckpointError, load_generator, load_syncnet, read_checkpoint, save_checkpoint
 from .predictor import pick_device
 
@@ -273,20 +273,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                       lr=args.lr, steps=args.steps, checkpoint_interval=args.checkpoint_interval,
                       eval_interval=args.eval_interval, eval_batches=args.eval_batches, syncnet_wt=args.syncnet_wt,
                       disc_wt=args.disc_wt)
-    try:
-        if args.what == "syncnet":
-            last = train_syncnet(Path(args.data_root), Path(args.checkpoint_dir), cfg, args.pre_path, args.device)
-        else:
-            if not args.syncnet:
-                raise ValueError("wav2lip training needs --syncnet EXPERT.pth (train one with `models.train syncnet`)")
-            last = train_wav2lip(Path(args.data_root), Path(args.checkpoint_dir), args.syncnet, cfg, args.pre_path,
-                                 args.gan, args.device)
-    except (DataError, CheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.what == "syncnet":
+        last = train_syncnet(Path(args.data_root), Path(args.checkpoint_dir), cfg, args.pre_path, args.device)
+    else:
+        if not args.syncnet:
+            raise ValueError("wav2lip training needs --syncnet EXPERT.pth (train one with `models.train syncnet`)")
+        last = train_wav2lip(Path(args.data_root), Path(args.checkpoint_dir), args.syncnet, cfg, args.pre_path,
+                             args.gan, args.device)
     print(f"last checkpoint: {last}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.cli import run_command
+    sys.exit(run_command(main))

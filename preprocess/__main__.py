@@ -8,7 +8,7 @@ from pathlib import Path
 
 from configs import parse_with_config
 
-from .detect import DETECTORS, DetectorUnavailable
+from .detect import DETECTORS
 from .pipeline import FACE_SIZES, PreprocessConfig, run_batch, summary_table
 
 
@@ -30,6 +30,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--force", action="store_true", help="rebuild caches that are already complete")
     parser.add_argument("--train_dir", type=Path, help="also export an LRS2-style training set here")
     parser.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality of cached images (default 95)")
+    parser.add_argument("--allow_truncated", action="store_true",
+                        help="use videos that decode to fewer frames than they declare (otherwise they fail)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -37,16 +39,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     return PreprocessConfig(face_size=args.face_size, pads=tuple(args.pads), detector=args.detector,
                             smooth_radius=0 if args.nosmooth else PreprocessConfig.smooth_radius,
-                            jpeg_quality=args.jpeg_quality, force=args.force, train_dir=args.train_dir)
+                            jpeg_quality=args.jpeg_quality, force=args.force, train_dir=args.train_dir,
+                            allow_truncated=args.allow_truncated)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    try:
-        results = run_batch(args.inputs, args.out, config_from_args(args), progress=not args.quiet)
-    except DetectorUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    results = run_batch(args.inputs, args.out, config_from_args(args), progress=not args.quiet)
     if not results:
         print("error: no video files found in the given inputs", file=sys.stderr)
         return 2
@@ -64,4 +63,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.cli import run_command
+    sys.exit(run_command(main))

@@ -12,14 +12,14 @@ cache/<name>/
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from core.scratch import make_scratch, publish, remove
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -55,12 +55,12 @@ class FrameRecord:
 
 
 class CacheWriter:
-    """Writes one video's cache into a temporary sibling folder and renames it into place only when complete."""
+    """Writes one video's cache into a scratch folder beside it and swaps it into place only when complete: a
+    reader finds the old cache or the new one, never none and never half of one."""
 
     def __init__(self, final_dir: Path, jpeg_quality: int = 95, workers: int = 2):
         self.final_dir = Path(final_dir)
-        self.tmp_dir = self.final_dir.parent / f".{self.final_dir.name}.partial"
-        discard(self.tmp_dir)
+        self.tmp_dir = make_scratch(self.final_dir.parent, self.final_dir.name)
         for sub in IMAGE_DIRS:
             (self.tmp_dir / sub).mkdir(parents=True)
         # q95 keeps JPEG blocks invisible. Face crops and heads keep full 4:4:4 chroma (lip and eye edges, model
@@ -99,24 +99,11 @@ class CacheWriter:
         arrays = {field: np.stack([getattr(r, field) for r in self.records]) for field in FACE_DET_FIELDS}
         np.savez(self.tmp_dir / FACE_DET, **arrays)
         (self.tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if self.final_dir.exists():
-            old = self.final_dir.parent / f".{self.final_dir.name}.old"
-            discard(old)
-            os.rename(self.final_dir, old)
-            os.rename(self.tmp_dir, self.final_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(self.tmp_dir, self.final_dir)
-        return self.final_dir
+        return publish(self.tmp_dir, self.final_dir)
 
     def abort(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        discard(self.tmp_dir)
-
-
-def discard(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
+        remove(self.tmp_dir)
 
 
 def read_manifest(cache_dir: Path) -> dict | None:

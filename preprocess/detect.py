@@ -16,8 +16,10 @@ from typing import Optional, Protocol
 import cv2
 import numpy as np
 
+from core.errors import UserError
 
-class DetectorUnavailable(RuntimeError):
+
+class DetectorUnavailable(UserError):
     """The chosen detector cannot run on this machine; the message says what is missing and where it goes."""
 
 

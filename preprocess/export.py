@@ -7,10 +7,11 @@ time exactly what it gets live.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import zlib
 from pathlib import Path
+
+from core.scratch import make_scratch, publish, remove
 
 from . import cache
 
@@ -20,16 +21,15 @@ VAL_EVERY = 10  # about one clip in ten goes to val.txt (stable: decided by the 
 def export_training_clip(cache_dir: Path, train_dir: Path) -> Path:
     cache_dir, train_dir = Path(cache_dir), Path(train_dir)
     target = train_dir / cache_dir.name
-    tmp = train_dir / f".{cache_dir.name}.partial"
-    cache.discard(tmp)
-    tmp.mkdir(parents=True)
-    for crop in sorted((cache_dir / "body_face").glob("*.jpg")):
-        shutil.copy2(crop, tmp / crop.name)
-    if (cache_dir / cache.AUDIO).is_file():
-        shutil.copy2(cache_dir / cache.AUDIO, tmp / cache.AUDIO)
-    cache.discard(target)
-    os.rename(tmp, target)
-    return target
+    tmp = make_scratch(train_dir, cache_dir.name)
+    try:
+        for crop in sorted((cache_dir / "body_face").glob("*.jpg")):
+            shutil.copy2(crop, tmp / crop.name)
+        if (cache_dir / cache.AUDIO).is_file():
+            shutil.copy2(cache_dir / cache.AUDIO, tmp / cache.AUDIO)
+        return publish(tmp, target)
+    finally:
+        remove(tmp)
 
 
 def write_filelists(train_dir: Path) -> tuple[list[str], list[str]]:

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from core.ffmpeg import TRUNCATED_BELOW
+
 from . import cache
 from .detect import Face, make_detector
 from .export import export_training_clip, write_filelists
@@ -36,6 +38,7 @@ class PreprocessConfig:
     jpeg_quality: int = 95
     force: bool = False
     train_dir: Optional[Path] = None
+    allow_truncated: bool = False  # use a video that decodes to fewer frames than it declares
 
     def cache_settings(self) -> dict:
         """Settings that change the cache's content: a cache made with others is rebuilt, not reused."""
@@ -134,6 +137,12 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
                 bar.update(1)
         if frames == 0:
             raise VideoError(f"{source}: no frame could be decoded")
+        if frames < TRUNCATED_BELOW * info.expected_frames:
+            message = (f"{source}: decoded {frames} of the {info.expected_frames} frames its container declares: "
+                       f"the file is truncated or damaged")
+            if not cfg.allow_truncated:
+                raise VideoError(message + " (pass --allow_truncated to use what is there)")
+            log.warning("%s; using what is there (--allow_truncated)", message)
         if faces == 0:
             raise VideoError(f"{source}: no face found in any of its {frames} frames")
         manifest = {

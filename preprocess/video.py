@@ -6,7 +6,6 @@ Wav2Lip models were trained on 25 fps footage (5 frames <-> 16 mel frames), so e
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,19 +13,15 @@ from typing import Iterator
 
 import numpy as np
 
+from core.errors import UserError
+from core.ffmpeg import Child, find_tool
+
 TARGET_FPS = 25
 AUDIO_RATE = 16000
 
 
-class VideoError(RuntimeError):
+class VideoError(UserError):
     """A source video that cannot be used; the message says why, in one line."""
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise VideoError(f"'{name}' is not installed; run scripts/setup.sh (it installs Debian's ffmpeg)")
-    return path
 
 
 @dataclass(frozen=True)
@@ -51,7 +46,7 @@ def probe(path: Path) -> VideoInfo:
         raise VideoError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise VideoError(f"{path}: the file is empty")
-    cmd = [require_tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_streams", "-show_format", str(path)]
+    cmd = [find_tool("ffprobe"), "-v", "error", "-print_format", "json", "-show_streams", "-show_format", str(path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "ffprobe failed"
@@ -79,35 +74,24 @@ def _parse_rate(text: str | None) -> float:
 def decode_frames(info: VideoInfo) -> Iterator[np.ndarray]:
     """Yield BGR uint8 frames at exactly 25 fps CFR, decoding the source once through an ffmpeg pipe."""
     w, h = info.width, info.height
-    cmd = [require_tool("ffmpeg"), "-v", "error", "-nostdin", "-i", str(info.path), "-map", "0:v:0",
-           "-vf", f"fps={TARGET_FPS}", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=w * h * 3)
     frame_bytes = w * h * 3
-    count, finished = 0, False
-    try:
-        while True:
-            buf = proc.stdout.read(frame_bytes)
-            if len(buf) < frame_bytes:
-                finished = True
-                break
+    count = 0
+    with Child(["ffmpeg", "-v", "error", "-nostdin", "-i", str(info.path), "-map", "0:v:0", "-vf", f"fps={TARGET_FPS}",
+                "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"], stdout=subprocess.PIPE, bufsize=frame_bytes) as child:
+        # leaving early (the consumer stopped or failed) closes the child: no ffmpeg is left running
+        while len(buf := child.stdout.read(frame_bytes)) == frame_bytes:
             count += 1
             yield np.frombuffer(buf, np.uint8).reshape(h, w, 3)
-    finally:
-        if not finished:  # the consumer stopped early or failed: do not leave ffmpeg running
-            proc.kill()
-        proc.stdout.close()
-        err = proc.stderr.read().decode(errors="replace").strip()
-        proc.stderr.close()
-        code = proc.wait()
+        code = child.wait()
     if code != 0 and count == 0:
-        raise VideoError(f"{info.path}: ffmpeg could not decode any frame ({err.splitlines()[-1] if err else code})")
+        raise VideoError(f"{info.path}: ffmpeg could not decode any frame ({child.error()})")
 
 
 def extract_audio(info: VideoInfo, out_wav: Path) -> bool:
     """Write the first audio track as 16 kHz mono PCM; return False (and write nothing) when there is none."""
     if not info.has_audio:
         return False
-    cmd = [require_tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-i", str(info.path), "-map", "0:a:0",
+    cmd = [find_tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-i", str(info.path), "-map", "0:a:0",
            "-ac", "1", "-ar", str(AUDIO_RATE), "-c:a", "pcm_s16le", str(out_wav)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:

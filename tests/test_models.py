@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -131,11 +133,13 @@ def test_syncnets_load_from_the_released_layout(spec, tmp_path):
     assert loaded.spec.name == spec.name and loaded.global_step == 7
 
 
-def test_torchscript_archives_load_through_their_state_dict(tmp_path):
+def test_torchscript_archives_load_through_their_state_dict_once_trusted(tmp_path):
     model = randomise_batchnorm(Wav2Lip(wav2lip96.GENERATOR))
     traced = torch.jit.trace(model, (torch.randn(1, 1, 80, 16), torch.rand(1, 6, 96, 96)))
     traced.save(str(tmp_path / "Wav2Lip-SD-GAN.pt"))
-    loaded = load_generator(tmp_path / "Wav2Lip-SD-GAN.pt")
+    message = _error(load_generator, tmp_path / "Wav2Lip-SD-GAN.pt")  # loading one runs its program: trust first
+    assert "TorchScript" in message and "--trust_checkpoint" in message
+    loaded = load_generator(tmp_path / "Wav2Lip-SD-GAN.pt", trust_pickle=True)
     assert loaded.spec.name == "wav2lip96"
     assert torch.equal(_outputs(loaded.model, 96), _outputs(model, 96))
 
@@ -161,8 +165,10 @@ def test_clear_errors_for_missing_empty_truncated_and_corrupt_files(tmp_path, go
     data = good_96.read_bytes()
     (tmp_path / "half.pth").write_bytes(data[: len(data) // 2])
     assert "truncated or corrupt" in _error(load_generator, tmp_path / "half.pth")
-    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    assert "truncated or corrupt" in _error(load_generator, tmp_path / "noise.pth")
+    for seed in range(40):  # random bytes make torch raise UnpicklingError, IndexError or UnicodeDecodeError
+        rng = np.random.default_rng(seed)
+        (tmp_path / "noise.pth").write_bytes(rng.integers(0, 256, 1 << 16, dtype=np.uint8).tobytes())
+        assert "truncated or corrupt" in _error(load_generator, tmp_path / "noise.pth")
 
 
 def test_wrong_kind_of_checkpoint_is_named(tmp_path, good_96):
@@ -194,8 +200,32 @@ def test_unknown_architecture_lists_the_differences(tmp_path):
 def test_pickled_python_objects_need_explicit_trust(tmp_path):
     state = {f"module.{k}": v for k, v in Wav2Lip(wav2lip96.GENERATOR).state_dict().items()}
     torch.save({"state_dict": state, "hparams": np.array([1.0])}, tmp_path / "old.pth")
-    assert "--trust_checkpoint" in _error(load_generator, tmp_path / "old.pth")
+    message = _error(load_generator, tmp_path / "old.pth")
+    assert "--trust_checkpoint" in message and "numpy" in message  # says what it found
     assert load_generator(tmp_path / "old.pth", trust_pickle=True).spec.name == "wav2lip96"
+
+
+class RunsCode:
+    """An object whose unpickling runs a shell command: what a hostile checkpoint carries."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy pickle"])
+def test_a_checkpoint_that_runs_code_is_refused_with_what_it_calls(tmp_path, layout):
+    marker, path = tmp_path / "ran", tmp_path / "evil.pth"
+    payload = {"state_dict": {"x": torch.zeros(1)}, "exploit": RunsCode(marker)}
+    if layout == "zip":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    message = _error(load_generator, path)
+    assert "refused" in message and f"{os.system.__module__}.system" in message and "--trust_checkpoint" in message
+    assert "corrupt" not in message and not marker.exists()
 
 
 def reference_inference(model, mels, faces):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import subprocess
 import sys
 import threading
@@ -68,6 +69,15 @@ def wait_for_our_frames(obs_studio, presenter, sink, timeout: float = 12.0) -> f
             return time.monotonic() - start
         time.sleep(0.5)
     raise AssertionError(f"OBS did not show our stream within {timeout} s")
+
+
+def test_a_request_obs_refuses_is_one_line(obs_studio, caplog):
+    """An out-of-range audio offset: OBS answers the request with an error, which becomes one line, no traceback."""
+    with caplog.at_level(logging.DEBUG):
+        assert setup_media_source(obs_studio.settings, "udp://127.0.0.1:23999", audio_offset_ms=10 ** 7) is None
+    ours = [r.getMessage() for r in caplog.records if r.name == "engine.obs"]
+    assert len(ours) == 1 and "OBS refused a request" in ours[0] and "\n" not in ours[0]
+    assert not [r for r in caplog.records if r.name.startswith("obsws") and r.levelno >= logging.ERROR]
 
 
 def test_obs_setup_creates_then_updates_one_input(obs_studio):

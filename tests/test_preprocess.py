@@ -146,6 +146,19 @@ def test_bad_inputs_fail_alone_with_clear_messages(media, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["clip30"]  # nothing half-written
 
 
+def test_a_truncated_video_fails_unless_allowed(media, tmp_path):
+    whole = tmp_path / "whole.mp4"  # index first, so a cut file still opens and declares all its frames
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(media["clip30"]), "-c", "copy", "-movflags", "+faststart",
+                    str(whole)], check=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    failed, = run_batch([cut], tmp_path / "cache", PreprocessConfig(), progress=False)
+    assert failed.status == "failed" and "frames its container declares" in failed.message
+    assert "--allow_truncated" in failed.message and not (tmp_path / "cache" / "cut").exists()
+    kept, = run_batch([cut], tmp_path / "cache", PreprocessConfig(allow_truncated=True), progress=False)
+    assert kept.status == "done" and 0 < kept.frames < 0.95 * CLIP30_SECONDS * 25
+
+
 def test_sfd_without_weights_says_what_is_missing(media, tmp_path):
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
     proc = subprocess.run([sys.executable, "-m", "preprocess", str(media["clip30"]), "--out", str(tmp_path / "c"),
@@ -162,7 +175,7 @@ def test_killed_run_resumes_to_a_correct_cache(media, tmp_path):
     out = tmp_path / "cache"
     cmd = [sys.executable, "-m", "preprocess", str(media["clip30"]), str(long_clip), "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial_bg = out / ".long.partial" / "bg"
+    partial_bg = out / f".long.swl-{proc.pid}.partial" / "bg"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(partial_bg.glob("*.jpg"))) < 20:
         assert proc.poll() is None, "the run ended before it could be interrupted"
