@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
+import os
 import sys
-import threading
 from pathlib import Path
 from typing import Optional
 
@@ -27,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pads", type=int, nargs=4, default=[0, 10, 0, 0], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"))
     p.add_argument("--nosmooth", action="store_true", help="with --face: no temporal smoothing of face boxes")
     p.add_argument("--audio_files", nargs="+", default=[], help="audio to speak, played back to back")
+    p.add_argument("--allow_truncated", action="store_true",
+                   help="use audio files (and a --face video) that hold less than they declare (otherwise an error)")
     p.add_argument("--mic", nargs="?", const="default", help="speak what the microphone hears (optional device)")
     p.add_argument("--outfile", nargs="+", default=DEFAULT_OUTFILE,
                    help="one or more of: a .mp4 path; 'obs' (MPEG-TS to OBS on %s); 'vcam' (virtual camera + "
@@ -54,7 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with obs/vcam: create/refresh our source in OBS's current scene (or start its virtual camera)")
     p.add_argument("--listen", metavar="HOST:PORT",
                    help="serve the network API (WebSocket speech in, WebRTC preview out), e.g. 127.0.0.1:8765")
-    p.add_argument("--token", help="with --listen on a non-loopback address: the secret every request must carry")
+    p.add_argument("--token", default=os.environ.get("STREAM_WAV2LIP_TOKEN"),
+                   help="with --listen on a non-loopback address: the secret every request must carry (better: set "
+                        "STREAM_WAV2LIP_TOKEN, which `ps` does not show)")
+    p.add_argument("--allow_host", action="append", default=[], metavar="NAME",
+                   help="with --listen: another name the server answers to (Host header), e.g. a LAN host name")
+    p.add_argument("--allow_origin", action="append", default=[], metavar="ORIGIN",
+                   help="with --listen: a web origin (e.g. https://my.app) whose pages may use the API")
+    p.add_argument("--max_queue_seconds", type=float, default=300.0,
+                   help="with --listen: most speech waiting to be spoken, per client and for the whole server")
+    p.add_argument("--max_peers", type=int, default=4, help="with --listen: most WebRTC viewers at once")
     p.add_argument("--trust_checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
     return p
 
@@ -68,7 +78,8 @@ def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:
     from preprocess.pipeline import PreprocessConfig, preprocess_video
     if args.face:
         root = Path("out/cache")
-        cfg = PreprocessConfig(face_size=face_size, pads=tuple(args.pads), smooth_radius=0 if args.nosmooth else 2)
+        cfg = PreprocessConfig(face_size=face_size, pads=tuple(args.pads), smooth_radius=0 if args.nosmooth else 2,
+                               allow_truncated=args.allow_truncated)
         return root / preprocess_video(Path(args.face), root, cfg).name
     if not args.data_dir:
         raise ValueError("give a presenter: --data_dir CACHE (see `stream_out.py preprocess`) or --face VIDEO")
@@ -141,89 +152,101 @@ def build_parts(args: argparse.Namespace, live: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.audio import AudioError, rms
+    """The engine command. Errors are raised (core.cli prints them in one line); Ctrl-C ends a render cleanly."""
+    from engine.audio import check_files, stream_files
     from engine.loop import LiveEngine, Stats, render_file
-    from engine.presenter import PresenterError
-    from engine.sinks import SinkError
-    from engine.sources import Microphone, load_files
-    from models.loader import CheckpointError
-    from preprocess.video import VideoError
+    from engine.sources import Feeder, Microphone
+    from models.predictor import pick_device
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    try:
-        serving = args.listen is not None
-        if not args.audio_files and not args.mic and not serving:
-            raise ValueError("nothing to say: give --audio_files a.wav … or --mic (or --listen to take it over "
-                             "the network)")
-        audio = load_files(args.audio_files) if args.audio_files else None  # fail fast, before any model loads
-        if audio is not None and rms(audio) < 10 ** (args.silence_db / 20):
-            log.warning("the audio is silent (below %.0f dB): the presenter will keep a still mouth", args.silence_db)
-        if serving and args.outfile == DEFAULT_OUTFILE:
-            args.outfile = []  # serving: the WebRTC preview, plus any live outputs asked for
-        sinks = make_sinks(args)
-        live = serving or any(s.live for s in sinks)
-        if live and any(not s.live for s in sinks):
-            raise ValueError("mix of a file and a live output: run them separately (a file renders faster than live)")
-        server_cfg = None
-        if serving:
-            from engine.server import ServerConfig, check_bind, parse_listen
-            host, port = parse_listen(args.listen)
-            server_cfg = ServerConfig(host, port, args.token)
-            check_bind(server_cfg)  # before any model loads
-        presenter, predictor, compositor, cfg = build_parts(args, live)
-        if not live:
-            stats = Stats()
-            try:
-                render_file(audio, presenter, predictor, compositor, sinks, cfg, stats=stats)
-            except KeyboardInterrupt:  # the sinks were closed on the way out: the file holds what was rendered
-                print(f"interrupted: wrote {', '.join(args.outfile)} with the first {stats.frames} frames",
-                      file=sys.stderr)
-                return 130
-            print(f"wrote {', '.join(args.outfile)}: {stats.frames} frames ({stats.frames / 25:.2f} s), "
-                  f"{stats.inferred} lip-synced")
-            return 0
-        if args.obs_control:
-            obs_control(args)
-        engine = LiveEngine(presenter, predictor, compositor, sinks, cfg)
-        if serving:
-            return serve(engine, server_cfg, audio)
-        microphone = None
-        if args.mic:
-            microphone = Microphone(engine.buffer, None if args.mic == "default" else args.mic)
-            microphone.start()
-        if audio is not None:
-            engine.push(audio)
-            if not args.mic:
-                engine.buffer.ended.set()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: engine.stop())
+    pin_thread_pools()
+    serving = args.listen is not None
+    if not args.audio_files and not args.mic and not serving:
+        raise ValueError("nothing to say: give --audio_files a.wav … or --mic (or --listen to take it over the "
+                         "network)")
+    pick_device(args.device)  # fail fast, before any file is read or model loaded
+    files = check_files(args.audio_files, args.allow_truncated) if args.audio_files else []
+    if files and max(f.level for f in files) < 10 ** (args.silence_db / 20):
+        log.warning("the audio is silent (below %.0f dB): the presenter will keep a still mouth", args.silence_db)
+    if serving and args.outfile == DEFAULT_OUTFILE:
+        args.outfile = []  # serving: the WebRTC preview, plus any live outputs asked for
+    sinks = make_sinks(args)
+    live = serving or any(s.live for s in sinks)
+    if live and any(not s.live for s in sinks):
+        raise ValueError("mix of a file and a live output: run them separately (a file renders faster than live)")
+    server_cfg = server_config(args) if serving else None  # refused before any model loads
+    presenter, predictor, compositor, cfg = build_parts(args, live)
+    audio = stream_files(args.audio_files)
+    if not live:
+        stats = Stats()
         try:
-            stats = engine.run(args.seconds)
-        except KeyboardInterrupt:
-            engine.stop()
-            stats = engine.stats
-        finally:
-            if microphone:
-                microphone.stop()
-        print(f"streamed {stats.frames} frames ({stats.inferred} lip-synced, {stats.late} late)")
+            render_file(audio, presenter, predictor, compositor, sinks, cfg, stats=stats,
+                        total_samples=sum(f.samples for f in files))
+        except KeyboardInterrupt:  # the sinks were closed on the way out: the file holds what was rendered
+            print(f"interrupted: wrote {', '.join(args.outfile)} with the first {stats.frames} frames",
+                  file=sys.stderr)
+            return 130
+        print(f"wrote {', '.join(args.outfile)}: {stats.frames} frames ({stats.frames / 25:.2f} s), "
+              f"{stats.inferred} lip-synced")
         return 0
-    except (ValueError, AudioError, PresenterError, CheckpointError, SinkError, VideoError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.obs_control:
+        obs_control(args)
+    engine = LiveEngine(presenter, predictor, compositor, sinks, cfg)
+    if serving:
+        return serve(engine, server_cfg, audio if files else None)
+    microphone = feeder = None
+    if args.mic:
+        microphone = Microphone(engine.buffer, None if args.mic == "default" else args.mic)
+        microphone.start()
+    if files:
+        feeder = Feeder(engine.buffer, audio, ends_input=not args.mic).start()
+    try:
+        stats = engine.run(args.seconds)
+    except KeyboardInterrupt:
+        engine.stop()
+        stats = engine.stats
+    finally:
+        if microphone:
+            microphone.stop()
+        if feeder:
+            feeder.stop()
+    print(f"streamed {stats.frames} frames ({stats.inferred} lip-synced, {stats.late} late)")
+    return 0
+
+
+def pin_thread_pools() -> None:
+    """One BLAS thread: our matrix products are small (the mel filter bank), and idle OpenBLAS workers spin a core
+    between them. numpy and scipy each bring their own OpenBLAS, and a limit only reaches libraries already
+    loaded, so both are loaded first (stream_out.py also sets OPENBLAS_NUM_THREADS before anything loads). The model
+    runtimes (torch, OpenVINO) keep their own thread pools."""
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1, user_api="blas")
+
+
+def server_config(args: argparse.Namespace):
+    from engine.server import ServerConfig, check_bind, parse_listen
+    host, port = parse_listen(args.listen)
+    cfg = ServerConfig(host, port, args.token or None, tuple(args.allow_host), tuple(args.allow_origin),
+                       max_queue_seconds=args.max_queue_seconds, max_peers=args.max_peers)
+    check_bind(cfg)
+    return cfg
 
 
 def serve(engine, server_cfg, audio) -> int:
     """Run the network API until Ctrl-C / SIGTERM; --audio_files become the first utterance."""
     from engine.server import Server
+    from engine.sources import Feeder
     server = Server(engine, server_cfg)
-    if audio is not None:
-        engine.push(audio, server.utterances.new(None))
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: server.loop.call_soon_threadsafe(server.loop.stop))
+    feeder = Feeder(engine.buffer, audio, server.utterances.new(None), ends_input=False).start() if audio else None
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        if feeder:
+            feeder.stop()
     stats = engine.stats
     print(f"served {stats.frames} frames ({stats.inferred} lip-synced, {stats.late} late)")
     return 0

@@ -22,10 +22,10 @@ from .mel import N_FFT, mel_basis
 from .presenter import Presenter, ping_pong
 from .sinks import Sink
 from .sources import AudioBuffer
-from .timeline import FPS, LOOKAHEAD, SAMPLES_PER_FRAME as SAMPLES, FrameTimeline, FrameUnit
+from .timeline import FPS, LOOKAHEAD, SAMPLES_PER_FRAME as SAMPLES, FrameTimeline, FrameUnit, frame_units
 
 log = logging.getLogger("engine")
-TICK = 320  # live timeline step: 20 ms of audio
+TICK = SAMPLES  # live timeline step: one frame of audio (40 ms); a frame's window completes exactly on a tick
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,16 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
     yield from flush()
 
 
-def composite(stream: Iterable[Mouths], compositor: Compositor) -> Iterator[tuple[FrameUnit, np.ndarray]]:
-    """The paste-back stage: (unit, full frame) in order. Runs in its own thread, beside the model."""
+def composite(stream: Iterable[Mouths], compositor: Compositor, watched: Callable[[], bool] = lambda: True
+              ) -> Iterator[tuple[FrameUnit, Optional[np.ndarray]]]:
+    """The paste-back stage: (unit, full frame) in order. Runs in its own thread, beside the model.
+
+    While `watched()` is False no sink needs pixels (a server nobody views): the frame is None and nothing is
+    decoded or pasted, which keeps an idle server idle."""
     for item in stream:
-        if item.faces is None:
+        if not watched():
+            yield from ((unit, None) for unit in item.units)
+        elif item.faces is None:
             yield item.units[0], compositor.passthrough(item.indices[0])
         else:
             yield from zip(item.units, compositor.compose(item.indices, item.faces))
@@ -113,31 +119,35 @@ def composite(stream: Iterable[Mouths], compositor: Compositor) -> Iterator[tupl
 def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor: Compositor, batch_size: int,
            start_frame: int = 0, stats: Optional[Stats] = None,
            too_late: Callable[[FrameUnit, int], bool] = lambda unit, pending: False,
-           stop: Optional[threading.Event] = None) -> Iterator[tuple[FrameUnit, np.ndarray]]:
+           stop: Optional[threading.Event] = None, watched: Callable[[], bool] = lambda: True
+           ) -> Iterator[tuple[FrameUnit, Optional[np.ndarray]]]:
     """Yield (unit, frame) in order: the model stage and the composite stage overlapped in two threads."""
     stop = stop or threading.Event()
     mouths = threaded(lip_sync(units, presenter, lipsync, batch_size, start_frame, stats, too_late), 4, "model", stop)
-    return threaded(composite(mouths, compositor), 8, "composite", stop)
+    return threaded(composite(mouths, compositor, watched), 8, "composite", stop)
 
 
-def render_file(audio: np.ndarray, presenter: Presenter, lipsync, compositor: Compositor, sinks: list[Sink],
-                cfg: EngineConfig = EngineConfig(), progress: bool = True, stats: Optional[Stats] = None) -> Stats:
-    """Whole audio known in advance: ceil(len/640) frames, as fast as possible, to non-live sinks (mp4).
+def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, lipsync, compositor: Compositor,
+                sinks: list[Sink], cfg: EngineConfig = EngineConfig(), progress: bool = True,
+                stats: Optional[Stats] = None, total_samples: Optional[int] = None) -> Stats:
+    """Whole audio known in advance (an array, or a stream of chunks with `total_samples` for the progress bar):
+    ceil(samples/640) frames, as fast as possible, to non-live sinks (mp4). A stream is consumed as it renders,
+    so an hour of audio takes the memory of a minute.
 
-    Interrupted (Ctrl-C), the sinks are still closed: the mp4 is finished with the frames rendered so far."""
+    Interrupted (Ctrl-C, SIGTERM), the sinks are still closed: the mp4 is finished with the frames rendered so far."""
     from tqdm import tqdm
 
     stats = stats if stats is not None else Stats()
-    timeline = FrameTimeline(cfg.silence_db)
-    units = (u for part in (timeline.push(audio), timeline.finish()) for u in part)
-    total = -(-len(audio) // 640)
+    if isinstance(audio, np.ndarray):
+        total_samples = len(audio)
+    total = -(-total_samples // SAMPLES) if total_samples is not None else None
     stop = threading.Event()
     for sink in sinks:
         sink.open(presenter.width, presenter.height)
     try:
         with tqdm(total=total, unit="frame", desc="render", disable=not progress) as bar:
-            for unit, frame in render(units, presenter, lipsync, compositor, cfg.batch_size, cfg.start_frame, stats,
-                                      stop=stop):
+            for unit, frame in render(frame_units(audio, cfg.silence_db), presenter, lipsync, compositor,
+                                      cfg.batch_size, cfg.start_frame, stats, stop=stop):
                 for sink in sinks:
                     sink.write(frame, unit.audio, unit.pts)
                 stats.frames += 1
@@ -233,6 +243,10 @@ class LiveEngine:
     def stop(self) -> None:
         self._stop.set()
 
+    def _watched(self) -> bool:
+        """Does any sink want pixels now? A sink may say no (`wants_frames`), as WebRTC does with no viewer."""
+        return any(getattr(sink, "wants_frames", True) for sink in self.sinks)
+
     def _emit(self, event: dict) -> None:
         if self.on_event:
             try:
@@ -259,10 +273,11 @@ class LiveEngine:
                         "frame": unit.index, "pts": unit.pts, "shown_at": shown_at})
 
     def _timeline_units(self, t0: float) -> Iterator[FrameUnit]:
-        """The audio timeline advancing in real time: every 20 ms, the next 20 ms of input or silence.
+        """The audio timeline advancing in real time: every 40 ms, the next 40 ms of input or silence.
 
         The first step is shorter (200 samples) so that ticks fall exactly where frame windows complete
-        (640 k + 3400): no frame waits for the rest of a tick."""
+        (640 k + 3400): no frame waits for the rest of a tick, and one frame leaves per tick. Audio that arrives
+        between ticks is placed at the start of the next step, so a finer tick would not show it sooner."""
         timeline = FrameTimeline(self.cfg.silence_db)
         position, step = 0, LOOKAHEAD % TICK or TICK
         while not self._stop.is_set():
@@ -297,14 +312,14 @@ class LiveEngine:
 
         units = threaded(self._timeline_units(t0), 8, "timeline", self._stop)
         frames = render(units, self.presenter, self.lipsync, self.compositor, self.cfg.live_batch_size,
-                        self.cfg.start_frame, self.stats, too_late, self._stop)
+                        self.cfg.start_frame, self.stats, too_late, self._stop, self._watched)
         try:
             for unit, frame in frames:
                 planned = t0 + unit.pts + latency
                 audio = unit.audio
                 if unit.index * SAMPLES < self._mute_before:  # rendered from speech that interrupt() dropped
                     frame = self.compositor.passthrough(ping_pong(unit.index + self.cfg.start_frame,
-                                                                  self.presenter.frames))
+                                                                  self.presenter.frames)) if frame is not None else None
                     audio = np.zeros_like(audio)
                 late = wait_until(planned)
                 for sink in self.sinks:

@@ -164,6 +164,24 @@ class StreamingMel:
     def _compute_columns(self, until: int, total: int | None = None) -> None:
         if until <= self._next_column:
             return
+        first = self._next_column * HOP - N_FFT // 2
+        if total is None and first >= 0:  # every window inside the audio kept: strided views, no index arrays
+            start = first - self._sample_base
+            span = self._samples[start:start + (until - self._next_column - 1) * HOP + N_FFT]
+            frames = np.lib.stride_tricks.sliding_window_view(span, N_FFT)[::HOP]
+            silent = not span.any()  # digital silence (a live input with nobody talking) needs no FFT
+        else:
+            frames, silent = self._reflected_frames(until, total), False
+        columns = np.full((N_MELS, len(frames)), SILENCE, np.float32) if silent else frames_to_mel(frames)
+        self._mel = np.concatenate([self._mel, columns], axis=1)
+        self._next_column = until
+        keep_from = max(self._next_column * HOP - N_FFT // 2, 0)  # samples older than the next column's window
+        if keep_from > self._sample_base:
+            self._samples = self._samples[keep_from - self._sample_base:]
+            self._sample_base = keep_from
+
+    def _reflected_frames(self, until: int, total: int | None) -> np.ndarray:
+        """Windows that reach before the first sample (start reflection) or past the last one (end of stream)."""
         columns = np.arange(self._next_column, until)
         absolute = columns[:, None] * HOP - N_FFT // 2 + np.arange(N_FFT)[None, :]
         if total is not None:  # end of stream: reflect at the end like the offline padding
@@ -174,12 +192,7 @@ class StreamingMel:
             frames[from_head] = self._head[-absolute[from_head]]
         rest = ~from_head
         frames[rest] = self._samples[absolute[rest] - self._sample_base]
-        self._mel = np.concatenate([self._mel, frames_to_mel(frames)], axis=1)
-        self._next_column = until
-        keep_from = max(self._next_column * HOP - N_FFT // 2, 0)  # samples older than the next column's window
-        if keep_from > self._sample_base:
-            self._samples = self._samples[keep_from - self._sample_base:]
-            self._sample_base = keep_from
+        return frames
 
     def _take_windows(self, final: bool) -> list[np.ndarray]:
         windows = []

@@ -1,15 +1,17 @@
 """Audio inputs. Each feeds 16 kHz mono float32 into an AudioBuffer; the engine's clock takes from it."""
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
-from .audio import AudioError, load_audio
+from .audio import AudioError
 from .mel import SAMPLE_RATE
+
+log = logging.getLogger("engine.sources")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class AudioBuffer:
     def __init__(self):
         self._chunks: list[tuple[np.ndarray, object]] = []
         self._size = 0
+        self._per_tag: dict = {}            # samples still queued per utterance tag
         self._lock = threading.Lock()
         self._taken = 0                     # samples handed to the timeline so far, silence included
         self._started: set = set()
@@ -42,12 +45,13 @@ class AudioBuffer:
             with self._lock:
                 self._chunks.append((pcm, tag))
                 self._size += pcm.size
+                self._per_tag[tag] = self._per_tag.get(tag, 0) + pcm.size
 
     def close(self, tag: object) -> None:
         """Utterance `tag` is complete: its end is marked when its last sample is taken (now, if it was)."""
         with self._lock:
             self._closed.add(tag)
-            if tag in self._started and not any(t == tag for _, t in self._chunks):
+            if tag in self._started and tag not in self._per_tag:
                 self._end(tag, self._taken)
 
     def _end(self, tag: object, position: int) -> None:
@@ -58,6 +62,11 @@ class AudioBuffer:
     @property
     def available(self) -> int:
         return self._size
+
+    def queued(self, tags: Iterable) -> int:
+        """Samples still queued from these utterances."""
+        with self._lock:
+            return sum(self._per_tag.get(tag, 0) for tag in tags)
 
     @property
     def queued_tags(self) -> list:
@@ -78,9 +87,12 @@ class AudioBuffer:
                 out[filled:filled + used] = chunk[:used]
                 filled += used
                 self._size -= used
+                self._per_tag[tag] -= used
+                if not self._per_tag[tag]:
+                    del self._per_tag[tag]
                 if used == chunk.size:
                     self._chunks.pop(0)
-                    if tag in self._closed and not any(t == tag for _, t in self._chunks):
+                    if tag in self._closed and tag not in self._per_tag:
                         self._end(tag, self._taken + filled)
                 else:
                     self._chunks[0] = (chunk[used:], tag)
@@ -98,16 +110,46 @@ class AudioBuffer:
             dropped = list(dict.fromkeys([t for _, t in self._chunks if t is not None] + list(self._started)))
             self._chunks.clear()
             self._size = 0
+            self._per_tag.clear()
             self._started.clear()
             self._closed.difference_update(dropped)
             return self._taken, dropped
 
 
-def load_files(paths: list[Path | str]) -> np.ndarray:
-    """Several audio files back to back, as one 16 kHz mono timeline."""
-    if not paths:
-        raise AudioError("no audio file given (--audio_files a.wav b.mp3 …)")
-    return np.concatenate([load_audio(p) for p in paths])
+class Feeder:
+    """Pushes a stream of audio chunks (decoded files) into a buffer from its own thread, never more than `ahead`
+    seconds before the clock takes them: an hour-long file is never held whole in memory."""
+
+    def __init__(self, buffer: AudioBuffer, chunks: Iterable[np.ndarray], utterance: object = None,
+                 ahead_seconds: float = 10.0, ends_input: bool = True):
+        self.buffer, self.chunks, self.utterance = buffer, chunks, utterance
+        self.ahead = int(ahead_seconds * SAMPLE_RATE)
+        self.ends_input = ends_input
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+
+    def start(self) -> "Feeder":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            for chunk in self.chunks:
+                while self.buffer.available > self.ahead:
+                    if self._stop.wait(0.05):
+                        return
+                self.buffer.push(chunk, self.utterance)
+        except AudioError as exc:  # the files were checked before the start; a failure now ends the input early
+            log.error("%s", exc)
+        finally:
+            if self.utterance is not None:
+                self.buffer.close(self.utterance)
+            if self.ends_input:
+                self.buffer.ended.set()
 
 
 class Microphone:

@@ -3,7 +3,7 @@ speech flag. Works the same on a whole file (finish() at the end) and on a never
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -90,3 +90,14 @@ class FrameTimeline:
             cut = min(sample, self._received) - self._base
             self._audio = self._audio[cut:]
             self._base += cut
+
+
+def frame_units(audio: np.ndarray | Iterable[np.ndarray], silence_db: float = -45.0) -> Iterator[FrameUnit]:
+    """Every frame of a finite audio stream (an array or chunks of one), as it completes: the memory used is that of
+    one chunk, not of the whole audio."""
+    timeline = FrameTimeline(silence_db)
+    chunks = np.array_split(audio, range(SAMPLE_RATE, len(audio), SAMPLE_RATE)) if isinstance(audio, np.ndarray) \
+        else audio
+    for chunk in chunks:
+        yield from timeline.push(chunk)
+    yield from timeline.finish()

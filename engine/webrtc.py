@@ -42,11 +42,16 @@ def _track_class():
     return QueuedTrack
 
 
+class PeerLimit(RuntimeError):
+    """As many viewers as allowed are connected."""
+
+
 class WebRtcSink:
     live = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_peers: int = 4):
         self.loop = loop
+        self.max_peers = max_peers
         self.peers: dict = {}  # RTCPeerConnection -> (video track, audio track)
         self.size: Optional[tuple[int, int]] = None
         self.last_frame: Optional[np.ndarray] = None
@@ -54,14 +59,22 @@ class WebRtcSink:
     def open(self, width: int, height: int) -> None:
         self.size = (width, height)
 
-    def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
-        self.last_frame = frame
+    @property
+    def wants_frames(self) -> bool:
+        """Pixels only while someone watches: an idle server decodes nothing."""
+        return bool(self.peers)
+
+    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: float) -> None:
+        if frame is not None:
+            self.last_frame = frame
         if not self.peers:
             return
         import av
         index = int(round(pts * FPS))
-        video = av.VideoFrame.from_ndarray(frame, format="bgr24")
-        video.pts, video.time_base = index * (VIDEO_CLOCK // FPS), Fraction(1, VIDEO_CLOCK)
+        video = None
+        if frame is not None:  # None: made before the first viewer came; the next frame follows within 0.5 s
+            video = av.VideoFrame.from_ndarray(frame, format="bgr24")
+            video.pts, video.time_base = index * (VIDEO_CLOCK // FPS), Fraction(1, VIDEO_CLOCK)
         sound = av.AudioFrame.from_ndarray(np.frombuffer(to_int16(audio), np.int16)[None], format="s16", layout="mono")
         sound.sample_rate = SAMPLES_PER_FRAME * FPS
         sound.pts, sound.time_base = index * SAMPLES_PER_FRAME, Fraction(1, SAMPLES_PER_FRAME * FPS)
@@ -69,14 +82,19 @@ class WebRtcSink:
 
     def _deliver(self, video, sound) -> None:
         for video_track, audio_track in self.peers.values():
-            video_track.offer(video)
+            if video is not None:
+                video_track.offer(video)
             audio_track.offer(sound)
 
     async def answer(self, sdp: str, kind: str) -> tuple[str, str]:
-        """Take a browser's offer; return our answer (SDP, type). The peer gets the live video and audio."""
-        from aiortc import RTCPeerConnection, RTCSessionDescription
+        """Take a browser's offer; return our answer (SDP, type). The peer gets the live video and audio.
+
+        Raises PeerLimit when max_peers viewers are connected; an offer that fails closes its peer at once."""
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+        if len(self.peers) >= self.max_peers:
+            raise PeerLimit(f"{len(self.peers)} viewers are connected, the most allowed (--max_peers)")
         track = _track_class()
-        peer = RTCPeerConnection()
+        peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # same machine or LAN: never ask a STUN server
         tracks = (track("video"), track("audio"))
         self.peers[peer] = tracks
 
@@ -85,10 +103,14 @@ class WebRtcSink:
             if peer.connectionState in ("failed", "closed"):
                 await self._drop(peer)
 
-        for t in tracks:
-            peer.addTrack(t)
-        await peer.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
-        await peer.setLocalDescription(await peer.createAnswer())
+        try:
+            for t in tracks:
+                peer.addTrack(t)
+            await peer.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+            await peer.setLocalDescription(await peer.createAnswer())
+        except BaseException:
+            await self._drop(peer)
+            raise
         return peer.localDescription.sdp, peer.localDescription.type
 
     async def _drop(self, peer) -> None:

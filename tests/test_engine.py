@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from models import wav2lip96
 from models.blocks import SyncNet, Wav2Lip
 from models.loader import load_generator, save_checkpoint
 from models.predictor import LipSyncPredictor
+from stream_out import main as stream_out_main
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +126,7 @@ def test_mp4_from_the_command_line(checkpoint, built, talk, tmp_path):
     assert abs(int(video["nb_read_frames"]) - seconds * 25) <= 1
     assert float(audio["duration"]) == pytest.approx(seconds, abs=0.06)
     assert float(video["duration"]) == pytest.approx(seconds, abs=0.05)
-    assert not list(tmp_path.glob(".render-*"))  # temp files gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.mp4"]  # no scratch folder left
 
 
 def test_mpegts_stream_decodes_with_matching_timestamps(rig, talk, tmp_path):
@@ -166,50 +169,39 @@ def test_live_udp_stream_reaches_a_listener(rig, talk, tmp_path):
     assert kinds == {"video", "audio"}
 
 
-def test_live_pacing_holds_25_fps_for_60_seconds_without_drift(rig, caplog):
+def test_live_pacing_holds_25_fps_for_30_seconds_without_drift(rig, caplog):
     presenter, predictor, compositor = rig
     sink = CollectSink(live=True)
     engine = LiveEngine(presenter, predictor, compositor, [sink], EngineConfig())
-    stats = engine.run(max_seconds=60)  # no input: the timeline runs on silence, as between utterances
+    stats = engine.run(max_seconds=30)  # no input: the timeline runs on silence, as between utterances
     offsets = np.array(stats.present_offsets)
     times = np.array(sink.times)
     drift = np.polyfit(np.arange(len(times)) / 25, times - times[0], 1)[0] - 1  # s per s
-    logging.getLogger("test").info("60 s live run: median offset %.2f ms, p99 %.2f ms, drift %.3f ms/min",
+    logging.getLogger("test").info("30 s live run: median offset %.2f ms, p99 %.2f ms, drift %.3f ms/min",
                                    1000 * np.median(offsets), 1000 * np.percentile(offsets, 99), 60000 * drift)
     # The clock must not drift and must stay tight; a shared 2-core machine may oversleep a frame now and then
     # (seen: 3.5% of frames 20-35 ms late while other work ran), which is scheduling, not drift.
-    assert stats.frames >= 1500 and stats.late <= 0.05 * stats.frames
+    assert stats.frames >= 750 and stats.late <= 0.05 * stats.frames
     assert np.median(offsets) < 0.005 and np.percentile(offsets, 99) < 0.04
-    assert abs(drift * 60) < 0.005  # under 5 ms over the minute
+    assert abs(drift * 60) < 0.005  # under 5 ms a minute
     assert abs((times[-1] - times[0]) - (len(times) - 1) / 25) < 0.02
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "stream_out.py", *args], cwd=ROOT, capture_output=True, text=True)
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1
-    return errors[0]
-
-
-def test_bad_inputs_give_one_clear_message(checkpoint, built, media, talk, tmp_path):
+def test_bad_inputs_give_one_clear_message(checkpoint, built, media, talk, tmp_path, capsys):
     from preprocess.pipeline import PreprocessConfig, run_batch
     common = ["--audio_files", str(talk[0]), "--outfile", str(tmp_path / "x.mp4")]
-    assert "no finished presenter cache" in one_error_line(
-        run_cli("--checkpoint_path", str(checkpoint), "--data_dir", str(tmp_path / "nothing"), *common))
+    assert "no finished presenter cache" in cli_error(
+        capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(tmp_path / "nothing"), *common)
     run_batch([media["clip30"]], tmp_path / "c288", PreprocessConfig(face_size=288), progress=False)
-    assert "made for 288 px faces but the model needs 96 px" in one_error_line(
-        run_cli("--checkpoint_path", str(checkpoint), "--data_dir", str(tmp_path / "c288" / "clip30"), *common))
+    assert "made for 288 px faces but the model needs 96 px" in cli_error(
+        capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(tmp_path / "c288" / "clip30"), *common)
     (tmp_path / "broken.mp3").write_bytes(b"\x00" * 500)
-    assert "not a readable audio file" in one_error_line(
-        run_cli("--checkpoint_path", str(checkpoint), "--data_dir", str(built["cache"] / "clip25"),
-                "--audio_files", str(tmp_path / "broken.mp3"), "--outfile", str(tmp_path / "x.mp4")))
+    assert "not a readable audio file" in cli_error(
+        capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(built["cache"] / "clip25"),
+        "--audio_files", str(tmp_path / "broken.mp3"), "--outfile", str(tmp_path / "x.mp4"))
     expert = save_checkpoint(SyncNet(wav2lip96.SYNCNET), tmp_path / "lipsync_expert.pth")
-    assert "SyncNet lip-sync expert; expected a Wav2Lip generator" in one_error_line(
-        run_cli("--checkpoint_path", str(expert), "--data_dir", str(built["cache"] / "clip25"), *common))
+    assert "SyncNet lip-sync expert; expected a Wav2Lip generator" in cli_error(
+        capsys, "--checkpoint_path", str(expert), "--data_dir", str(built["cache"] / "clip25"), *common)
     assert not (tmp_path / "x.mp4").exists()
 
 
@@ -236,7 +228,8 @@ def test_unreachable_obs_is_one_message_and_no_exception(caplog):
     assert not [r for r in caplog.records if r.name.startswith("obsws")]  # no library traceback either
 
 
-def test_ctrl_c_finishes_the_mp4(checkpoint, built, talk, tmp_path):
+def test_sigterm_finishes_the_mp4_like_ctrl_c(checkpoint, built, talk, tmp_path):
+    """SIGTERM (a service manager, `kill`) goes the Ctrl-C way: the mp4 is finished, nothing else is left."""
     import signal
     long_audio = tmp_path / "long.wav"
     soundfile.write(str(long_audio), np.tile(talk[1], 4), 16000)
@@ -245,10 +238,10 @@ def test_ctrl_c_finishes_the_mp4(checkpoint, built, talk, tmp_path):
                              str(built["cache"] / "clip25"), "--audio_files", str(long_audio), "--outfile", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(tmp_path.glob(".render-*/video.mp4")):
+    while time.monotonic() < deadline and not list(tmp_path.glob(".render-*.partial/video.mp4")):
         time.sleep(0.2)
     time.sleep(3)  # some frames in
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err, err[-1500:]
     assert "interrupted" in err
@@ -258,7 +251,7 @@ def test_ctrl_c_finishes_the_mp4(checkpoint, built, talk, tmp_path):
     audio = next(s for s in probe["streams"] if s["codec_type"] == "audio")
     assert 0 < frames < len(talk[1]) * 4 / 640
     assert float(audio["duration"]) == pytest.approx(frames / 25, abs=0.06)  # audio cut with the video
-    assert not list(tmp_path.glob(".render-*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav", "partial.mp4"]  # no scratch folder left
 
 
 def test_microphone_errors_at_the_device_boundary():
@@ -328,3 +321,159 @@ def test_presets_set_engine_defaults_and_flags_win(tmp_path):
     bad.write_text("stream_out:\n  no_such_flag: 1\n")
     with pytest.raises(SystemExit):
         parse_args(["--config", str(bad)])
+
+
+def cli_error(capsys, *args: str, progress: bool = False) -> str:
+    """Run the command line in-process: exit code 2 and one stderr line (after the progress bar, if it rendered)."""
+    code = stream_out_main(list(args))
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if progress is False or not line.startswith("\rrender")]
+    lines = [line for line in lines if not (progress and "render:" in line)]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, \
+        (code, err[-2000:])
+    return lines[0]
+
+
+def test_every_mistake_in_the_table_is_one_line_and_exit_code_2(checkpoint, built, talk, tmp_path, capsys,
+                                                                 monkeypatch):
+    import torch
+    cache = built["cache"] / "clip25"
+    out = tmp_path / "x.mp4"
+    common = ["--data_dir", str(cache), "--audio_files", str(talk[0]), "--outfile", str(out)]
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(3).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes())
+    assert "truncated or corrupt" in cli_error(capsys, "--checkpoint_path", str(noise), *common)
+    if not torch.cuda.is_available():
+        assert "sees no CUDA GPU" in cli_error(capsys, "--device", "cuda", *common)
+    (tmp_path / "a_file").write_text("not a folder")
+    assert "cannot write there" in cli_error(capsys, *common[:-1], str(tmp_path / "a_file" / "x.mp4"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert "cannot listen" in cli_error(capsys, "serve", "--data_dir", str(cache), "--listen",
+                                            f"127.0.0.1:{port}")
+    old = tmp_path / "old_cache"
+    shutil.copytree(cache, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
+    assert "another version of stream-wav2lip" in cli_error(capsys, *common[:1], str(old), *common[2:])
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes(talk[0].read_bytes()[: talk[0].stat().st_size // 2])
+    assert "truncated" in cli_error(capsys, *common[:3], str(truncated), *common[4:])
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools-here"))
+    assert "'ffmpeg' is not installed" in cli_error(capsys, *common)
+    monkeypatch.undo()
+    assert not out.exists()
+    assert stream_out_main([*common[:3], str(truncated), *common[4:], "--allow_truncated"]) == 0
+    assert out.exists()
+
+
+def test_verbose_shows_the_traceback(built, talk, tmp_path, capsys):
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(b"\x80" + bytes(1000))
+    code = stream_out_main(["--verbose", "--checkpoint_path", str(noise), "--data_dir", str(built["cache"] / "clip25"),
+                            "--audio_files", str(talk[0]), "--outfile", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(built, talk, tmp_path, capsys):
+    """A real full file system: a 256 KiB tmpfs, mounted for the test (skipped where mounting is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()})")
+    try:
+        long_audio = tmp_path / "long.wav"
+        soundfile.write(str(long_audio), np.tile(talk[1], 2), 16000)
+        message = cli_error(capsys, "--data_dir", str(built["cache"] / "clip25"), "--audio_files", str(long_audio),
+                            "--outfile", str(disk / "out.mp4"), progress=True)
+        assert "No space left on device" in message and "disk is full" in message and "out.mp4" in message
+        assert list(disk.iterdir()) == []  # neither the mp4 nor its scratch folder
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_scratch_left_by_a_killed_process_goes_at_the_next_start(tmp_path, caplog):
+    """kill -9 cannot be caught: the next writer into the folder removes what the dead process left, and says so."""
+    import signal
+    code = "import sys, time; from core.scratch import make_scratch; make_scratch(sys.argv[1], 'out.mp4'); " \
+           "print('ready', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    left = tmp_path / f".out.mp4.swl-{proc.pid}.partial"
+    alive = tmp_path / ".other.swl-1.partial"  # pid 1 is alive: its scratch must stay
+    alive.mkdir()
+    assert left.is_dir()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with caplog.at_level(logging.WARNING, logger="scratch"):
+        from engine.sinks import Mp4Sink
+        sink = Mp4Sink(tmp_path / "out.mp4")
+        sink.open(64, 64)
+        own = sink._tmp
+        sink.write(np.zeros((64, 64, 3), np.uint8), np.zeros(640, np.float32), 0.0)
+        sink.close()
+    assert not left.exists() and alive.exists() and not own.exists()
+    assert f"left behind by process {proc.pid}" in caplog.text
+
+
+def test_a_cache_is_replaced_without_a_moment_of_absence(tmp_path):
+    from core.scratch import make_scratch, publish
+    final = tmp_path / "presenter"
+    final.mkdir()
+    (final / "manifest.json").write_text("0")
+    missing, seen, stop = [], set(), threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.add((final / "manifest.json").read_text())
+            except FileNotFoundError:
+                missing.append(1)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for version in range(1, 200):
+            new = make_scratch(tmp_path, "presenter")
+            (new / "manifest.json").write_text(str(version))
+            publish(new, final)
+    finally:
+        stop.set()
+        thread.join()
+    assert not missing and (final / "manifest.json").read_text() == "199" and len(seen) > 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["presenter"]
+
+
+def test_an_hour_of_audio_becomes_frame_windows_in_bounded_memory(tmp_path):
+    """The file render's audio front end is a stream: decode -> mel -> windows for 1 h of audio under 300 MB."""
+    hour = tmp_path / "hour.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "3600",
+                    "-c:a", "pcm_s16le", str(hour)], check=True)
+    # VmHWM: this process image's own peak (ru_maxrss would include the pytest process it was forked from)
+    code = ("import re, sys; from engine.audio import stream_audio; from engine.timeline import frame_units; "
+            "n = sum(1 for _ in frame_units(stream_audio(sys.argv[1]))); "
+            "print(n, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    result = subprocess.run([sys.executable, "-c", code, str(hour)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    frames, peak_kb = map(int, result.stdout.split())
+    assert frames == 3600 * 25 and peak_kb < 300 * 1024, (frames, peak_kb)
+
+
+def test_live_run_streams_its_audio_files_and_ends_with_them(built, media, tmp_path):
+    """--audio_files live: a feeder thread streams the decoded files a few seconds ahead of the clock, and the run
+    ends when they are spoken. An MPEG-TS file is a live sink, so the run is paced like a stream to OBS."""
+    out = tmp_path / "live.ts"
+    started = time.monotonic()
+    assert stream_out_main(["--data_dir", str(built["cache"] / "clip25"), "--audio_files", str(media["speech"]),
+                            "--outfile", str(out)]) == 0
+    seconds = len(load_audio(media["speech"])) / 16000
+    assert time.monotonic() - started >= seconds  # paced in real time, not rendered as fast as possible
+    probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-of", "json", str(out)],
+                                      capture_output=True, text=True).stdout)
+    audio = next(s for s in probe["streams"] if s["codec_type"] == "audio")
+    assert float(audio["duration"]) == pytest.approx(seconds, abs=0.2)

@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
+import psutil
 import pytest
 import soundfile
 
@@ -20,7 +26,8 @@ from demo.presenter import speak
 from engine.composite import Compositor
 from engine.loop import EngineConfig, LiveEngine
 from engine.presenter import Presenter, ping_pong
-from engine.server import Server, ServerConfig, check_bind, is_loopback, parse_listen
+from engine.audio import PcmStream
+from engine.server import Gate, Server, ServerConfig, check_bind, is_loopback, parse_listen
 from models.mouthwarp import MouthAnimator
 
 aiohttp = pytest.importorskip("aiohttp")
@@ -221,13 +228,14 @@ def test_http_speak_status_and_health(served, voice):
     assert status["latency_ms"]["target"] == 300 and status["sinks"] == ["CollectSink", "WebRtcSink"]
 
 
-def test_bind_rules_and_token(built):
+def test_bind_rules_and_token(built, caplog):
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
     assert parse_listen("[::1]:9000") == ("::1", 9000)
-    with pytest.raises(ValueError, match="--token"):
+    with pytest.raises(ValueError, match="token"):
         check_bind(ServerConfig(host="0.0.0.0"))
     server, _, _ = make_server(built, ServerConfig(host="0.0.0.0", port=0, token="s3cret"))
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
     try:
         async def client():
             async with aiohttp.ClientSession() as session:
@@ -236,10 +244,272 @@ def test_bind_rules_and_token(built):
                                        ({"Authorization": "Bearer s3cret"}, ""), ({}, "?token=s3cret")):
                     async with session.get(url(server, "/status" + query), headers=headers) as response:
                         codes.append(response.status)
-                return codes
-        assert asyncio.run(client()) == [401, 401, 200, 200]
+                async with session.get(url(server, "/")) as response:  # the page holds no secret
+                    page = response.status, await response.text()
+                return codes, page
+        codes, page = asyncio.run(client())
+        assert codes == [401, 401, 200, 401]  # the header only: a token in a URL ends up in logs and history
+        assert page[0] == 200 and "location.hash" in page[1] and "Authorization" in page[1]
+        assert "/status" in caplog.text and "s3cret" not in caplog.text  # access lines carry no query string
     finally:
         server.stop()
+
+
+def test_a_browser_socket_gives_the_token_in_its_first_message(built):
+    server, _, _ = make_server(built, ServerConfig(host="0.0.0.0", port=0, token="s3cret"))
+    try:
+        async def client():
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(url(server, "/ws", "ws")) as ws:
+                    await ws.send_json({"type": "auth", "token": "s3cret"})
+                    authenticated = json.loads((await ws.receive(timeout=5)).data)
+                    await ws.send_json({"type": "start", "sample_rate": 16000})
+                    queued = json.loads((await ws.receive(timeout=5)).data)
+                outcomes = []
+                for first in ({"type": "auth", "token": "wrong"}, {"type": "start", "sample_rate": 16000}):
+                    async with session.ws_connect(url(server, "/ws", "ws")) as ws:
+                        await ws.send_json(first)
+                        error = json.loads((await ws.receive(timeout=5)).data)
+                        closing = await ws.receive(timeout=5)
+                        outcomes.append((error["type"], closing.type, ws.close_code))
+                async with session.ws_connect(url(server, "/ws", "ws")) as ws:  # audio before the token
+                    await ws.send_bytes(b"\x00\x00" * 160)
+                    await ws.receive(timeout=5)
+                    await ws.receive(timeout=5)
+                    outcomes.append(("audio", None, ws.close_code))
+                return authenticated, queued, outcomes
+        authenticated, queued, outcomes = asyncio.run(client())
+        assert authenticated == {"type": "authenticated"} and queued["type"] == "queued"
+        assert [o[0] for o in outcomes[:2]] == ["error", "error"]
+        assert all(code == 4401 for _, _, code in outcomes)
+    finally:
+        server.stop()
+
+
+def test_pages_on_other_sites_and_rebound_host_names_are_refused(served):
+    server, _, _ = served
+    own = f"http://127.0.0.1:{server.port}"
+
+    async def client():
+        async with aiohttp.ClientSession() as session:
+            answers = {}
+            for name, headers in (("evil origin", {"Origin": "http://evil.example"}),
+                                  ("null origin", {"Origin": "null"}),
+                                  ("rebound host", {"Host": f"evil.example:{server.port}"}),
+                                  ("own page", {"Origin": own}), ("script", {})):
+                async with session.get(url(server, "/status"), headers=headers) as response:
+                    answers[name] = response.status
+            async with session.post(url(server, "/speak"), data=b"RIFF", headers={"Origin": "http://evil.example"}) \
+                    as response:
+                answers["speak from evil"] = response.status
+            try:
+                async with session.ws_connect(url(server, "/ws", "ws"), origin="http://evil.example"):
+                    answers["socket from evil"] = 101
+            except aiohttp.WSServerHandshakeError as exc:
+                answers["socket from evil"] = exc.status
+            async with session.ws_connect(url(server, "/ws", "ws"), origin=own) as ws:
+                await ws.send_json({"type": "end"})
+                answers["socket from own page"] = json.loads((await ws.receive(timeout=5)).data)["type"]
+            return answers
+
+    answers = asyncio.run(client())
+    assert answers == {"evil origin": 403, "null origin": 403, "rebound host": 403, "own page": 200, "script": 200,
+                       "speak from evil": 403, "socket from evil": 403, "socket from own page": "error"}
+    gate = Gate(ServerConfig(host="0.0.0.0", token="t", allow_hosts=("studio.lan",),
+                             allow_origins=("https://my.app",)))
+    assert gate.host_allowed("studio.lan:8765") and gate.host_allowed("192.168.1.20:8765")  # typed addresses
+    assert not gate.host_allowed("evil.example:8765") and not gate.host_allowed(None)
+    assert gate.origin_allowed("https://my.app", "studio.lan:8765")
+    assert not gate.origin_allowed("https://my.app.evil.example", "studio.lan:8765")
+
+
+def rss_growth_during(work) -> tuple[object, float]:
+    """(work's result, the most this process's resident memory grew while it ran, in MB), sampled every 5 ms."""
+    process = psutil.Process()
+    start, peak, running = process.memory_info().rss, [0], [True]
+
+    def sample():
+        while running[0]:
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = work()
+    finally:
+        running[0] = False
+        sampler.join()
+    return result, (peak[0] - start) / 2 ** 20
+
+
+def test_an_upload_that_decodes_to_hours_is_stopped_at_the_cap(served, tmp_path):
+    server, _, _ = served
+    bomb = tmp_path / "hour.flac"  # 1 h of silence in 2 MB; decoded whole it would be 230 MB of float32
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "3600",
+                    "-c:a", "flac", "-compression_level", "0", str(bomb)], check=True)
+
+    async def client():
+        async with aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            async with session.post(url(server, "/speak"), data=bomb.read_bytes()) as response:
+                return response.status, await response.json(), time.monotonic() - started
+
+    (status, body, seconds), growth = rss_growth_during(lambda: asyncio.run(client()))
+    assert status == 413 and "300 s" in body["error"]
+    assert seconds < 2 and growth < 200, (seconds, growth)
+
+
+def test_a_playlist_upload_is_refused_and_names_no_file(served, voice):
+    server, _, _ = served
+    secret = Path(tempfile.gettempdir()) / f"swl-secret-{os.getpid()}.wav"  # beside where uploads used to be put
+    shutil.copy(voice[2], secret)
+    try:
+        async def client():
+            answers = []
+            async with aiohttp.ClientSession() as session:
+                for upload in (f"ffconcat version 1.0\nfile {secret.name}\n".encode(),
+                               f"#EXTM3U\n#EXTINF:1,\n{secret}\n".encode(),
+                               cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()):
+                    async with session.post(url(server, "/speak"), data=upload) as response:
+                        answers.append((response.status, await response.json()))
+            return answers
+        answers = asyncio.run(client())
+    finally:
+        secret.unlink()
+    assert [status for status, _ in answers] == [400, 400, 400]
+    assert all("not an audio file in an accepted format" in body["error"] and "seconds" not in body
+               for _, body in answers)
+
+
+def test_odd_rates_are_refused_and_health_answers_within_100_ms(served):
+    server, _, _ = served
+
+    async def client():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url(server, "/ws", "ws")) as ws:
+                await ws.send_json({"type": "start", "sample_rate": 47999})
+                refused = json.loads((await ws.receive(timeout=5)).data)
+                await ws.send_json({"type": "start", "sample_rate": 44100})
+                await ws.receive(timeout=5)
+
+                async def flood():
+                    for _ in range(300):
+                        await ws.send_bytes(b"\x01\x00")
+                    await ws.send_json({"type": "end"})
+
+                async def health():
+                    waits = []
+                    for _ in range(20):
+                        started = time.monotonic()
+                        async with session.get(url(server, "/health")) as response:
+                            assert response.status == 200
+                        waits.append(time.monotonic() - started)
+                        await asyncio.sleep(0.01)
+                    return waits
+
+                _, waits = await asyncio.gather(flood(), health())
+                return refused, waits
+
+    refused, waits = asyncio.run(client())
+    assert refused["type"] == "error" and "44100" in refused["message"]
+    assert max(waits) < 0.1, waits
+
+
+def test_chunked_audio_resamples_exactly_like_the_whole_signal(voice):
+    import soxr
+    pcm, rate, _ = voice
+    assert rate == 22050
+    stream = PcmStream("int16", 1, rate)
+    step = rate // 100  # 10 ms chunks
+    chunked = np.concatenate([stream.feed(pcm[i:i + step].tobytes()) for i in range(0, len(pcm), step)]
+                             + [stream.flush()])
+    whole = soxr.resample(pcm.astype(np.float32) / 32768, rate, 16000, quality="HQ")
+    assert len(chunked) == len(whole) == round(len(pcm) * 16000 / rate)
+    assert np.abs(chunked - whole).max() < 1e-6
+
+
+def test_queued_speech_is_capped_per_client_across_starts(built, voice):
+    pcm, rate, path = voice
+    server, _, _ = make_server(built, ServerConfig(port=0, max_queue_seconds=3.0))
+    try:
+        async def client():
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(url(server, "/ws", "ws")) as ws:
+                    errors = []
+                    for _ in range(3):  # three 2 s utterances at once: a new start does not reset the allowance
+                        await ws.send_json({"type": "start", "sample_rate": rate})
+                        await stream(ws, pcm[: 2 * rate], rate, realtime=False)
+                        await ws.send_json({"type": "end"})
+                    queued = server.engine.buffer.available / 16000
+                    async with session.post(url(server, "/speak"), data=path.read_bytes()) as response:
+                        speak = response.status
+                    events = []
+                    while sum(e["type"] == "speech_ended" for e in events) < 2:
+                        events.append(json.loads((await ws.receive(timeout=20)).data))
+                    return queued, speak, events
+        queued, speak, events = asyncio.run(client())
+    finally:
+        server.stop()
+    errors = [e["message"] for e in events if e["type"] == "error"]
+    assert queued <= 3.0 and errors and all("queue is full" in e for e in errors)
+    assert speak == 429
+    ended = [e["utterance"] for e in events if e["type"] == "speech_ended"]
+    assert ended == sorted(ended)  # what was queued before the cap is spoken, in order
+
+
+def test_wrongly_typed_fields_get_errors_and_the_socket_stays_open(served):
+    server, _, _ = served
+
+    async def client():
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url(server, "/ws", "ws")) as ws:
+                bad = ['{"type": "start", "channels": 1.0}', '{"type": "start", "channels": true}',
+                       '{"type": "start", "format": []}', '{"type": "start", "sample_rate": true}',
+                       '{"type": "start", "sample_rate": 16000.0}', '{"type": "start", "volume": 3}',
+                       '{"type": {"nested": 1}}', "[" * 100_000 + "]" * 100_000,
+                       '{"type": "start", "format": {"a": [' + "[" * 5000 + "]" * 5000 + "]}}"]
+                for text in bad:
+                    await ws.send_str(text)
+                answers = [json.loads((await ws.receive(timeout=5)).data) for _ in bad]
+                await ws.send_json({"type": "start", "sample_rate": 16000, "format": "int16", "channels": 2})
+                answers.append(json.loads((await ws.receive(timeout=5)).data))
+                return answers
+
+    answers = asyncio.run(client())
+    assert [a["type"] for a in answers] == ["error"] * 9 + ["queued"]
+    assert "integer" in answers[0]["message"] and "bool" in answers[1]["message"]
+    assert "volume" in answers[5]["message"]
+
+
+def test_bad_offers_leave_no_peer_and_viewers_are_capped(built):
+    from aiortc import RTCConfiguration, RTCPeerConnection
+    server, _, _ = make_server(built, ServerConfig(port=0, max_peers=1))
+    try:
+        async def client():
+            async with aiohttp.ClientSession() as session:
+                bad = []
+                for _ in range(20):
+                    async with session.post(url(server, "/offer"), json={"sdp": "v=0 nonsense", "type": "offer"}) \
+                            as response:
+                        bad.append(response.status)
+                peers_after_bad = len(server.webrtc.peers)
+                good = []
+                for _ in range(2):
+                    browser = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                    browser.addTransceiver("video", direction="recvonly")
+                    browser.addTransceiver("audio", direction="recvonly")
+                    await browser.setLocalDescription(await browser.createOffer())
+                    async with session.post(url(server, "/offer"), json={"sdp": browser.localDescription.sdp,
+                                                                         "type": "offer"}) as response:
+                        good.append((response.status, await response.json()))
+                    await browser.close()
+                return bad, peers_after_bad, good
+        bad, peers_after_bad, good = asyncio.run(client())
+    finally:
+        server.stop()
+    assert set(bad) == {400} and peers_after_bad == 0
+    assert [status for status, _ in good] == [200, 503], good
 
 
 @pytest.fixture(scope="module")
@@ -327,9 +597,9 @@ def test_serve_command_starts_answers_and_stops(built):
     import sys
     import urllib.request
     from conftest import ROOT
-    from engine.cli import main as engine_main
+    from stream_out import main as stream_out_main
     cache = str(built["cache"] / "clip30")
-    assert engine_main(["--data_dir", cache, "--listen", "0.0.0.0:0"]) == 2  # refused before any model loads
+    assert stream_out_main(["serve", "--data_dir", cache, "--listen", "0.0.0.0:0"]) == 2  # refused before models load
     port = free_port()
     process = subprocess.Popen([sys.executable, "stream_out.py", "serve", "--data_dir", cache, "--listen",
                                 f"127.0.0.1:{port}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
