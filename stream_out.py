@@ -6,6 +6,7 @@
   python stream_out.py ... --outfile vcam      virtual camera + audio device
   python stream_out.py preprocess <video-or-folder>... --out <cache_root>   build presenter caches
   python stream_out.py demo [--out out/demo]                    sample presenter speaks -> out/demo/demo.mp4
+  python stream_out.py evaluate video.mp4 --syncnet expert.pth   lip-sync metrics (LSE-D, LSE-C, offset)
   python stream_out.py obs-setup [--target obs|vcam] [--obs_password ...]   point OBS at our stream
   python stream_out.py serve --data_dir CACHE [--listen 127.0.0.1:8765]   WebSocket/HTTP/WebRTC API
 Run `python stream_out.py --help` for every engine flag; add --verbose to any command for tracebacks.
@@ -38,6 +39,9 @@ def dispatch(argv: list[str]) -> int:
     if command == "demo":
         from demo.__main__ import main as demo_main
         return demo_main(rest)
+    if command == "evaluate":
+        from tools.evaluate import main as evaluate_main
+        return evaluate_main(rest)
     if command == "obs-setup":
         from engine.obs import main as obs_main
         return obs_main(rest)

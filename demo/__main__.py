@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core.timebase import SAMPLE_RATE
 from preprocess.pipeline import PreprocessConfig, run_batch, summary_table
 
 from .presenter import FacePath, make_presenter_clip, speak
@@ -26,10 +27,10 @@ def make_speech(folder: Path, sentences=SENTENCES) -> Path:
     """The sentences one after another, a short pause between, as one 16 kHz mono wav."""
     parts = [speak(text, folder / f"speech_{i}.wav", voice) for i, (voice, text) in enumerate(sentences)]
     out = folder / "speech.wav"
-    filters = "".join(f"[{i}:a]aresample=16000,apad=pad_dur=0.4[a{i}];" for i in range(len(parts)))
+    filters = "".join(f"[{i}:a]aresample={SAMPLE_RATE},apad=pad_dur=0.4[a{i}];" for i in range(len(parts)))
     concat = "".join(f"[a{i}]" for i in range(len(parts))) + f"concat=n={len(parts)}:v=0:a=1[out]"
     cmd = ["ffmpeg", "-v", "error", "-y", *sum((["-i", str(p)] for p in parts), []),
-           "-filter_complex", filters + concat, "-map", "[out]", "-ac", "1", "-ar", "16000", str(out)]
+           "-filter_complex", filters + concat, "-map", "[out]", "-ac", "1", "-ar", str(SAMPLE_RATE), str(out)]
     subprocess.run(cmd, check=True)
     return out
 

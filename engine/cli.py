@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from configs import parse_with_config
+from core.timebase import FPS
 
 log = logging.getLogger("stream_out")
 OBS_URL = "udp://127.0.0.1:23000?pkt_size=1316"
@@ -153,7 +154,7 @@ def build_parts(args: argparse.Namespace, live: bool):
 
 def run(args: argparse.Namespace) -> int:
     """The engine command. Errors are raised (core.cli prints them in one line); Ctrl-C ends a render cleanly."""
-    from engine.audio import check_files, stream_files
+    from audio.decode import check_files, stream_files
     from engine.loop import LiveEngine, Stats, render_file
     from engine.sources import Feeder, Microphone
     from models.predictor import pick_device
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"interrupted: wrote {', '.join(args.outfile)} with the first {stats.frames} frames",
                   file=sys.stderr)
             return 130
-        print(f"wrote {', '.join(args.outfile)}: {stats.frames} frames ({stats.frames / 25:.2f} s), "
+        print(f"wrote {', '.join(args.outfile)}: {stats.frames} frames ({stats.frames / FPS:.2f} s), "
               f"{stats.inferred} lip-synced")
         return 0
     if args.obs_control:

@@ -8,14 +8,11 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from core.masks import smoothstep
+
 from .presenter import Presenter
 
 ENHANCE_MODES = ("none", "lip", "face")
-
-
-def _smoothstep(edge: float, t: np.ndarray) -> np.ndarray:
-    x = np.clip(t / edge, 0, 1)
-    return x * x * (3 - 2 * x)
 
 
 @lru_cache(maxsize=8)
@@ -28,7 +25,7 @@ def lower_face_mask(size: int) -> np.ndarray:
     ellipse = (((x - 0.5) / 0.40) ** 2 + ((y - 0.70) / 0.32) ** 2 <= 1).astype(np.float32)
     soft = cv2.GaussianBlur(ellipse, (0, 0), sigmaX=0.06 * size)
     # exactly 0 on the crop border and above 30% of its height (brows and eyes are never touched)
-    border = _smoothstep(0.10, x) * _smoothstep(0.10, 1 - x) * _smoothstep(0.12, y - 0.30) * _smoothstep(0.06, 1 - y)
+    border = smoothstep(x / 0.10) * smoothstep((1 - x) / 0.10) * smoothstep((y - 0.30) / 0.12) * smoothstep((1 - y) / 0.06)
     return (soft * border).astype(np.float32)
 
 
@@ -39,7 +36,7 @@ def head_face_mask(size: int = 512) -> np.ndarray:
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1)
     ellipse = (((x - 0.5) / 0.30) ** 2 + ((y - 0.56) / 0.34) ** 2 <= 1).astype(np.float32)
     soft = cv2.GaussianBlur(ellipse, (0, 0), sigmaX=0.04 * size)
-    border = _smoothstep(0.08, x) * _smoothstep(0.08, 1 - x) * _smoothstep(0.08, y) * _smoothstep(0.08, 1 - y)
+    border = smoothstep(x / 0.08) * smoothstep((1 - x) / 0.08) * smoothstep(y / 0.08) * smoothstep((1 - y) / 0.08)
     return (soft * border).astype(np.float32)
 
 

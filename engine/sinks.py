@@ -24,8 +24,7 @@ from core.errors import UserError
 from core.ffmpeg import Child, find_tool
 from core.scratch import make_scratch, publish, remove
 
-from .mel import SAMPLE_RATE
-from .timeline import FPS
+from core.timebase import FPS, SAMPLE_RATE
 
 log = logging.getLogger("engine.sinks")
 
@@ -206,7 +205,6 @@ class VirtualCameraSink:
         self.audio_delay_ms = audio_delay_ms
         self.camera_device = camera_device
         self._camera = self._stream = None
-        self.offset_log: list[float] = []
 
     def open(self, width: int, height: int) -> None:
         try:
@@ -243,7 +241,6 @@ class VirtualCameraSink:
         self._samples += audio.size
         if self._frames % (FPS * 10) == 0:  # A/V offset kept: audio queued (incl. device latency) vs video sent
             offset = self._samples / SAMPLE_RATE + self._stream.latency - self._frames / FPS
-            self.offset_log.append(offset)
             log.info("virtual camera A/V offset %.0f ms (audio behind video when positive)", offset * 1000)
 
     def close(self) -> None:

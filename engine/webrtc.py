@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from .sinks import to_int16
-from .timeline import FPS, SAMPLES_PER_FRAME
+from core.timebase import FPS, SAMPLES_PER_FRAME
 
 log = logging.getLogger("engine.webrtc")
 VIDEO_CLOCK = 90_000

@@ -16,19 +16,14 @@ import numpy as np
 import torch
 
 from core.errors import UserError
-from engine.audio import load_audio
-from engine.mel import melspectrogram
+from core.timebase import MEL_WINDOW, SYNC_FRAMES, mel_start
+from audio.decode import load_audio
+from audio.mel import melspectrogram
 
-WINDOW = 5        # frames per sample
-MEL_STEP = 16     # mel frames per window (200 ms)
 
 
 class DataError(UserError):
     """A training folder that cannot be used; the message says what to run."""
-
-
-def mel_start(frame: int, fps: float = 25) -> int:
-    return int(80.0 * frame / fps)
 
 
 @dataclass
@@ -39,14 +34,14 @@ class Clip:
 
     def window(self, start: int) -> Optional[list[Path]]:
         """The 5 consecutive frame files from `start`, or None when one is missing."""
-        paths = [self.frames.get(start + k) for k in range(WINDOW)]
+        paths = [self.frames.get(start + k) for k in range(SYNC_FRAMES)]
         return None if any(p is None for p in paths) else paths
 
     def mel_window(self, frame: int) -> Optional[np.ndarray]:
         start = mel_start(frame)
-        if start < 0 or start + MEL_STEP > self.mel.shape[1]:
+        if start < 0 or start + MEL_WINDOW > self.mel.shape[1]:
             return None
-        return self.mel[:, start:start + MEL_STEP]
+        return self.mel[:, start:start + MEL_WINDOW]
 
 
 def read_split(data_root: Path, split: str) -> list[Clip]:
@@ -63,11 +58,11 @@ def read_split(data_root: Path, split: str) -> list[Clip]:
         folder = Path(line.split()[0])
         folder = folder if folder.is_absolute() else data_root / folder
         frames = {int(p.stem): p for p in folder.glob("*.jpg") if p.stem.isdigit()}
-        if len(frames) < 3 * WINDOW or not (folder / "audio.wav").is_file():
+        if len(frames) < 3 * SYNC_FRAMES or not (folder / "audio.wav").is_file():
             continue
         clips.append(Clip(folder, frames, melspectrogram(load_audio(folder / "audio.wav"))))
     if not clips:
-        raise DataError(f"{listing}: no usable clip (each needs audio.wav and at least {3 * WINDOW} frames)")
+        raise DataError(f"{listing}: no usable clip (each needs audio.wav and at least {3 * SYNC_FRAMES} frames)")
     return clips
 
 
@@ -102,7 +97,7 @@ class Sampler:
             start, wrong = self.random.choice(starts), self.random.choice(starts)
             if start == wrong or start < first or clip.window(start) is None or clip.window(wrong) is None:
                 continue
-            if clip.mel_window(start + WINDOW - 1) is None:
+            if clip.mel_window(start + SYNC_FRAMES - 1) is None:
                 continue
             return clip, start, wrong
         raise DataError("no complete 5-frame windows with audio found in the training clips")
@@ -125,7 +120,7 @@ class Sampler:
         masked[:, self.size // 2:] = 0
         reference = read_frames(clip.window(wrong), self.size)
         x = torch.cat([to_channels(masked), to_channels(reference)], dim=0)
-        per_frame = np.stack([clip.mel_window(start + k - 1) for k in range(WINDOW)])[:, None]
+        per_frame = np.stack([clip.mel_window(start + k - 1) for k in range(SYNC_FRAMES)])[:, None]
         mel = torch.from_numpy(clip.mel_window(start).copy())[None]
         return x, torch.from_numpy(per_frame.copy()), mel, to_channels(truth)
 

@@ -125,8 +125,8 @@ class LipSyncPredictor:
     def calibration_batches(self, faces: np.ndarray, held_out: int = 16):
         """Model inputs for int8 calibration: the presenter's crops with speech windows from a bundled clip;
         the last `held_out` crops are kept apart to check the result."""
-        from engine.audio import load_audio
-        from engine.mel import frame_windows, melspectrogram
+        from audio.decode import load_audio
+        from audio.mel import frame_windows, melspectrogram
         mels = frame_windows(melspectrogram(load_audio(CALIBRATION_SPEECH)))
         mels = mels[np.arange(len(faces)) % len(mels)]
         split = len(faces) - max(1, min(held_out, len(faces) // 4))

@@ -42,10 +42,18 @@ class TrainConfig:
     checkpoint_interval: int = 3000
     eval_interval: int = 3000
     eval_batches: int = 50
-    syncnet_wt: float = 0.01        # sync loss weight once enabled (0.03 with --gan, as hq_wav2lip_train.py)
+    syncnet_wt: Optional[float] = None  # sync loss weight once enabled; None: the reference's (sync_weight())
     sync_enable_below: float = 0.75  # eval sync loss below which the sync loss is switched on
     disc_wt: float = 0.07           # GAN perceptual loss weight (with --gan)
     seed: int = 0
+
+
+def sync_weight(cfg: TrainConfig, gan: bool) -> float:
+    """The sync loss weight once it is switched on: --syncnet_wt when given, else the reference scripts' value,
+    0.01 in wav2lip_train.py and 0.03 in hq_wav2lip_train.py (the GAN one)."""
+    if cfg.syncnet_wt is not None:
+        return cfg.syncnet_wt
+    return 0.03 if gan else 0.01
 
 
 def cosine_loss(audio: torch.Tensor, face: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -130,7 +138,7 @@ def train_syncnet(data_root: Path, checkpoint_dir: Path, cfg: TrainConfig = Trai
     load_initial(model, pre_path, "syncnet")
     trainer = Trainer(model, cfg, checkpoint_dir, pick_device(device))
     trainer.resume()
-    samples, val_samples = Sampler(train, cfg.size, cfg.seed + trainer.step), Sampler(val, cfg.size, 12345)
+    samples = Sampler(train, cfg.size, cfg.seed + trainer.step)
 
     def loss_of(sampler: Sampler) -> torch.Tensor:
         faces, mel, label = (t.to(trainer.device) for t in batch([sampler.syncnet() for _ in range(cfg.batch_size)]))
@@ -202,7 +210,7 @@ def train_wav2lip(data_root: Path, checkpoint_dir: Path, syncnet_path: str, cfg:
         disc.resume()
         trainer.companions.append(disc)
     state = {"sync_wt": 0.0}
-    full_sync_wt = 0.03 if gan else cfg.syncnet_wt
+    full_sync_wt = sync_weight(cfg, gan)
     samples = Sampler(train, cfg.size, cfg.seed + trainer.step)
 
     def losses(sampler: Sampler):
@@ -264,7 +272,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--checkpoint_interval", type=int, default=TrainConfig.checkpoint_interval)
     p.add_argument("--eval_interval", type=int, default=TrainConfig.eval_interval)
     p.add_argument("--eval_batches", type=int, default=TrainConfig.eval_batches)
-    p.add_argument("--syncnet_wt", type=float, default=TrainConfig.syncnet_wt)
+    p.add_argument("--syncnet_wt", type=float, help="sync loss weight once on (default: the reference's, 0.01; 0.03 "
+                                                    "with --gan)")
     p.add_argument("--disc_wt", type=float, default=TrainConfig.disc_wt)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)

@@ -5,7 +5,6 @@ cache/<name>/
   bg/00000.jpg    every frame, 25 fps (the background the live loop plays)
   body_face/      Wav2Lip crop (padded box, resized to face_size) - only frames with a face
   heads/          512x512 upright head (FFHQ alignment) for GFPGAN - only frames with a face
-  head_face/      the face box cut from the upright head, resized to face_size - only frames with a face
   audio.wav       16 kHz mono (absent when the source has no audio)
   face_det.npz    per-frame arrays, see FACE_DET_FIELDS
 """
@@ -25,7 +24,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FACE_DET = "face_det.npz"
 AUDIO = "audio.wav"
-IMAGE_DIRS = ("bg", "body_face", "heads", "head_face")
+IMAGE_DIRS = ("bg", "body_face", "heads")
 FACE_DET_FIELDS = {
     "has_face": "bool (N,): a face was found on the frame; frames without one pass through untouched",
     "box": "int32 (N,4): padded Wav2Lip crop box x1,y1,x2,y2 in frame pixels (zeros without a face)",

@@ -14,13 +14,14 @@ import numpy as np
 from tqdm import tqdm
 
 from core.ffmpeg import TRUNCATED_BELOW
+from core.timebase import FPS
 
 from . import cache
 from .detect import Face, make_detector
 from .export import export_training_clip, write_filelists
 from .geometry import box_in_head, head_alignment, padded_box
 from .smooth import smooth_stream
-from .video import TARGET_FPS, VideoError, VideoInfo, decode_frames, extract_audio, probe
+from .video import VideoError, VideoInfo, decode_frames, extract_audio, probe
 
 log = logging.getLogger("preprocess")
 
@@ -103,7 +104,6 @@ def process_frame(writer: cache.CacheWriter, index: int, frame: np.ndarray, face
     head_box = padded_box(box_in_head(face.box, forward), cfg.pads, cfg.head_size, cfg.head_size)
     if head_box is None:
         head_box = np.array([0, 0, cfg.head_size, cfg.head_size], np.int32)
-    writer.write_image("head_face", index, crop_resized(head, head_box, cfg.face_size))
     writer.add_record(cache.FrameRecord(True, box, face.box.astype(np.float32), forward, inverse, head_box,
                                         face.points5, face.landmarks))
     return True
@@ -121,8 +121,8 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
     if not cfg.force and is_up_to_date(final_dir, source_hash, cfg):
         manifest = cache.read_manifest(final_dir)
         return VideoResult(source, name, "skipped", manifest["frames"], manifest["faces"], 0.0, "cache up to date")
-    if abs(info.fps - TARGET_FPS) > 0.01:
-        log.info("%s: normalising %.3f fps to %d fps (the models are trained on 25 fps)", source.name, info.fps, TARGET_FPS)
+    if abs(info.fps - FPS) > 0.01:
+        log.info("%s: normalising %.3f fps to %d fps (the models are trained on %d fps)", source.name, info.fps, FPS, FPS)
 
     detector = make_detector(cfg.detector)
     writer = cache.CacheWriter(final_dir, cfg.jpeg_quality)
@@ -147,7 +147,7 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
             raise VideoError(f"{source}: no face found in any of its {frames} frames")
         manifest = {
             "name": name, "source": str(source.resolve()), "source_sha256": source_hash,
-            "source_fps": info.fps, "fps": TARGET_FPS, "frames": frames, "faces": faces,
+            "source_fps": info.fps, "fps": FPS, "frames": frames, "faces": faces,
             "width": info.width, "height": info.height, "has_audio": has_audio,
             "num_landmarks": detector.num_landmarks, "image_format": "jpg (bg 4:2:0, crops and heads 4:4:4)",
             "face_det_fields": cache.FACE_DET_FIELDS,

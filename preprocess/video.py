@@ -15,9 +15,8 @@ import numpy as np
 
 from core.errors import UserError
 from core.ffmpeg import Child, find_tool
+from core.timebase import FPS, SAMPLE_RATE
 
-TARGET_FPS = 25
-AUDIO_RATE = 16000
 
 
 class VideoError(UserError):
@@ -36,7 +35,7 @@ class VideoInfo:
     @property
     def expected_frames(self) -> int:
         """Frames after normalising to 25 fps (ffmpeg's fps filter rounds to the nearest output slot)."""
-        return int(round(self.duration * TARGET_FPS))
+        return int(round(self.duration * FPS))
 
 
 def probe(path: Path) -> VideoInfo:
@@ -76,7 +75,7 @@ def decode_frames(info: VideoInfo) -> Iterator[np.ndarray]:
     w, h = info.width, info.height
     frame_bytes = w * h * 3
     count = 0
-    with Child(["ffmpeg", "-v", "error", "-nostdin", "-i", str(info.path), "-map", "0:v:0", "-vf", f"fps={TARGET_FPS}",
+    with Child(["ffmpeg", "-v", "error", "-nostdin", "-i", str(info.path), "-map", "0:v:0", "-vf", f"fps={FPS}",
                 "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"], stdout=subprocess.PIPE, bufsize=frame_bytes) as child:
         # leaving early (the consumer stopped or failed) closes the child: no ffmpeg is left running
         while len(buf := child.stdout.read(frame_bytes)) == frame_bytes:
@@ -92,7 +91,7 @@ def extract_audio(info: VideoInfo, out_wav: Path) -> bool:
     if not info.has_audio:
         return False
     cmd = [find_tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-i", str(info.path), "-map", "0:a:0",
-           "-ac", "1", "-ar", str(AUDIO_RATE), "-c:a", "pcm_s16le", str(out_wav)]
+           "-ac", "1", "-ar", str(SAMPLE_RATE), "-c:a", "pcm_s16le", str(out_wav)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise VideoError(f"{info.path}: audio track could not be decoded ({result.stderr.strip()[-200:]})")

@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from core.net import free_port
 from engine.obs import ObsSettings
 
 PASSWORD = "obs-test-pass"
@@ -50,12 +50,6 @@ def ensure_installed() -> str | None:
     if result.returncode != 0 or not (shutil.which("obs") and shutil.which("Xvfb")):
         return f"apt-get could not install obs-studio and xvfb: {result.stderr.strip()[-300:]}"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def free_display() -> int:

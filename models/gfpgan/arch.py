@@ -18,8 +18,6 @@ from torch import nn
 
 from ..loader import shapes_of
 
-NOISE_MAPS = 15  # stylegan_decoder.noises.noise0..14: fixed noise stored in the checkpoint
-
 
 def _provide_torchvision_names() -> None:
     if "torchvision" in sys.modules or importlib.util.find_spec("torchvision") is not None:

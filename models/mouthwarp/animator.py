@@ -17,6 +17,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from core.masks import smoothstep
+
 # calibrated on espeak-ng speech: mel loudness near a frame is -4 in silence, about -2.9 .. -0.6 in speech
 LOUDNESS_CLOSED, LOUDNESS_OPEN = -3.2, -0.8
 TILT_SCALE = 1.3
@@ -51,11 +53,6 @@ def audio_features(window: np.ndarray) -> tuple[float, float]:
     tilt = near[40:].mean() - near[5:30].mean()
     rounding = float(np.clip(-tilt / TILT_SCALE, -1, 1)) * opening
     return opening, rounding
-
-
-def _smoothstep(t: np.ndarray) -> np.ndarray:
-    t = np.clip(t, 0, 1)
-    return t * t * (3 - 2 * t)
 
 
 class MouthAnimator:
@@ -116,7 +113,7 @@ class MouthAnimator:
         lip_y = (points[list(layout.upper_inner)] + points[list(layout.lower_inner)]).mean(axis=0) / 2
         along = (xs - centre[0]) * direction[0] + (ys - centre[1]) * direction[1]
         softness = 1.5 + 2.0 * np.maximum(np.abs(along) - width / 2, 0)
-        below = _smoothstep(((xs - lip_y[0]) * normal[0] + (ys - lip_y[1]) * normal[1]) / softness + 0.5)
+        below = smoothstep(((xs - lip_y[0]) * normal[0] + (ys - lip_y[1]) * normal[1]) / softness + 0.5)
         dy = below * lower_weight * drop - (1 - below) * upper_weight * 0.15 * drop
         # corners: rounded lips pull in, spread lips pull out (weights fall off with distance from each corner)
         pull = 0.12 * width * rounding

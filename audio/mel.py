@@ -15,15 +15,11 @@ from functools import lru_cache
 
 import numpy as np
 
-log = logging.getLogger("engine.mel")
+from core.timebase import FPS, HOP, MEL_WINDOW, N_FFT, N_MELS, SAMPLE_RATE, mel_start
 
-SAMPLE_RATE = 16000
-N_FFT = 800
-HOP = 200
+log = logging.getLogger("audio.mel")
+
 PREEMPHASIS = 0.97
-N_MELS = 80
-WINDOW = 16  # mel frames per video frame window (200 ms)
-MEL_FPS = SAMPLE_RATE / HOP  # 80
 SILENCE = -4.0  # the value of digital silence after normalisation
 
 
@@ -86,28 +82,24 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
     return frames_to_mel(frames)
 
 
-def window_start(i: int, fps: float) -> int:
-    return int(i * (80.0 / fps))  # the reference's float expression, floor included
-
-
-def frame_windows(mel: np.ndarray, fps: float = 25) -> np.ndarray:
+def frame_windows(mel: np.ndarray, fps: float = FPS) -> np.ndarray:
     """One (80,16) window per video frame with the reference tail rule -> (N, 80, 16)."""
     mel = pad_to_window(mel)
     total = mel.shape[1]
     windows = []
     i = 0
-    while window_start(i, fps) + WINDOW <= total:
-        start = window_start(i, fps)
-        windows.append(mel[:, start:start + WINDOW])
+    while mel_start(i, fps) + MEL_WINDOW <= total:
+        start = mel_start(i, fps)
+        windows.append(mel[:, start:start + MEL_WINDOW])
         i += 1
-    windows.append(mel[:, total - WINDOW:])
+    windows.append(mel[:, total - MEL_WINDOW:])
     return np.stack(windows)
 
 
 def pad_to_window(mel: np.ndarray) -> np.ndarray:
-    if mel.shape[1] >= WINDOW:
+    if mel.shape[1] >= MEL_WINDOW:
         return mel
-    return np.pad(mel, ((0, 0), (0, WINDOW - mel.shape[1])), constant_values=SILENCE)
+    return np.pad(mel, ((0, 0), (0, MEL_WINDOW - mel.shape[1])), constant_values=SILENCE)
 
 
 class StreamingMel:
@@ -119,7 +111,7 @@ class StreamingMel:
     audio)) exactly, the first and last ones included, because the start and end reflect padding are rebuilt here.
     """
 
-    def __init__(self, fps: float = 25):
+    def __init__(self, fps: float = FPS):
         self.fps = fps
         self._reset()
 
@@ -197,20 +189,20 @@ class StreamingMel:
     def _take_windows(self, final: bool) -> list[np.ndarray]:
         windows = []
         while True:
-            start = window_start(self._next_window, self.fps)
-            if start + WINDOW > self._next_column:
+            start = mel_start(self._next_window, self.fps)
+            if start + MEL_WINDOW > self._next_column:
                 break
             windows.append(self._column_slice(start))
             self._next_window += 1
         if final:
-            windows.append(self._column_slice(max(self._next_column - WINDOW, 0)))
-        # keep the columns the next window needs, and always the last WINDOW ones for the tail rule
-        drop_before = min(window_start(self._next_window, self.fps), self._next_column - WINDOW)
+            windows.append(self._column_slice(max(self._next_column - MEL_WINDOW, 0)))
+        # keep the columns the next window needs, and always the last MEL_WINDOW ones for the tail rule
+        drop_before = min(mel_start(self._next_window, self.fps), self._next_column - MEL_WINDOW)
         if drop_before > self._mel_base:
             self._mel = self._mel[:, drop_before - self._mel_base:]
             self._mel_base = drop_before
         return windows
 
     def _column_slice(self, start: int) -> np.ndarray:
-        window = self._mel[:, start - self._mel_base:start - self._mel_base + WINDOW]
+        window = self._mel[:, start - self._mel_base:start - self._mel_base + MEL_WINDOW]
         return pad_to_window(window).copy()

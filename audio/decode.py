@@ -22,10 +22,10 @@ import numpy as np
 
 from core.errors import UserError
 from core.ffmpeg import TRUNCATED_BELOW, Child, find_tool
+from core.timebase import SAMPLE_RATE
 
-log = logging.getLogger("engine.audio")
+log = logging.getLogger("audio.decode")
 
-SAMPLE_RATE = 16000
 CHUNK_SECONDS = 1.0
 # ffmpeg demuxer names an upload may be read by, and what users call them
 ACCEPTED = {"wav": "wav", "mp3": "mp3", "flac": "flac", "ogg": "ogg/opus", "mov": "m4a/mp4/mov",
