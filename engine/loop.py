@@ -17,12 +17,14 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
+from audio.mel import mel_basis
+from core.timebase import FPS, LOOKAHEAD, N_FFT, SAMPLE_RATE, SAMPLES_PER_FRAME as SAMPLES, frames_for
+
 from .composite import Compositor
-from .mel import N_FFT, mel_basis
 from .presenter import Presenter, ping_pong
 from .sinks import Sink
 from .sources import AudioBuffer
-from .timeline import FPS, LOOKAHEAD, SAMPLES_PER_FRAME as SAMPLES, FrameTimeline, FrameUnit, frame_units
+from .timeline import FrameTimeline, FrameUnit, frame_units
 
 log = logging.getLogger("engine")
 TICK = SAMPLES  # live timeline step: one frame of audio (40 ms); a frame's window completes exactly on a tick
@@ -39,15 +41,57 @@ class EngineConfig:
 
 @dataclass
 class Stats:
+    """What a run did. Each field has one writer: the model stage (speech, inferred, infer_seconds, skipped) or the
+    presenting thread (the rest); other threads only read them."""
     frames: int = 0
     speech: int = 0                # frames with speech and a face: the ones that want the model
     inferred: int = 0
     infer_seconds: float = 0.0     # time spent in the model stage (crops + model) for inferred frames
-    recent_costs: deque = field(default_factory=lambda: deque(maxlen=16))  # s per inferred frame, latest calls
+    skipped: int = 0               # live: speech frames shown without the model because it would have been late
     late: int = 0                  # live frames presented after their time
     max_late_ms: float = 0.0
-    # live: actual - planned presentation time (s) of the last 10 minutes of frames
+    # live, the last 10 minutes of frames: actual - planned presentation time (s), the clock's pacing
     present_offsets: deque = field(default_factory=lambda: deque(maxlen=FPS * 600))
+    # live, the last 10 minutes of frames with input: presentation time - arrival of the chunk that completed the
+    # frame's mel window (s). It includes any wait behind speech queued before it; with input streaming in real
+    # time it is the latency target minus the 212.5 ms of lookahead (the frame's own sound came that much earlier).
+    input_latencies: deque = field(default_factory=lambda: deque(maxlen=FPS * 600))
+
+    def latency_ms(self) -> dict:
+        """Percentiles (ms) of the input-to-screen latency and of the pacing offset, as /status and logs give them."""
+        def percentiles(values) -> dict:
+            data = np.array(values, np.float64) * 1000
+            return {"p50": float(np.percentile(data, 50)), "p95": float(np.percentile(data, 95)),
+                    "frames": len(data)} if len(data) else {"p50": None, "p95": None, "frames": 0}
+        return {"input": percentiles(list(self.input_latencies)),
+                "pacing_offset": percentiles(list(self.present_offsets))}
+
+
+@dataclass
+class SkipPolicy:
+    """Live runs: should a speech frame skip the model because the model would make it miss its time?
+
+    It keeps the cost per frame of the last `window` model calls and skips a frame when, batched behind `pending`
+    others at the median cost, it would be presented later than `margin` past its deadline. After `retry_after`
+    skips in a row one frame is tried anyway, so one slow call (a cold start, a busy moment) cannot switch the
+    model off for good. Owned by the model stage."""
+    window: int = 16
+    margin: float = 0.5 / FPS
+    retry_after: int = FPS
+
+    def __post_init__(self):
+        self._costs: deque = deque(maxlen=self.window)
+        self._skipped_in_a_row = 0
+
+    def record(self, seconds: float, frames: int) -> None:
+        self._costs.extend([seconds / frames] * frames)
+
+    def skip(self, now: float, deadline: float, pending: int) -> bool:
+        per_frame = float(np.median(self._costs)) if self._costs and self._skipped_in_a_row < self.retry_after \
+            else 0.0
+        late = now + per_frame * (pending + 1) > deadline - self.margin
+        self._skipped_in_a_row = self._skipped_in_a_row + 1 if late else 0
+        return late
 
 
 @dataclass
@@ -60,16 +104,17 @@ class Mouths:
 
 
 def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_size: int, start_frame: int = 0,
-             stats: Optional[Stats] = None, too_late: Callable[[FrameUnit, int], bool] = lambda unit, pending: False
-             ) -> Iterator[Mouths]:
+             stats: Optional[Stats] = None, deadline: Optional[Callable[[FrameUnit], float]] = None,
+             policy: Optional[SkipPolicy] = None) -> Iterator[Mouths]:
     """The model stage, in frame order. Speech on a frame with a face goes through the model in batches;
     everything else passes as None.
 
     `lipsync` is anything with predict(mel_windows (B,80,16), faces (B,S,S,3) uint8, landmarks (B,K,2) in crop
     pixels) -> faces: models.predictor.LipSyncPredictor (Wav2Lip) or models.mouthwarp.MouthAnimator.
-    `too_late(unit, pending)` lets a live run skip the model for a frame that would miss its presentation time if
-    it joined the `pending` frames already batched."""
+    A live run gives each frame's presentation `deadline` (monotonic) and a SkipPolicy: a frame the model would
+    make late is shown as the cached frame instead, and counted in stats.skipped."""
     stats = stats or Stats()
+    policy = policy or SkipPolicy()
     batch: list[tuple[FrameUnit, int]] = []
 
     def flush():
@@ -83,7 +128,7 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
         spent = time.perf_counter() - started
         stats.infer_seconds += spent
         stats.inferred += len(batch)
-        stats.recent_costs.extend([spent / len(batch)] * len(batch))
+        policy.record(spent, len(batch))
         yield Mouths([u for u, _ in batch], indices, mouths)
         batch.clear()
 
@@ -91,7 +136,9 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
         index = ping_pong(unit.index + start_frame, presenter.frames)
         wanted = bool(unit.speaking and presenter.has_face[index])
         stats.speech += wanted
-        if wanted and not too_late(unit, len(batch)):
+        skip = wanted and deadline is not None and policy.skip(time.monotonic(), deadline(unit), len(batch))
+        stats.skipped += skip
+        if wanted and not skip:
             batch.append((unit, index))
             if len(batch) >= batch_size:
                 yield from flush()
@@ -117,13 +164,12 @@ def composite(stream: Iterable[Mouths], compositor: Compositor, watched: Callabl
 
 
 def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor: Compositor, batch_size: int,
-           start_frame: int = 0, stats: Optional[Stats] = None,
-           too_late: Callable[[FrameUnit, int], bool] = lambda unit, pending: False,
-           stop: Optional[threading.Event] = None, watched: Callable[[], bool] = lambda: True
+           start_frame: int = 0, stats: Optional[Stats] = None, stop: Optional[threading.Event] = None,
+           deadline: Optional[Callable[[FrameUnit], float]] = None, watched: Callable[[], bool] = lambda: True
            ) -> Iterator[tuple[FrameUnit, Optional[np.ndarray]]]:
     """Yield (unit, frame) in order: the model stage and the composite stage overlapped in two threads."""
     stop = stop or threading.Event()
-    mouths = threaded(lip_sync(units, presenter, lipsync, batch_size, start_frame, stats, too_late), 4, "model", stop)
+    mouths = threaded(lip_sync(units, presenter, lipsync, batch_size, start_frame, stats, deadline), 4, "model", stop)
     return threaded(composite(mouths, compositor, watched), 8, "composite", stop)
 
 
@@ -140,7 +186,7 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
     stats = stats if stats is not None else Stats()
     if isinstance(audio, np.ndarray):
         total_samples = len(audio)
-    total = -(-total_samples // SAMPLES) if total_samples is not None else None
+    total = frames_for(total_samples) if total_samples is not None else None
     stop = threading.Event()
     for sink in sinks:
         sink.open(presenter.width, presenter.height)
@@ -168,54 +214,77 @@ def wait_until(deadline: float) -> float:
 
 
 def threaded(items: Iterable, maxsize: int, name: str, stop: threading.Event) -> Iterator:
-    """Run a generator in its own thread, handing items over through a bounded queue (back-pressure)."""
+    """Run a generator in its own thread, handing items over through a bounded queue (back-pressure).
+
+    When the consumer stops early (an error, Ctrl-C, SIGTERM) `stop` is set; either way the thread is joined before
+    this generator returns: no stage is left running a model call while the interpreter shuts down (OpenVINO aborts the
+    process if one is)."""
     q: queue.Queue = queue.Queue(maxsize)
     done = object()
     failure: list[BaseException] = []
 
+    def offer(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it
             failure.append(exc)
         finally:
-            q.put(done)
+            offer(done)
 
-    threading.Thread(target=work, name=name, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is done:
-            if failure:
-                raise failure[0]
-            return
-        yield item
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread.start()
+    finished = False
+    try:
+        while True:
+            try:
+                item = q.get(timeout=0.1)
+            except queue.Empty:
+                if stop.is_set() and not thread.is_alive():
+                    return
+                continue
+            if item is done:
+                finished = True
+                if failure:
+                    raise failure[0]
+                return
+            yield item
+    finally:
+        if not finished:  # the consumer left early: the stages upstream stop too
+            stop.set()
+        thread.join(timeout=30)
 
 
 class LiveEngine:
-    """Real-time loop. Feed audio with push() (or a Microphone into .buffer); frames go to live sinks on time."""
+    """Real-time loop. Feed audio with push() (or a Microphone into .buffer); frames go to live sinks on time.
+
+    Four threads, each owning its state: the timeline stage (the audio clock, where utterances start and end, when
+    input arrived), the model stage (batches, the skip policy), the composite stage, and the presenting thread
+    (the caller of run(): pacing, events, muting after an interrupt). Frames carry what the presenting thread needs
+    from the timeline; interrupt() sends it a message; nothing else is shared but the input buffer and Stats."""
 
     def __init__(self, presenter: Presenter, lipsync, compositor: Compositor, sinks: list[Sink],
                  cfg: EngineConfig = EngineConfig()):
-        if cfg.latency_ms < 1000 * LOOKAHEAD / 16000 + 40:
-            raise ValueError(f"latency_ms must be at least {1000 * LOOKAHEAD / 16000 + 40:.0f} (mel lookahead + a frame)")
+        floor_ms = 1000 * (LOOKAHEAD + SAMPLES) / SAMPLE_RATE
+        if cfg.latency_ms < floor_ms:
+            raise ValueError(f"latency_ms must be at least {floor_ms:.0f} (mel lookahead + a frame)")
         self.presenter, self.lipsync, self.compositor, self.sinks, self.cfg = presenter, lipsync, compositor, sinks, cfg
         self.buffer = AudioBuffer()
         self.stats = Stats()
         self.on_event: Optional[Callable[[dict], None]] = None  # called from the presenting thread
         self.started_at: Optional[float] = None                 # monotonic t0 of the running clock
         self._stop = threading.Event()
-        self._marks: deque = deque()    # (frame index, kind, tag) waiting for their frame to be shown
-        self._marks_lock = threading.Lock()
-        self._mute_before = 0           # frames whose window starts before this sample were cut by interrupt()
-        self._last_shown = -1
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()    # interrupt() -> the presenting thread
         mel_basis()  # builds librosa's filter bank now (a 2 s import), not while the clock runs
 
     def push(self, pcm: np.ndarray, utterance: object = None) -> None:
@@ -229,15 +298,10 @@ class LiveEngine:
 
     def interrupt(self) -> list:
         """Drop queued speech now: frames already rendered from it are replaced by the closed-mouth cached frame
-        and muted from the next frame on. Returns the utterances dropped or cut short."""
+        and muted from the next frame on, whose number the speech_interrupted events give. Returns the
+        utterances dropped or cut short."""
         position, dropped = self.buffer.interrupt()
-        self._mute_before = position + N_FFT // 2  # frame k hears from sample 640 k - 400 on
-        with self._marks_lock:
-            self._marks = deque(m for m in self._marks if m[2] not in dropped)
-        closed_from = self._last_shown + 1  # the first frame shown from now on has the mouth closed
-        for tag in dropped:
-            self._emit({"type": "speech_interrupted", "utterance": tag, "frame": closed_from,
-                        "pts": closed_from / FPS})
+        self._inbox.put((position, dropped))
         return dropped
 
     def stop(self) -> None:
@@ -254,39 +318,42 @@ class LiveEngine:
             except Exception:  # a listener's failure must never stop the clock
                 log.exception("event listener failed")
 
-    def _take(self, samples: int) -> np.ndarray:
-        """The next samples of the timeline, noting on which frames utterances start and end."""
-        pcm = self.buffer.take(samples)
-        marks = [(m.position // SAMPLES if m.kind == "start" else max(m.position - 1, 0) // SAMPLES, m.kind, m.tag)
-                 for m in self.buffer.pop_marks()]
-        with self._marks_lock:
-            self._marks.extend(marks)
-        return pcm
-
-    def _show_marks(self, unit: FrameUnit, shown_at: float) -> None:
-        while True:
-            with self._marks_lock:
-                if not self._marks or self._marks[0][0] > unit.index:
-                    return
-                _, kind, tag = self._marks.popleft()
-            self._emit({"type": f"speech_{'started' if kind == 'start' else 'ended'}", "utterance": tag,
-                        "frame": unit.index, "pts": unit.pts, "shown_at": shown_at})
-
     def _timeline_units(self, t0: float) -> Iterator[FrameUnit]:
         """The audio timeline advancing in real time: every 40 ms, the next 40 ms of input or silence.
 
         The first step is shorter (200 samples) so that ticks fall exactly where frame windows complete
         (640 k + 3400): no frame waits for the rest of a tick, and one frame leaves per tick. Audio that arrives
-        between ticks is placed at the start of the next step, so a finer tick would not show it sooner."""
+        between ticks is placed at the start of the next step, so a finer tick would not show it sooner. Each frame
+        leaves with the utterance marks that fall on it and the arrival time of the input that completed it."""
         timeline = FrameTimeline(self.cfg.silence_db)
+        marks: deque = deque()      # (frame, kind, tag), in frame order
+        arrivals: deque = deque()   # Arrival spans not yet passed by a frame's window end
+
+        def annotated(units: list[FrameUnit]) -> Iterator[FrameUnit]:
+            nonlocal marks
+            for mark in self.buffer.pop_marks():
+                end = mark.kind == "end"
+                marks.append(((max(mark.position - 1, 0) if end else mark.position) // SAMPLES, mark.kind, mark.tag))
+            marks = deque(sorted(marks, key=lambda m: m[0]))  # an end marked late (close() after its last sample)
+            arrivals.extend(self.buffer.pop_arrivals())
+            for unit in units:
+                last_heard = unit.index * SAMPLES + LOOKAHEAD - 1
+                while arrivals and arrivals[0].end <= last_heard:
+                    arrivals.popleft()
+                if arrivals and arrivals[0].start <= last_heard:
+                    unit.heard_at = arrivals[0].at
+                while marks and marks[0][0] <= unit.index:
+                    unit.marks.append(marks.popleft()[1:])
+                yield unit
+
         position, step = 0, LOOKAHEAD % TICK or TICK
         while not self._stop.is_set():
             if self.buffer.ended.is_set() and self.buffer.available < step:  # the input's last samples, unpadded
-                yield from timeline.push(self._take(self.buffer.available))
-                yield from timeline.finish()
+                pcm = self.buffer.take(self.buffer.available)
+                yield from annotated(timeline.push(pcm) + timeline.finish())
                 return
-            wait_until(t0 + (position + step) / 16000)
-            yield from timeline.push(self._take(step))
+            wait_until(t0 + (position + step) / SAMPLE_RATE)
+            yield from annotated(timeline.push(self.buffer.take(step)))
             position, step = position + step, TICK
 
     def run(self, max_seconds: Optional[float] = None) -> Stats:
@@ -296,48 +363,60 @@ class LiveEngine:
             sink.open(self.presenter.width, self.presenter.height)
         t0 = self.started_at = time.monotonic()
         stats = self.stats
-
-        skipped = 0
-
-        def too_late(unit: FrameUnit, pending: int) -> bool:
-            """Would this frame, batched behind `pending` others, miss its time at the recent model speed?
-
-            After a second of skipped frames one is tried anyway, so a slow call (a cold start, a busy moment)
-            cannot stop the model for good."""
-            nonlocal skipped
-            per_frame = float(np.median(stats.recent_costs)) if stats.recent_costs and skipped < FPS else 0.0
-            late = time.monotonic() + per_frame * (pending + 1) > t0 + unit.pts + latency - 0.5 / FPS
-            skipped = skipped + 1 if late else 0
-            return late
-
         units = threaded(self._timeline_units(t0), 8, "timeline", self._stop)
         frames = render(units, self.presenter, self.lipsync, self.compositor, self.cfg.live_batch_size,
-                        self.cfg.start_frame, self.stats, too_late, self._stop, self._watched)
+                        self.cfg.start_frame, stats, self._stop, lambda unit: t0 + unit.pts + latency, self._watched)
+        mute_before = 0        # frames whose window starts before this sample were cut by interrupt()
+        dropped: set = set()   # utterances interrupt() dropped: their marks are not announced
         try:
             for unit, frame in frames:
+                while not self._inbox.empty():  # interrupts since the last frame: this frame has the mouth closed
+                    position, tags = self._inbox.get()
+                    mute_before = max(mute_before, position + N_FFT // 2)  # frame k hears from 640 k - 400 on
+                    dropped.update(tags)
+                    for tag in tags:
+                        self._emit({"type": "speech_interrupted", "utterance": tag, "frame": unit.index,
+                                    "pts": unit.pts})
                 planned = t0 + unit.pts + latency
                 audio = unit.audio
-                if unit.index * SAMPLES < self._mute_before:  # rendered from speech that interrupt() dropped
-                    frame = self.compositor.passthrough(ping_pong(unit.index + self.cfg.start_frame,
-                                                                  self.presenter.frames)) if frame is not None else None
+                if unit.index * SAMPLES < mute_before:  # rendered from speech that interrupt() dropped
+                    if frame is not None:
+                        frame = self.compositor.passthrough(ping_pong(unit.index + self.cfg.start_frame,
+                                                                      self.presenter.frames))
                     audio = np.zeros_like(audio)
                 late = wait_until(planned)
                 for sink in self.sinks:
                     sink.write(frame, audio, unit.pts)
-                self._last_shown = unit.index
-                self._show_marks(unit, time.time())
-                self.stats.frames += 1
-                self.stats.present_offsets.append(time.monotonic() - planned)
+                shown_at, shown = time.time(), time.monotonic()
+                for kind, tag in unit.marks:
+                    if tag not in dropped:
+                        self._emit({"type": f"speech_{'started' if kind == 'start' else 'ended'}",
+                                    "utterance": tag, "frame": unit.index, "pts": unit.pts, "shown_at": shown_at})
+                stats.frames += 1
+                stats.present_offsets.append(shown - planned)
+                if unit.heard_at is not None and unit.index * SAMPLES >= mute_before:
+                    stats.input_latencies.append(shown - unit.heard_at)
                 if late > 0.5 / FPS:
-                    self.stats.late += 1
-                    self.stats.max_late_ms = max(self.stats.max_late_ms, late * 1000)
+                    stats.late += 1
+                    stats.max_late_ms = max(stats.max_late_ms, late * 1000)
                 if max_seconds is not None and unit.pts >= max_seconds:
                     break
         finally:
             self._stop.set()
             for sink in self.sinks:
                 sink.close()
-        if self.stats.late:
+        self._report()
+        return stats
+
+    def _report(self) -> None:
+        stats, latency = self.stats, self.stats.latency_ms()
+        heard = latency["input"]
+        if heard["frames"]:
+            log.info("input to screen (from the chunk that completed each frame's window; %.1f ms when input "
+                     "streams in real time and nothing waits): p50 %.0f ms, p95 %.0f ms over %d frames; pacing offset "
+                     "p95 %.1f ms; %d of %d speech frames shown without the model to stay on time",
+                     self.cfg.latency_ms - 1000 * LOOKAHEAD / SAMPLE_RATE, heard["p50"], heard["p95"],
+                     heard["frames"], latency["pacing_offset"]["p95"], stats.skipped, stats.speech)
+        if stats.late:
             log.warning("%d of %d frames were late (worst %.0f ms): this machine cannot keep up in real time with "
-                        "these settings", self.stats.late, self.stats.frames, self.stats.max_late_ms)
-        return self.stats
+                        "these settings", stats.late, stats.frames, stats.max_late_ms)

@@ -31,9 +31,9 @@ import numpy as np
 
 from core.errors import UserError
 
-from .audio import RATES, PCM_FORMATS, AudioError, AudioTooLong, PcmStream, decode_upload
+from audio.decode import RATES, PCM_FORMATS, AudioError, AudioTooLong, PcmStream, decode_upload
 from .loop import LiveEngine
-from .mel import SAMPLE_RATE
+from core.timebase import SAMPLE_RATE
 from .webrtc import PeerLimit, WebRtcSink
 
 log = logging.getLogger("engine.server")
@@ -294,15 +294,15 @@ class Server:
         return web.json_response({"utterance": tag, "seconds": len(pcm) / SAMPLE_RATE})
 
     def status(self) -> dict:
+        """fps; latency from the input (arrival of the chunk that completed a frame's window to that frame on
+        screen, waits behind queued speech included) beside the clock's pacing offset; frames shown without the
+        model to stay on time; the queue; sinks and viewers."""
         stats, engine = self.engine.stats, self.engine
         running = engine.started_at is not None and time.monotonic() > engine.started_at
         elapsed = time.monotonic() - engine.started_at if running else 0.0
-        offsets = np.array(stats.present_offsets) if stats.present_offsets else np.zeros(1)
         return {"fps": stats.frames / elapsed if elapsed > 1 else 0.0, "frames": stats.frames,
-                "lip_synced": stats.inferred, "speech_frames": stats.speech, "late": stats.late,
-                "latency_ms": {"target": engine.cfg.latency_ms,
-                               "p50": engine.cfg.latency_ms + 1000 * float(np.percentile(offsets, 50)),
-                               "p95": engine.cfg.latency_ms + 1000 * float(np.percentile(offsets, 95))},
+                "lip_synced": stats.inferred, "speech_frames": stats.speech, "skipped": stats.skipped,
+                "late": stats.late, "latency_ms": {"target": engine.cfg.latency_ms, **stats.latency_ms()},
                 "queue": {"seconds": engine.buffer.available / SAMPLE_RATE,
                           "utterances": len(engine.buffer.queued_tags)},
                 "sinks": [type(s).__name__ for s in engine.sinks], "webrtc_peers": len(self.webrtc.peers)}

@@ -3,15 +3,24 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import numpy as np
 
-from .audio import AudioError
-from .mel import SAMPLE_RATE
+from audio.decode import AudioError
+from core.timebase import SAMPLE_RATE
 
 log = logging.getLogger("engine.sources")
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """Timeline samples [start, end) came from input that arrived at `at` (monotonic seconds)."""
+    start: int
+    end: int
+    at: float
 
 
 @dataclass(frozen=True)
@@ -26,10 +35,11 @@ class AudioBuffer:
     """Thread-safe FIFO of samples. The live clock takes fixed slices; what is missing is silence.
 
     Audio pushed with a tag is an utterance: take() records where its first sample and (once close(tag) was
-    called) its last sample land on the timeline, so the engine can say when it is actually shown."""
+    called) its last sample land on the timeline, so the engine can say when it is actually shown. Every chunk is
+    stamped when it arrives, and take() records where it lands, so the engine can measure input-to-screen latency."""
 
     def __init__(self):
-        self._chunks: list[tuple[np.ndarray, object]] = []
+        self._chunks: list[tuple[np.ndarray, object, float]] = []  # (samples, tag, arrival time)
         self._size = 0
         self._per_tag: dict = {}            # samples still queued per utterance tag
         self._lock = threading.Lock()
@@ -37,13 +47,14 @@ class AudioBuffer:
         self._started: set = set()
         self._closed: set = set()
         self._marks: list[Mark] = []
+        self._arrivals: list[Arrival] = []
         self.ended = threading.Event()      # no more input will come (files done)
 
     def push(self, pcm: np.ndarray, tag: object = None) -> None:
         pcm = np.asarray(pcm, np.float32).reshape(-1)
         if pcm.size:
             with self._lock:
-                self._chunks.append((pcm, tag))
+                self._chunks.append((pcm, tag, time.monotonic()))
                 self._size += pcm.size
                 self._per_tag[tag] = self._per_tag.get(tag, 0) + pcm.size
 
@@ -71,7 +82,7 @@ class AudioBuffer:
     @property
     def queued_tags(self) -> list:
         with self._lock:
-            return list(dict.fromkeys(t for _, t in self._chunks if t is not None))
+            return list(dict.fromkeys(t for _, t, _ in self._chunks if t is not None))
 
     def take(self, n: int) -> np.ndarray:
         """n samples: what is queued, then zeros (a gap in the input is silence on the timeline)."""
@@ -79,12 +90,13 @@ class AudioBuffer:
         filled = 0
         with self._lock:
             while filled < n and self._chunks:
-                chunk, tag = self._chunks[0]
+                chunk, tag, arrived = self._chunks[0]
                 if tag is not None and tag not in self._started:
                     self._started.add(tag)
                     self._marks.append(Mark(self._taken + filled, "start", tag))
                 used = min(n - filled, chunk.size)
                 out[filled:filled + used] = chunk[:used]
+                self._arrivals.append(Arrival(self._taken + filled, self._taken + filled + used, arrived))
                 filled += used
                 self._size -= used
                 self._per_tag[tag] -= used
@@ -95,7 +107,7 @@ class AudioBuffer:
                     if tag in self._closed and tag not in self._per_tag:
                         self._end(tag, self._taken + filled)
                 else:
-                    self._chunks[0] = (chunk[used:], tag)
+                    self._chunks[0] = (chunk[used:], tag, arrived)
             self._taken += n
         return out
 
@@ -104,10 +116,16 @@ class AudioBuffer:
             marks, self._marks = self._marks, []
         return marks
 
+    def pop_arrivals(self) -> list[Arrival]:
+        """Where the input taken since the last call landed on the timeline, and when it arrived."""
+        with self._lock:
+            arrivals, self._arrivals = self._arrivals, []
+        return arrivals
+
     def interrupt(self) -> tuple[int, list]:
         """Drop everything queued now: (timeline position at the cut, the tags dropped or cut short)."""
         with self._lock:
-            dropped = list(dict.fromkeys([t for _, t in self._chunks if t is not None] + list(self._started)))
+            dropped = list(dict.fromkeys([t for _, t, _ in self._chunks if t is not None] + list(self._started)))
             self._chunks.clear()
             self._size = 0
             self._per_tag.clear()
@@ -117,8 +135,9 @@ class AudioBuffer:
 
 
 class Feeder:
-    """Pushes a stream of audio chunks (decoded files) into a buffer from its own thread, never more than `ahead`
-    seconds before the clock takes them: an hour-long file is never held whole in memory."""
+    """Pushes a stream of audio chunks into a buffer from its own thread, never more than `ahead` seconds before the
+    clock takes them: an hour-long file is never held whole in memory, and short chunks with a small `ahead` arrive
+    the way a streaming TTS or a network client sends them."""
 
     def __init__(self, buffer: AudioBuffer, chunks: Iterable[np.ndarray], utterance: object = None,
                  ahead_seconds: float = 10.0, ends_input: bool = True):
@@ -138,9 +157,10 @@ class Feeder:
 
     def _run(self) -> None:
         try:
+            poll = min(0.05, self.ahead / SAMPLE_RATE / 4)
             for chunk in self.chunks:
                 while self.buffer.available > self.ahead:
-                    if self._stop.wait(0.05):
+                    if self._stop.wait(poll):
                         return
                 self.buffer.push(chunk, self.utterance)
         except AudioError as exc:  # the files were checked before the start; a failure now ends the input early

@@ -2,17 +2,14 @@
 speech flag. Works the same on a whole file (finish() at the end) and on a never-ending live stream."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from .audio import rms
-from .mel import N_FFT, SAMPLE_RATE, StreamingMel
-
-FPS = 25
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
-LOOKAHEAD = 15 * 200 + N_FFT // 2  # 3400 samples = 212.5 ms: the audio after a frame's time its window needs
+from audio.decode import rms
+from audio.mel import StreamingMel
+from core.timebase import FPS, LOOKAHEAD, N_FFT, SAMPLE_RATE, SAMPLES_PER_FRAME, frames_for
 
 
 @dataclass
@@ -21,6 +18,9 @@ class FrameUnit:
     audio: np.ndarray        # the 640 samples (float32, 16 kHz mono) shown with this frame
     window: np.ndarray       # (80, 16) Wav2Lip mel window
     speaking: bool           # speech in the window's span: run the model; else show the cached frame untouched
+    # live runs only, set by the timeline stage and carried with the frame to the presenting thread:
+    heard_at: Optional[float] = None   # monotonic arrival of the input chunk holding the window's last sample
+    marks: list = field(default_factory=list)  # (kind, utterance) that start or end on this frame
 
     @property
     def pts(self) -> float:
@@ -51,7 +51,7 @@ class FrameTimeline:
         """End of the audio: every remaining frame, ceil(samples / 640) in all (the last windows repeat the tail)."""
         self._pending += self._mel.finish()
         units = self._emit(final=True)
-        total = -(-self._received // SAMPLES_PER_FRAME)
+        total = frames_for(self._received)
         while self._next < total:
             units.append(self._unit(self._last_window))
         return units

@@ -1,6 +1,8 @@
 """Real test media, made once per session from what ships in packages: the astronaut photo and espeak-ng speech."""
 from __future__ import annotations
 
+import importlib
+import os
 import time
 from pathlib import Path
 
@@ -10,6 +12,14 @@ import pytest
 from demo.presenter import FacePath, make_presenter_clip, speak
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def require(module: str):
+    """Import an optional dependency's module, or skip the tests that need it. Under CI=true nothing is optional:
+    a missing package is a broken install, and the import error fails the run instead of hiding as a skip."""
+    if os.environ.get("CI", "").lower() == "true":
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
 
 
 class CollectSink:
@@ -65,9 +75,10 @@ def built(media, tmp_path_factory):
             "results": {r.name: r for r in results}}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def obs_studio(tmp_path_factory):
-    """A running OBS Studio (Xvfb, throw-away profile, websocket on 127.0.0.1); skipped only if OBS can't install."""
+    """A running OBS Studio (Xvfb, throw-away profile, websocket on 127.0.0.1); skipped only if OBS can't install.
+    Module-scoped: OBS renders its scene all the time, so it must not keep a core busy under the later modules."""
     from obs_studio import ObsStudio, ensure_installed
 
     reason = ensure_installed()

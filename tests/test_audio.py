@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from engine.audio import AudioError, load_audio
-from engine.mel import StreamingMel, frame_windows, melspectrogram
+from audio.decode import AudioError, load_audio
+from audio.mel import StreamingMel, frame_windows, melspectrogram
 
 REAL_SPEECH = Path("/usr/share/asterisk/sounds/en_US_f_Allison/vm-intro.wav")  # Debian asterisk-core-sounds-en-wav
 

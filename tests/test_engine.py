@@ -16,16 +16,18 @@ import pytest
 import soundfile
 
 from conftest import ROOT, CollectSink
-from engine.audio import load_audio
+from audio.decode import load_audio
 from engine.composite import Compositor, lower_face_mask
 from engine.loop import EngineConfig, LiveEngine, render_file
 from engine.obs import ObsSettings, setup_media_source
 from engine.presenter import Presenter, ping_pong
 from engine.sinks import MpegTsSink, SinkError, VirtualCameraSink
+from engine.sources import Feeder
 from engine.timeline import FrameTimeline
 from models import wav2lip96
 from models.blocks import SyncNet, Wav2Lip
 from models.loader import load_generator, save_checkpoint
+from models.mouthwarp import MouthAnimator
 from models.predictor import LipSyncPredictor
 from stream_out import main as stream_out_main
 
@@ -113,20 +115,22 @@ def test_mask_leaves_no_box_edge():
 
 def test_mp4_from_the_command_line(checkpoint, built, talk, tmp_path):
     out = tmp_path / "result.mp4"
+    short = tmp_path / "short.wav"  # speech, silence, speech: 5 s
+    soundfile.write(str(short), talk[1][: 16000 * 5], 16000)
     proc = subprocess.run([sys.executable, "stream_out.py", "--checkpoint_path", str(checkpoint), "--data_dir",
-                           str(built["cache"] / "clip25"), "--audio_files", str(talk[0]), "--outfile", str(out)],
+                           str(built["cache"] / "clip25"), "--audio_files", str(short), "--outfile", str(out)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json",
                                        str(out)], capture_output=True, text=True).stdout)
     video = next(s for s in probe["streams"] if s["codec_type"] == "video")
     audio = next(s for s in probe["streams"] if s["codec_type"] == "audio")
-    seconds = len(talk[1]) / 16000
+    seconds = 5.0
     assert video["r_frame_rate"] == "25/1"
     assert abs(int(video["nb_read_frames"]) - seconds * 25) <= 1
     assert float(audio["duration"]) == pytest.approx(seconds, abs=0.06)
     assert float(video["duration"]) == pytest.approx(seconds, abs=0.05)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.mp4"]  # no scratch folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.mp4", "short.wav"]  # no scratch folder left
 
 
 def test_mpegts_stream_decodes_with_matching_timestamps(rig, talk, tmp_path):
@@ -169,19 +173,29 @@ def test_live_udp_stream_reaches_a_listener(rig, talk, tmp_path):
     assert kinds == {"video", "audio"}
 
 
-def test_live_pacing_holds_25_fps_for_30_seconds_without_drift(rig, caplog):
-    presenter, predictor, compositor = rig
+def test_live_pacing_holds_for_20_seconds_of_streamed_speech_without_drift(rig, talk, caplog):
+    """Speech streamed the way a TTS client sends it (20 ms chunks, 0.1 s ahead) for 20 s, the mouth animator on
+    it: every input sample comes out in order, the mouth is driven, and the clock neither drifts nor slips."""
+    presenter, _, compositor = rig
     sink = CollectSink(live=True)
-    engine = LiveEngine(presenter, predictor, compositor, [sink], EngineConfig())
-    stats = engine.run(max_seconds=30)  # no input: the timeline runs on silence, as between utterances
+    engine = LiveEngine(presenter, MouthAnimator(presenter.face_size), compositor, [sink], EngineConfig())
+    speech = np.tile(talk[1], 3)[: 20 * 16000]
+    Feeder(engine.buffer, (speech[i:i + 320] for i in range(0, len(speech), 320)), ahead_seconds=0.1).start()
+    stats = engine.run()
     offsets = np.array(stats.present_offsets)
     times = np.array(sink.times)
     drift = np.polyfit(np.arange(len(times)) / 25, times - times[0], 1)[0] - 1  # s per s
-    logging.getLogger("test").info("30 s live run: median offset %.2f ms, p99 %.2f ms, drift %.3f ms/min",
-                                   1000 * np.median(offsets), 1000 * np.percentile(offsets, 99), 60000 * drift)
+    heard = stats.latency_ms()["input"]
+    logging.getLogger("test").info("20 s live run: median offset %.2f ms, p99 %.2f ms, drift %.3f ms/min; input to "
+                                   "screen p50 %.0f ms", 1000 * np.median(offsets), 1000 * np.percentile(offsets, 99),
+                                   60000 * drift, heard["p50"])
+    out = np.concatenate(sink.audio)
+    assert np.array_equal(out[: len(speech)], speech) and not out[len(speech):].any()  # no gap, nothing lost
+    assert stats.speech > 200 and stats.inferred == stats.speech  # the animator keeps up: every speech frame driven
+    assert 100 < heard["p50"] < 300  # 87.5 ms after the window's last chunk, plus up to 0.1 s it waited queued
     # The clock must not drift and must stay tight; a shared 2-core machine may oversleep a frame now and then
     # (seen: 3.5% of frames 20-35 ms late while other work ran), which is scheduling, not drift.
-    assert stats.frames >= 750 and stats.late <= 0.05 * stats.frames
+    assert stats.frames >= 500 and stats.late <= 0.05 * stats.frames
     assert np.median(offsets) < 0.005 and np.percentile(offsets, 99) < 0.04
     assert abs(drift * 60) < 0.005  # under 5 ms a minute
     assert abs((times[-1] - times[0]) - (len(times) - 1) / 25) < 0.02
@@ -210,8 +224,8 @@ def test_virtual_camera_says_how_to_get_one():
     sink = VirtualCameraSink()
     try:
         sink.open(640, 360)
-    except SinkError as exc:
-        assert "v4l2loopback" in str(exc) and "modprobe" in str(exc)
+    except SinkError as exc:  # pyvirtualcam's own words (it really probed /dev/video*), then what to do
+        assert "No v4l2 loopback device found at /dev/video" in str(exc) and "v4l2loopback-dkms" in str(exc)
     else:  # a machine with a virtual camera: the sink works, nothing more to check here
         sink.close()
         pytest.skip("a virtual camera exists on this machine")
@@ -255,15 +269,18 @@ def test_sigterm_finishes_the_mp4_like_ctrl_c(checkpoint, built, talk, tmp_path)
 
 
 def test_microphone_errors_at_the_device_boundary():
-    """No sound card here: sounddevice's real device lookup fails and says how to list devices."""
-    from engine.audio import AudioError
+    """No sound card here: sounddevice's real device lookup fails (its own words are in the message) and the
+    message says how to list devices."""
+    import sounddevice
+    from audio.decode import AudioError
     from engine.sources import AudioBuffer, Microphone
-    try:
+    with pytest.raises(AudioError) as named:
         Microphone(AudioBuffer(), device="no-such-microphone").stop()
-    except AudioError as exc:
-        assert "no-such-microphone" in str(exc) or "PortAudio" in str(exc)
-    else:
-        pytest.fail("a device named no-such-microphone should not exist")
+    assert "No input device matching 'no-such-microphone'" in str(named.value)
+    assert "python -m sounddevice" in str(named.value)
+    if not any(d["max_input_channels"] for d in sounddevice.query_devices()):  # no microphone at all, as here
+        with pytest.raises(AudioError, match="Error querying device"):
+            Microphone(AudioBuffer()).stop()
 
 
 def test_colour_match_moves_the_mean_inside_the_mask():
@@ -455,7 +472,7 @@ def test_an_hour_of_audio_becomes_frame_windows_in_bounded_memory(tmp_path):
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "3600",
                     "-c:a", "pcm_s16le", str(hour)], check=True)
     # VmHWM: this process image's own peak (ru_maxrss would include the pytest process it was forked from)
-    code = ("import re, sys; from engine.audio import stream_audio; from engine.timeline import frame_units; "
+    code = ("import re, sys; from audio.decode import stream_audio; from engine.timeline import frame_units; "
             "n = sum(1 for _ in frame_units(stream_audio(sys.argv[1]))); "
             "print(n, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
     result = subprocess.run([sys.executable, "-c", code, str(hour)], cwd=ROOT, capture_output=True, text=True)
@@ -477,3 +494,20 @@ def test_live_run_streams_its_audio_files_and_ends_with_them(built, media, tmp_p
                                       capture_output=True, text=True).stdout)
     audio = next(s for s in probe["streams"] if s["codec_type"] == "audio")
     assert float(audio["duration"]) == pytest.approx(seconds, abs=0.2)
+
+
+def test_skip_policy_skips_only_frames_the_model_would_make_late_and_retries():
+    from engine.loop import SkipPolicy
+    policy = SkipPolicy(window=4, margin=0.02, retry_after=3)
+    assert not policy.skip(now=10.0, deadline=10.05, pending=0)  # no cost known yet: only a frame already due
+    assert policy.skip(now=10.04, deadline=10.05, pending=0)     # inside the margin: too late whatever the cost
+    policy = SkipPolicy(window=4, margin=0.02, retry_after=3)
+    policy.record(seconds=0.1, frames=2)                         # 50 ms a frame
+    assert not policy.skip(now=10.0, deadline=10.1, pending=0)   # 50 ms fits in the 80 ms left
+    assert policy.skip(now=10.0, deadline=10.1, pending=1)       # behind one pending frame it would not
+    assert policy.skip(now=10.0, deadline=10.1, pending=1) and policy.skip(now=10.0, deadline=10.1, pending=1)
+    assert not policy.skip(now=10.0, deadline=10.1, pending=1)   # 3 skips in a row: one is tried anyway
+    assert policy.skip(now=10.0, deadline=10.1, pending=1)       # and the count starts again
+    for _ in range(4):
+        policy.record(seconds=0.01, frames=1)                    # the model got fast: old costs age out
+    assert not policy.skip(now=10.0, deadline=10.1, pending=1)

@@ -27,9 +27,10 @@ PARAMS = {"wav2lip96": 36_298_035, "wav2lip288": 48_520_755, "wav2lip288_prelu20
           "syncnet288": 65_235_072, "syncnet384": 65_054_464}
 
 
-def reference_keys(name: str) -> list[tuple[str, tuple[int, ...]]]:
+def reference_keys(name: str, file: str = "") -> list[tuple[str, tuple[int, ...]]]:
+    """(key, shape) rows of a reference state dict: of architecture `name`, or of the key file `file`."""
     rows = []
-    for line in (KEYS / f"{REFERENCE_FILES[name]}.txt").read_text().splitlines():
+    for line in (KEYS / f"{file or REFERENCE_FILES[name]}.txt").read_text().splitlines():
         key, shape = line.split(" ", 1)
         rows.append((key, tuple(int(v) for v in shape.strip("[]").split(",") if v.strip())))
     return rows
@@ -68,12 +69,19 @@ def test_every_known_architecture_has_a_distinct_signature():
 
 @pytest.mark.parametrize("spec", [wav2lip96.SYNCNET, wav2lip288.SYNCNET, wav2lip288.SYNCNET_PRELU_2021,
                                   wav2lip384.SYNCNET], ids=lambda s: s.name)
-def test_syncnets_embed_their_lower_half_faces(spec):
-    net = SyncNet(spec).eval()
+def test_syncnets_embed_their_lower_half_faces_as_the_reference(spec):
+    """The reference forward: each encoder ends in a 1x1 map, which is flattened and L2-normalised; (audio, face)."""
+    net = randomise_batchnorm(SyncNet(spec))
+    mel, faces = torch.randn(2, 1, 80, 16), torch.rand(2, 15, spec.size // 2, spec.size)
     with torch.no_grad():
-        audio, face = net(torch.randn(2, 1, 80, 16), torch.rand(2, 15, spec.size // 2, spec.size))
-    assert audio.shape == face.shape and audio.shape[1] in (512, 1024)
-    assert torch.allclose(audio.norm(dim=1), torch.ones(2), atol=1e-5)
+        audio, face = net(mel, faces)
+        audio_map, face_map = net.audio_encoder(mel), net.face_encoder(faces)
+    assert audio_map.shape[2:] == face_map.shape[2:] == (1, 1)  # the lower half of a face crop becomes one vector
+    assert audio.shape == face.shape == (2, audio_map.shape[1]) and audio.shape[1] in (512, 1024)
+    assert torch.allclose(audio, torch.nn.functional.normalize(audio_map.flatten(1), dim=1), atol=1e-6)
+    assert torch.allclose(face, torch.nn.functional.normalize(face_map.flatten(1), dim=1), atol=1e-6)
+    with torch.no_grad():  # a whole face, not its lower half, does not come out as one vector
+        assert net.face_encoder(torch.rand(1, 15, spec.size, spec.size)).shape[2:] != (1, 1)
 
 
 def test_generator_sequence_input_is_flattened_time_major():
@@ -183,6 +191,14 @@ def test_wrong_kind_of_checkpoint_is_named(tmp_path, good_96):
     assert "discriminator" in _error(load_generator, tmp_path / "disc.pth")
     torch.save({"params_ema": {"conv_body_first.weight": torch.zeros(32, 3, 1, 1)}}, tmp_path / "GFPGANv1.4.pth")
     assert "GFPGAN" in _error(load_generator, tmp_path / "GFPGANv1.4.pth")
+
+
+def test_a_sam_192_checkpoint_is_named_and_refused(tmp_path):
+    """Wav2Lip_SAM-192 (a refine variant with spatial attention) has its own key set; we name it, we do not load it."""
+    keys = [key for key, _ in reference_keys("", "wav2lip192sam_refine")]
+    torch.save({"state_dict": {f"module.{k}": torch.zeros(1) for k in keys}}, tmp_path / "sam192.pth")
+    message = _error(load_generator, tmp_path / "sam192.pth")
+    assert "Wav2Lip_SAM-192 generator (507 entries)" in message and "does not load" in message
 
 
 def test_unknown_architecture_lists_the_differences(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, CollectSink
-from engine.audio import load_audio
+from audio.decode import load_audio
 from engine.composite import Compositor
 from engine.loop import render_file
 from engine.presenter import Presenter, ping_pong

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, CollectSink
-from engine.audio import load_audio
+from audio.decode import load_audio
 from engine.composite import Compositor
 from engine.loop import EngineConfig, LiveEngine
 from engine.obs import INPUT_NAME, setup_media_source
 from engine.presenter import Presenter, ping_pong
 from engine.sinks import MpegTsSink
 from models.mouthwarp import MouthAnimator
-from obs_studio import PASSWORD, free_port
+from core.net import free_port
+from obs_studio import PASSWORD
 
 SIMILAR = 0.9  # normalised correlation between an OBS screenshot and the frame we sent
 

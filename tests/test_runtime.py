@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from engine.audio import load_audio
-from engine.mel import frame_windows, melspectrogram
+from audio.decode import load_audio
+from audio.mel import frame_windows, melspectrogram
 from engine.presenter import Presenter
 from models import wav2lip96
 from models.blocks import Wav2Lip
 from models.predictor import LipSyncPredictor, pick_dtype
 from models.runtime import Int8Check, OpenVinoStore, build_openvino, pick_runtime, weights_digest
+from conftest import require
 from test_models import randomise_batchnorm
 
-pytest.importorskip("openvino")
+require("openvino")
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,10 @@ def test_int8_stays_within_its_stated_tolerance_of_torch_fp32(wide_generator, cr
     assert predictor.precision == "int8"
     reference = LipSyncPredictor(wide_generator, "cpu", "fp32", runtime="torch").predict(mels, faces).astype(int)
     diff = np.abs(predictor.predict(mels, faces).astype(int) - reference)
+    logging.getLogger("test").info("int8 vs torch fp32 on held-out crops: mean %.2f, p99 %.1f, max %d levels of 255",
+                                   diff.mean(), np.percentile(diff, 99), diff.max())
     assert reference.std() > 20  # outputs really span the range
-    assert diff.mean() <= 1.5 and np.percentile(diff, 99) <= 8  # measured: mean 0.6, p99 2 (README)
+    assert diff.mean() <= 1.5 and np.percentile(diff, 99) <= 8
 
 
 def test_stored_int8_model_is_reused_without_calibrating_again(wide_generator, crops, int8_predictor, monkeypatch):

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile
 import torch
 
-from conftest import ROOT
+from core.cli import run_command
 from demo.presenter import speak
-from engine.audio import load_audio
+from audio.decode import load_audio
 from engine.composite import Compositor
 from engine.loop import render_file
 from engine.presenter import Presenter
@@ -28,23 +27,32 @@ from models.dataset import DataError, Sampler, batch, read_split
 from models.evaluate import sync_scores
 from models.loader import load_generator, load_syncnet, read_checkpoint, save_checkpoint, what_is_it
 from models.mouthwarp import MouthAnimator
-from models.train import TrainConfig, cosine_loss, train_syncnet, train_wav2lip
+from models.train import TrainConfig, cosine_loss, main as train_main, sync_weight, train_syncnet, train_wav2lip
+from stream_out import main as stream_out_main
 from preprocess.pipeline import PreprocessConfig, run_batch
 
 SPEECH = ("One, two, three, four. Open wide and say ah. The mouth moves with every word we say, then rests "
           "in the pauses. Five, six, seven, eight.")
 
 
+HELD_OUT = "Seven ate nine. Blue moon, wide open, closed again, then quiet."
+
+
 @pytest.fixture(scope="module")
 def synced_set(built, tmp_path_factory):
+    """Two clips of the presenter speaking: 'talking' to train on, 'heldout' (other words) to validate on."""
     root = tmp_path_factory.mktemp("synced")
-    speech = speak(SPEECH, root / "speech.wav")
     presenter = Presenter(built["cache"] / "clip30")  # a face on every frame
-    video = root / "talking.mp4"
-    render_file(load_audio(speech), presenter, MouthAnimator(presenter.face_size), Compositor(presenter),
-                [Mp4Sink(video)], progress=False)
-    run_batch([video], root / "cache", PreprocessConfig(train_dir=root / "train"), progress=False)
-    return {"train": root / "train", "video": video, "root": root}
+    videos = []
+    for name, text in (("talking", SPEECH), ("heldout", HELD_OUT)):
+        video = root / f"{name}.mp4"
+        render_file(load_audio(speak(text, root / f"{name}.wav")), presenter, MouthAnimator(presenter.face_size),
+                    Compositor(presenter), [Mp4Sink(video)], progress=False)
+        videos.append(video)
+    run_batch(videos, root / "cache", PreprocessConfig(train_dir=root / "train"), progress=False)
+    (root / "train" / "train.txt").write_text("talking\n")  # the split is ours to choose: never validate on
+    (root / "train" / "val.txt").write_text("heldout\n")    # the clip the model trained on
+    return {"train": root / "train", "video": videos[0], "root": root}
 
 
 def eval_pairs(data_root, count: int = 48):
@@ -91,15 +99,15 @@ def test_syncnet_training_learns_in_sync_from_shifted(synced_set, expert):
     torch.manual_seed(0)
     before = similarities(SyncNet(wav2lip96.SYNCNET), pairs)
     after = similarities(load_syncnet(last).model, pairs)
-    logging.getLogger("test").info("syncnet: loss %.3f -> %.3f; cos in sync %.3f vs shifted %.3f", before[0],
-                                   after[0], after[1], after[2])
-    # measured: loss 0.746 -> 0.671, cosine in sync 0.46 vs shifted 0.31 (untrained: equal)
+    logging.getLogger("test").info("syncnet on the held-out clip: loss %.3f -> %.3f; cosine in sync vs shifted "
+                                   "%.3f vs %.3f untrained, %.3f vs %.3f trained", before[0], after[0], before[1],
+                                   before[2], after[1], after[2])
     assert after[0] < before[0] - 0.03
     assert after[1] > after[2] + 0.05  # in-sync pairs now clearly closer than shifted ones
     assert len(evals) == 2 and [p.name for p in folder.iterdir()] == ["checkpoint_step000000050.pth"]
 
 
-def test_evaluate_finds_how_far_the_audio_was_shifted(synced_set, expert, tmp_path):
+def test_evaluate_finds_how_far_the_audio_was_shifted(synced_set, expert, tmp_path, capsys):
     """The issue's check: audio delayed by k frames -> the trained expert reports an offset of k (within 1).
     Measured with this expert: k = 3, -4, 6 -> +3, -4, +6; the unshifted clip -> +1."""
     k = 4
@@ -110,10 +118,8 @@ def test_evaluate_finds_how_far_the_audio_was_shifted(synced_set, expert, tmp_pa
     subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-i", str(synced_set["video"]), "-i",
                     str(tmp_path / "delayed.wav"), "-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "aac",
                     str(shifted)], check=True)
-    result = subprocess.run([sys.executable, "-m", "models.evaluate", str(shifted), "--syncnet", str(expert[0])],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    words = result.stdout.split()
+    assert stream_out_main(["evaluate", str(shifted), "--syncnet", str(expert[0])]) == 0
+    words = capsys.readouterr().out.split()
     assert words[0] == "LSE-D" and words[2] == "LSE-C" and words[4] == "offset"
     assert 0 <= float(words[1]) <= 2 and float(words[3]) > 0
     assert abs(int(words[5]) - k) <= 1
@@ -121,7 +127,7 @@ def test_evaluate_finds_how_far_the_audio_was_shifted(synced_set, expert, tmp_pa
 
 def test_generator_steps_lower_l1_and_checkpoints_round_trip(synced_set, tmp_path, caplog):
     expert = save_checkpoint(SyncNet(wav2lip96.SYNCNET), tmp_path / "expert.pth")
-    cfg = TrainConfig(batch_size=2, steps=4, lr=1e-3, eval_interval=1, eval_batches=1, checkpoint_interval=4)
+    cfg = TrainConfig(batch_size=2, steps=4, lr=1e-3, eval_interval=2, eval_batches=1, checkpoint_interval=4)
     l1 = []
     last = train_wav2lip(synced_set["train"], tmp_path / "gen", str(expert), cfg, progress=False,
                          on_eval=lambda step, loss: l1.append(loss))
@@ -140,25 +146,35 @@ def test_generator_steps_lower_l1_and_checkpoints_round_trip(synced_set, tmp_pat
     assert torch.load(tmp_path / "gen" / "checkpoint_step000000005.pth", weights_only=True)["global_step"] == 5
 
 
-def test_gan_training_writes_the_reference_discriminator(synced_set, tmp_path):
+def test_gan_training_writes_the_reference_discriminator_and_honours_syncnet_wt(synced_set, tmp_path, caplog):
     disc = QualityDiscriminator(wav2lip96.DISCRIMINATOR)
     assert len(disc.state_dict()) == 28 and sum(p.numel() for p in disc.parameters()) == 14_113_793
     expert = save_checkpoint(SyncNet(wav2lip96.SYNCNET), tmp_path / "expert.pth")
-    cfg = TrainConfig(batch_size=1, steps=1, eval_interval=1, eval_batches=1, checkpoint_interval=1)
-    train_wav2lip(synced_set["train"], tmp_path / "gan", str(expert), cfg, gan=True, progress=False)
+    cfg = TrainConfig(batch_size=1, steps=1, eval_interval=1, eval_batches=1, checkpoint_interval=1,
+                      syncnet_wt=0.05, sync_enable_below=2.0)  # the sync loss switches on at the first eval
+    with caplog.at_level(logging.INFO, "train"):
+        train_wav2lip(synced_set["train"], tmp_path / "gan", str(expert), cfg, gan=True, progress=False)
+    assert "sync loss on (weight 0.05)" in caplog.text  # --syncnet_wt is used with --gan too
     state, _ = read_checkpoint(tmp_path / "gan" / "disc_checkpoint_step000000001.pth")
     assert what_is_it(state)[0] == "discriminator"
     assert list(state)[0] == "face_encoder_blocks.0.0.conv_block.0.weight" and state[list(state)[0]].shape == (32, 3, 7, 7)
 
 
-def test_training_rejects_missing_data_and_a_wrong_expert(synced_set, tmp_path):
+def test_sync_weight_follows_the_flag_or_the_reference_schedule():
+    assert sync_weight(TrainConfig(), gan=False) == 0.01  # wav2lip_train.py
+    assert sync_weight(TrainConfig(), gan=True) == 0.03   # hq_wav2lip_train.py
+    assert sync_weight(TrainConfig(syncnet_wt=0.05), gan=True) == 0.05  # an explicit --syncnet_wt wins, GAN or not
+    assert sync_weight(TrainConfig(syncnet_wt=0.0), gan=False) == 0.0
+
+
+def test_training_rejects_missing_data_and_a_wrong_expert(synced_set, tmp_path, capsys):
     with pytest.raises(DataError, match="--train_dir"):
         read_split(tmp_path, "train")
     generator_file = save_checkpoint(torch.nn.Module(), tmp_path / "empty.pth")
-    result = subprocess.run([sys.executable, "-m", "models.train", "wav2lip", "--data_root", str(synced_set["train"]),
-                             "--checkpoint_dir", str(tmp_path / "c"), "--syncnet", str(generator_file)],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.startswith("error:")
+    code = run_command(train_main, ["wav2lip", "--data_root", str(synced_set["train"]), "--checkpoint_dir",
+                                    str(tmp_path / "c"), "--syncnet", str(generator_file)])  # as `python -m models.train`
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and "empty.pth" in err[0]
 
 
 def test_sync_metric_finds_a_known_offset_with_constructed_embeddings():
