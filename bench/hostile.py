@@ -28,16 +28,12 @@ sys.path.insert(0, str(HERE))
 
 import aiohttp  # noqa: E402
 
+from core.net import free_port  # noqa: E402
+from machine import header  # noqa: E402
 from demo.presenter import FacePath, make_presenter_clip, speak  # noqa: E402
 from preprocess.pipeline import PreprocessConfig, preprocess_video  # noqa: E402
 
 EVIL = "http://evil.example"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -248,6 +244,7 @@ def main() -> None:
         rows = asyncio.run(server_attacks(served, files, args.bomb_hours))
     finally:
         served.close()
+    print(header())
     print(f"server: {args.root} (`stream_out.py serve`, 540p presenter, mouth animator)")
     print(f"idle server, nobody talking, {args.idle_seconds:.0f} s: {idle:.1f}% of one core")
     print("| attack | answer | time | RSS growth kept / at peak |")

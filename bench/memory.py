@@ -3,7 +3,7 @@
 python bench/memory.py [--seconds 10] [--device auto]
 Builds the cache, saves a random-weight Wav2Lip-96 checkpoint in the released layout, then runs
 `stream_out.py --outfile udp://…` live (MPEG-TS encode included) for `seconds` and reports the child's peak RSS
-(and, on CUDA, the peak GPU memory the engine reports).
+(host memory; GPU memory is not measured here).
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import header  # noqa: E402
+
 from demo.presenter import FacePath, make_presenter_clip, speak  # noqa: E402
 from models import wav2lip96  # noqa: E402
 from models.blocks import Wav2Lip  # noqa: E402
@@ -29,6 +31,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    print(header())
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     clip = make_presenter_clip(work / "presenter.mp4", 10.0, 25, FacePath(width=1920, height=1080, scale=2.0))
     preprocess_video(clip, work / "cache", PreprocessConfig(), progress=False)

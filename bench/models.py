@@ -17,6 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import header  # noqa: E402
+
 from models import wav2lip96, wav2lip288, wav2lip384  # noqa: E402
 from models.blocks import Wav2Lip  # noqa: E402
 from models.predictor import LipSyncPredictor, pick_device  # noqa: E402
@@ -97,6 +99,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="time spent per measurement")
     parser.add_argument("--skip_gfpgan", action="store_true")
     args = parser.parse_args()
+    print(header())
     device = pick_device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}; CPU native bf16: {cpu_has_native_bf16()}, "

@@ -7,8 +7,6 @@ writes), plus the cache size per minute of video.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -17,22 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import header  # noqa: E402
+
 from demo.presenter import FacePath, make_presenter_clip  # noqa: E402
 from preprocess.detect import make_detector  # noqa: E402
 from preprocess.pipeline import PreprocessConfig, preprocess_video  # noqa: E402
 from preprocess.video import decode_frames, probe  # noqa: E402
 
 SIZES = {"720p": (1280, 720, 1.4), "1080p": (1920, 1080, 2.1)}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def folder_mb(path: Path) -> float:
@@ -68,8 +58,8 @@ def main() -> None:
         rows = [bench(label, args.seconds, work) for label in SIZES]
     finally:
         shutil.rmtree(work)
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; "
-          f"detector mediapipe; face_size 96; JPEG q95 (bg 4:2:0, crops 4:4:4)")
+    print(header())
+    print("detector mediapipe; face_size 96; JPEG q95 (bg 4:2:0, crops 4:4:4)")
     keys = list(rows[0])
     print(" | ".join(keys))
     for row in rows:
