@@ -31,6 +31,9 @@ CHUNK_SECONDS = 1.0
 ACCEPTED = {"wav": "wav", "mp3": "mp3", "flac": "flac", "ogg": "ogg/opus", "mov": "m4a/mp4/mov",
             "matroska": "webm/mkv", "aac": "aac"}
 ISO_MEDIA_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"}
+# the only decoders an upload may reach: a video or subtitle stream in a container is never decoded
+AUDIO_DECODERS = ("pcm_s16le,pcm_s16be,pcm_s24le,pcm_s32le,pcm_f32le,pcm_f64le,pcm_u8,pcm_alaw,pcm_mulaw,mp3float,"
+                  "mp3,mp2float,flac,vorbis,libvorbis,opus,libopus,aac,aac_fixed,alac")
 RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 PCM_FORMATS = {"int16": np.dtype("<i2"), "float32": np.dtype("<f4")}
 
@@ -171,8 +174,9 @@ def stream_files(paths: Iterable[Path | str], chunk_seconds: float = CHUNK_SECON
 def decode_upload(data: bytes, max_seconds: float, timeout: float = 30.0) -> np.ndarray:
     """Untrusted bytes that should be an audio file -> 16 kHz mono float32.
 
-    ffmpeg reads them from a pipe, may use no protocol but that pipe, and may only pick a demuxer in ACCEPTED, so a
-    playlist, concat list or image is an AudioError and no other file or URL is ever opened. MP4/M4A/MOV can keep
+    ffmpeg reads them from a pipe, may use no protocol but that pipe, may only pick a demuxer in ACCEPTED and only
+    an audio decoder in AUDIO_DECODERS, so a playlist, concat list or image is an AudioError, no other file or URL is
+    ever opened, and no video or subtitle decoder ever runs on upload bytes. MP4/M4A/MOV can keep
     their index at the end, which a pipe cannot reach: those go through a private temporary file instead, read with
     the mov demuxer forced, the file protocol only and external references off. Decoding stops as soon as the
     output passes `max_seconds` (AudioTooLong), so memory is bounded by the cap, not by what the upload holds."""
@@ -184,9 +188,10 @@ def decode_upload(data: bytes, max_seconds: float, timeout: float = 30.0) -> np.
             tmp.write(data)
             tmp.flush()
             args = _decode_args(tmp.name, "-protocol_whitelist", "file", "-format_whitelist", "mov", "-f", "mov",
-                                "-enable_drefs", "0")
+                                "-enable_drefs", "0", "-codec_whitelist", AUDIO_DECODERS)
             return _decode_capped(args, None, max_seconds, timeout, tmp.name)
-    args = _decode_args("pipe:0", "-protocol_whitelist", "pipe", "-format_whitelist", formats)
+    args = _decode_args("pipe:0", "-protocol_whitelist", "pipe", "-format_whitelist", formats,
+                        "-codec_whitelist", AUDIO_DECODERS)
     return _decode_capped(args, data, max_seconds, timeout, "pipe:0")
 
 

@@ -25,8 +25,11 @@ class Child:
 
     def __init__(self, args: Sequence[str], stdin: Optional[int | IO] = None, stdout: Optional[int | IO] = None,
                  pass_fds: Sequence[int] = (), keep: int = 20, bufsize: int = -1):
+        # its own session: a Ctrl-C in the terminal (or a stop signal to the process group) reaches us, and we
+        # finish the output, instead of killing the encoder under us
         self.proc = subprocess.Popen([find_tool(args[0]), *args[1:]], stdin=stdin, stdout=stdout,
-                                     stderr=subprocess.PIPE, pass_fds=tuple(pass_fds), bufsize=bufsize)
+                                     stderr=subprocess.PIPE, pass_fds=tuple(pass_fds), bufsize=bufsize,
+                                     start_new_session=True)
         self._lines: deque[str] = deque(maxlen=keep)
         self._drain = threading.Thread(target=self._read_stderr, name=f"{args[0]}-stderr", daemon=True)
         self._drain.start()

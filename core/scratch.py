@@ -1,10 +1,11 @@
 """Scratch space: half-made results live in a scratch folder (or file) beside their destination until they are
 complete, then one rename publishes them, so nothing half-written is ever found where a result belongs.
 
-Scratch entries are named `.<label>.swl-<pid>.partial`. The process that made one removes it on the way out: on an
-error, on Ctrl-C, on SIGTERM (core.cli turns it into KeyboardInterrupt, so every `finally` runs) and, as a last
-resort, at exit. kill -9 cannot be caught, so every writer sweeps the folder it writes into before it starts and
-removes the entries whose process is gone, saying so. Only names with our `swl-<pid>` mark are ever swept.
+Scratch entries are named `.<label>.swl-<host>-<pid>.partial`. The process that made one removes it on the way out:
+on an error, on Ctrl-C, on SIGTERM (core.cli turns it into KeyboardInterrupt, so every `finally` runs) and, as a
+last resort, at exit. kill -9 cannot be caught, so every writer sweeps the folder it writes into before it starts
+and removes the entries whose process is gone, saying so. Only names with our mark and this machine's name are
+ever swept (a pid means nothing on another host or in another container sharing the folder).
 """
 from __future__ import annotations
 
@@ -14,16 +15,18 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 from pathlib import Path
 
 log = logging.getLogger("scratch")
-MARK = re.compile(r"^\..+\.swl-(\d+)\.(partial|old)$")
+MARK = re.compile(r"^\.(?P<label>.+)\.swl-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.(?P<kind>partial|old)$")
+HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32] or "host"
 _live: set[Path] = set()  # this process's unpublished scratch entries, removed at exit if still there
 
 
 def scratch_path(parent: Path | str, label: str, kind: str = "partial") -> Path:
-    return Path(parent) / f".{label}.swl-{os.getpid()}.{kind}"
+    return Path(parent) / f".{label}.swl-{HOST}-{os.getpid()}.{kind}"
 
 
 def make_scratch(parent: Path | str, label: str) -> Path:
@@ -49,8 +52,9 @@ def scratch_file(parent: Path | str, label: str) -> Path:
 
 
 def owner(path: Path) -> int | None:
+    """The pid of the process on this machine that made a scratch entry (None: not ours to judge)."""
     match = MARK.match(path.name)
-    return int(match.group(1)) if match else None
+    return int(match["pid"]) if match and match["host"] == HOST else None
 
 
 def alive(pid: int) -> bool:
@@ -75,6 +79,11 @@ def sweep(parent: Path | str) -> list[Path]:
         pid = owner(entry)
         if pid is None or pid == os.getpid() or alive(pid):
             continue
+        final = parent / MARK.match(entry.name)["label"]
+        if entry.name.endswith(".old") and not final.exists():  # killed between the two renames of a publish
+            os.rename(entry, final)
+            log.warning("restored %s from %s, left behind by process %d, which is gone", final, entry, pid)
+            continue
         remove(entry)
         removed.append(entry)
         log.warning("removed %s, left behind by process %d, which is gone", entry, pid)
@@ -95,7 +104,8 @@ def publish(scratch: Path, final: Path) -> Path:
 
     A file is replaced by one rename. A folder that exists is swapped with the new one in one atomic step (Linux
     renameat2 RENAME_EXCHANGE); the old one, now in the scratch place, is then deleted. Where the system cannot
-    swap, the old folder is renamed aside, the new one renamed in, and the old one deleted."""
+    swap, the old folder is renamed aside, the new one renamed in, and the old one deleted: for that moment there
+    is no folder at `final`, and a process killed in it leaves the old one aside, which the next sweep restores."""
     _live.discard(scratch)
     if scratch.is_file() or not final.exists():
         os.replace(scratch, final)
@@ -104,9 +114,12 @@ def publish(scratch: Path, final: Path) -> Path:
         remove(scratch)
         return final
     old = scratch_path(final.parent, final.name, "old")
-    _live.add(old)
     os.rename(final, old)
-    os.rename(scratch, final)
+    try:
+        os.rename(scratch, final)
+    except BaseException:  # put the old one back; a kill -9 here is undone by the next sweep
+        os.rename(old, final)
+        raise
     remove(old)
     return final
 

@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow_origin", action="append", default=[], metavar="ORIGIN",
                    help="with --listen: a web origin (e.g. https://my.app) whose pages may use the API")
     p.add_argument("--max_queue_seconds", type=float, default=300.0,
-                   help="with --listen: most speech waiting to be spoken, per client and for the whole server")
+                   help="with --listen: most speech waiting to be spoken, all clients and uploads together")
+    p.add_argument("--max_client_queue_seconds", type=float, default=60.0,
+                   help="with --listen: most speech one WebSocket client may have waiting")
     p.add_argument("--max_peers", type=int, default=4, help="with --listen: most WebRTC viewers at once")
     p.add_argument("--trust_checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
     return p
@@ -230,7 +232,8 @@ def server_config(args: argparse.Namespace):
     from engine.server import ServerConfig, check_bind, parse_listen
     host, port = parse_listen(args.listen)
     cfg = ServerConfig(host, port, args.token or None, tuple(args.allow_host), tuple(args.allow_origin),
-                       max_queue_seconds=args.max_queue_seconds, max_peers=args.max_peers)
+                       max_queue_seconds=args.max_queue_seconds,
+                       max_client_queue_seconds=args.max_client_queue_seconds, max_peers=args.max_peers)
     check_bind(cfg)
     return cfg
 

@@ -366,25 +366,27 @@ class LiveEngine:
         units = threaded(self._timeline_units(t0), 8, "timeline", self._stop)
         frames = render(units, self.presenter, self.lipsync, self.compositor, self.cfg.live_batch_size,
                         self.cfg.start_frame, stats, self._stop, lambda unit: t0 + unit.pts + latency, self._watched)
-        mute_before = 0        # frames whose window starts before this sample were cut by interrupt()
+        cut = 0                # timeline sample where the last interrupt() cut the queued speech
         dropped: set = set()   # utterances interrupt() dropped: their marks are not announced
         try:
             for unit, frame in frames:
-                while not self._inbox.empty():  # interrupts since the last frame: this frame has the mouth closed
+                planned = t0 + unit.pts + latency
+                late = wait_until(planned)
+                while not self._inbox.empty():  # interrupts until now: this frame already has the mouth closed
                     position, tags = self._inbox.get()
-                    mute_before = max(mute_before, position + N_FFT // 2)  # frame k hears from 640 k - 400 on
+                    cut = max(cut, position)
                     dropped.update(tags)
                     for tag in tags:
                         self._emit({"type": "speech_interrupted", "utterance": tag, "frame": unit.index,
                                     "pts": unit.pts})
-                planned = t0 + unit.pts + latency
+                start = unit.index * SAMPLES
                 audio = unit.audio
-                if unit.index * SAMPLES < mute_before:  # rendered from speech that interrupt() dropped
+                if start - N_FFT // 2 < cut:  # its window heard speech that interrupt() dropped
                     if frame is not None:
                         frame = self.compositor.passthrough(ping_pong(unit.index + self.cfg.start_frame,
                                                                       self.presenter.frames))
-                    audio = np.zeros_like(audio)
-                late = wait_until(planned)
+                    audio = audio.copy()
+                    audio[:max(0, min(len(audio), cut - start))] = 0  # only the dropped samples are silenced
                 for sink in self.sinks:
                     sink.write(frame, audio, unit.pts)
                 shown_at, shown = time.time(), time.monotonic()
@@ -394,7 +396,7 @@ class LiveEngine:
                                     "utterance": tag, "frame": unit.index, "pts": unit.pts, "shown_at": shown_at})
                 stats.frames += 1
                 stats.present_offsets.append(shown - planned)
-                if unit.heard_at is not None and unit.index * SAMPLES >= mute_before:
+                if unit.heard_at is not None and start - N_FFT // 2 >= cut:
                     stats.input_latencies.append(shown - unit.heard_at)
                 if late > 0.5 / FPS:
                     stats.late += 1

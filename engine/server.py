@@ -63,10 +63,13 @@ class ServerConfig:
     allow_origins: tuple[str, ...] = ()    # more web origins whose pages may use the API
     max_message_bytes: int = 1 << 20       # one WebSocket message (bigger closes the socket: code 1009)
     max_utterance_seconds: float = 300.0   # audio beyond this in one utterance is refused
-    max_queue_seconds: float = 300.0       # speech waiting to be spoken, per client and for the whole server
+    max_queue_seconds: float = 300.0       # speech waiting to be spoken, all clients and uploads together
+    max_client_queue_seconds: float = 60.0  # of which one WebSocket client may have waiting
     max_upload_bytes: int = 64 << 20       # POST /speak
     max_peers: int = 4                     # WebRTC viewers at once
-    max_decodes: int = 2                   # uploads decoded at once; more wait their turn
+    peer_connect_seconds: float = 15.0     # a viewer not connected by then gives its slot back
+    max_decodes: int = 2                   # uploads read and decoded at once; more wait their turn
+    upload_seconds: float = 60.0           # an upload must arrive within this
     auth_seconds: float = 10.0             # a browser's WebSocket must send its token within this
 
 
@@ -135,15 +138,32 @@ class Gate:
         parts = urlsplit(origin)
         return parts.scheme == "http" and parts.netloc == host_header.strip().lower()  # the server's own page
 
+    def cross_origin_allowed(self, origin: Optional[str]) -> bool:
+        """A page on another site the user allowed with --allow_origin: it gets CORS headers."""
+        return origin is not None and origin.lower().rstrip("/") in self.origins
+
     def token_ok(self, given: Optional[str]) -> bool:
         if not self.cfg.token:
             return True
-        return given is not None and hmac.compare_digest(given.encode(), self.cfg.token.encode())
+        try:
+            return given is not None and hmac.compare_digest(given.encode(), self.cfg.token.encode())
+        except UnicodeError:  # lone surrogates from JSON: not any token's bytes
+            return False
 
     @staticmethod
     def bearer(request) -> Optional[str]:
         header = request.headers.get("Authorization", "")
         return header[7:] if header.startswith("Bearer ") else None
+
+
+def cors_headers(origin: str, preflight: bool = False) -> dict:
+    """What lets an allowed page on another site call the API with its token (Authorization header)."""
+    headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    if preflight:
+        headers.update({"Access-Control-Allow-Methods": "GET, POST",
+                        "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                        "Access-Control-Max-Age": "600"})
+    return headers
 
 
 def _access_logger():
@@ -183,7 +203,7 @@ def parse_message(text: str) -> dict:
     return message
 
 
-@dataclass
+@dataclass(eq=False)
 class Client:
     """One WebSocket client: its open utterance, its PCM stream and the utterances it has queued."""
     ws: object
@@ -213,10 +233,11 @@ class Server:
         self.engine, self.cfg = engine, cfg
         self.gate = Gate(cfg)
         self.loop = asyncio.new_event_loop()
-        self.webrtc = WebRtcSink(self.loop, cfg.max_peers)
+        self.webrtc = WebRtcSink(self.loop, cfg.max_peers, cfg.peer_connect_seconds)
         engine.sinks.append(self.webrtc)
         engine.on_event = lambda event: self.loop.call_soon_threadsafe(self._route, event)
         self.utterances = Utterances()
+        self.clients: set[Client] = set()
         self.port: Optional[int] = None
         self._runner = None
         self._engine_thread: Optional[threading.Thread] = None
@@ -239,12 +260,19 @@ class Server:
             if not self.gate.origin_allowed(origin, host):
                 return web.json_response({"error": f"requests from pages on {origin[:100]!r} are refused (allow "
                                                    f"that site with --allow_origin ORIGIN)"}, status=403)
+            cors = self.gate.cross_origin_allowed(origin)
+            if cors and request.method == "OPTIONS":  # a browser's preflight for an allowed site: no token asked
+                return web.Response(status=204, headers=cors_headers(origin, preflight=True))
             token_free = request.method == "GET" and request.path == "/"  # the page itself holds no secret
             socket_auth = request.path == "/ws" and self.gate.bearer(request) is None  # token in its first message
-            if not (token_free or socket_auth or self.gate.token_ok(self.gate.bearer(request))):
-                return web.json_response({"error": "missing or wrong token: send 'Authorization: Bearer TOKEN' "
-                                                   "(tokens in URLs are not accepted)"}, status=401)
-            return await handler(request)
+            if token_free or socket_auth or self.gate.token_ok(self.gate.bearer(request)):
+                response = await handler(request)
+            else:
+                response = web.json_response({"error": "missing or wrong token: send 'Authorization: Bearer "
+                                                        "TOKEN' (tokens in URLs are not accepted)"}, status=401)
+            if cors and not response.prepared:  # a WebSocket is already under way: nothing to add
+                response.headers.update(cors_headers(origin))
+            return response
 
         app = web.Application(middlewares=[guard], client_max_size=self.cfg.max_upload_bytes)
         app.router.add_get("/", self._page)
@@ -278,8 +306,12 @@ class Server:
 
     async def _speak(self, request):
         from aiohttp import web
-        data = await request.read()
-        async with self._decodes:
+        async with self._decodes:  # at most max_decodes uploads held in memory and decoded at once
+            try:
+                data = await asyncio.wait_for(request.read(), self.cfg.upload_seconds)
+            except asyncio.TimeoutError:
+                return web.json_response({"error": f"upload not received within {self.cfg.upload_seconds:.0f} s"},
+                                         status=408)
             try:
                 pcm = await self.loop.run_in_executor(None, decode_upload, data, self.cfg.max_utterance_seconds)
             except AudioTooLong as exc:
@@ -287,7 +319,8 @@ class Server:
             except AudioError as exc:
                 return web.json_response({"error": str(exc)}, status=400)
         if self.engine.buffer.available + len(pcm) > self.cfg.max_queue_seconds * SAMPLE_RATE:
-            return web.json_response({"error": self._full("the server's", self.engine.buffer.available)}, status=429)
+            return web.json_response({"error": self._full("the server's", self.engine.buffer.available,
+                                                          self.cfg.max_queue_seconds)}, status=429)
         tag = self.utterances.new(None)
         self.engine.push(pcm, tag)
         self.engine.close(tag)
@@ -322,17 +355,20 @@ class Server:
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message_bytes, heartbeat=30)
         await ws.prepare(request)
         client = Client(ws, authed=self.gate.token_ok(self.gate.bearer(request)))
-        deadline = None if client.authed else asyncio.get_running_loop().time() + self.cfg.auth_seconds
+        self.clients.add(client)
         try:
             while True:
-                timeout = None if client.authed else max(0.0, deadline - asyncio.get_running_loop().time())
-                try:
-                    message = await ws.receive(timeout=timeout)
+                try:  # without the token in a header, the first message must bring it, within auth_seconds
+                    message = await ws.receive(timeout=None if client.authed else self.cfg.auth_seconds)
                 except asyncio.TimeoutError:
                     raise Unauthorized(f"no token within {self.cfg.auth_seconds:.0f} s: send "
                                        f'{{"type": "auth", "token": ...}} first') from None
                 if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     break
+                if not client.authed:
+                    self._authenticate(client, message)
+                    await self._send(client, {"type": "authenticated"})
+                    continue
                 try:
                     if message.type == WSMsgType.TEXT:
                         await self._on_text(client, message.data)
@@ -350,20 +386,29 @@ class Server:
             await ws.close(code=UNAUTHORIZED, message=b"unauthorized")
         finally:
             client.closed = True
+            self.clients.discard(client)
             self._end_utterance(client)  # gone mid-utterance: speak what arrived, as if it had ended
         return ws
+
+    def _authenticate(self, client: Client, message) -> None:
+        """The first message of a socket without the token in a header: {"type": "auth", "token": ...} or out."""
+        from aiohttp import WSMsgType
+        try:
+            auth = parse_message(message.data) if message.type == WSMsgType.TEXT else None
+        except ProtocolError:
+            auth = None
+        if auth is None or auth["type"] != "auth":
+            raise Unauthorized('send {"type": "auth", "token": ...} first')
+        if not self.gate.token_ok(auth.get("token")):
+            raise Unauthorized("wrong token")
+        client.authed = True
 
     async def _on_text(self, client: Client, text: str) -> None:
         message = parse_message(text)
         kind = message["type"]
-        if kind == "auth":
-            if not self.gate.token_ok(message.get("token")):
-                raise Unauthorized("wrong token")
-            client.authed = True
+        if kind == "auth":  # already authenticated (header or first message)
             await self._send(client, {"type": "authenticated"})
             return
-        if not client.authed:
-            raise Unauthorized('send {"type": "auth", "token": ...} first')
         if kind == "start":
             rate, fmt = message.get("sample_rate", SAMPLE_RATE), message.get("format", "int16")
             channels = message.get("channels", 1)
@@ -383,12 +428,19 @@ class Server:
                 raise ProtocolError("'end' without a 'start'")
             self._end_utterance(client)
         elif kind == "interrupt":
-            self.engine.interrupt()
-            client.utterance = client.pcm = None
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        """Drop all queued speech, and end every client's open utterance with it: their later audio needs a new
+        'start' (an utterance with no audio yet ends at once, so its owner still hears of it)."""
+        open_tags = {c.utterance for c in self.clients if c.utterance is not None}
+        dropped = set(self.engine.interrupt())
+        for other in self.clients:
+            other.utterance = other.pcm = None
+        for tag in open_tags - dropped:
+            self.engine.close(tag)
 
     def _on_pcm(self, client: Client, data: bytes) -> None:
-        if not client.authed:
-            raise Unauthorized('send {"type": "auth", "token": ...} first')
         if client.utterance is None:
             raise ProtocolError("audio before 'start' (send {\"type\": \"start\", ...} first)")
         self._queue_speech(client, client.pcm.feed(data))
@@ -397,19 +449,18 @@ class Server:
         """Queue a client's speech within its caps; past one, the chunk is refused and nothing queued is lost."""
         if client.seconds + len(pcm) / SAMPLE_RATE > self.cfg.max_utterance_seconds:
             raise ProtocolError(f"utterance longer than {self.cfg.max_utterance_seconds:.0f} s: chunk dropped")
-        cap = self.cfg.max_queue_seconds * SAMPLE_RATE
         client.tags = {t for t in client.tags if t == client.utterance or self.engine.buffer.queued([t])}
         mine, everyone = self.engine.buffer.queued(client.tags), self.engine.buffer.available
-        if mine + len(pcm) > cap:
-            raise ProtocolError(self._full("your", mine))
-        if everyone + len(pcm) > cap:
-            raise ProtocolError(self._full("the server's", everyone))
+        if mine + len(pcm) > self.cfg.max_client_queue_seconds * SAMPLE_RATE:
+            raise ProtocolError(self._full("your", mine, self.cfg.max_client_queue_seconds))
+        if everyone + len(pcm) > self.cfg.max_queue_seconds * SAMPLE_RATE:
+            raise ProtocolError(self._full("the server's", everyone, self.cfg.max_queue_seconds))
         client.seconds += len(pcm) / SAMPLE_RATE
         self.engine.push(pcm, client.utterance)
 
-    def _full(self, whose: str, queued: int) -> str:
-        return (f"{whose} queue is full ({queued / SAMPLE_RATE:.1f} s of speech waiting, limit "
-                f"{self.cfg.max_queue_seconds:.0f} s): refused; send it again once some has been spoken")
+    def _full(self, whose: str, queued: int, limit: float) -> str:
+        return (f"{whose} queue is full ({queued / SAMPLE_RATE:.1f} s of speech waiting, limit {limit:.0f} s): "
+                f"refused; send it again once some has been spoken")
 
     def _end_utterance(self, client: Client) -> None:
         """Close the client's open utterance, with the resampler's last samples."""
@@ -417,7 +468,10 @@ class Server:
             return
         tail = client.pcm.flush() if client.pcm is not None else np.zeros(0, np.float32)
         if tail.size:
-            self.engine.push(tail, client.utterance)
+            try:
+                self._queue_speech(client, tail)
+            except ProtocolError:  # a few ms past a cap: the caps hold exactly, the tail goes
+                pass
         self.engine.close(client.utterance)
         client.utterance = client.pcm = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -13,6 +14,7 @@ from audio.decode import AudioError
 from core.timebase import SAMPLE_RATE
 
 log = logging.getLogger("engine.sources")
+MERGE_BELOW = SAMPLE_RATE // 50  # a pushed chunk joins a queued one of the same utterance shorter than 20 ms
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class AudioBuffer:
     stamped when it arrives, and take() records where it lands, so the engine can measure input-to-screen latency."""
 
     def __init__(self):
-        self._chunks: list[tuple[np.ndarray, object, float]] = []  # (samples, tag, arrival time)
+        self._chunks: deque[tuple[np.ndarray, object, float]] = deque()  # (samples, tag, arrival time)
         self._size = 0
         self._per_tag: dict = {}            # samples still queued per utterance tag
         self._lock = threading.Lock()
@@ -51,16 +53,29 @@ class AudioBuffer:
         self.ended = threading.Event()      # no more input will come (files done)
 
     def push(self, pcm: np.ndarray, tag: object = None) -> None:
+        """Queue samples. A chunk shorter than 20 ms joins the queued one before it when both belong to the same
+        utterance, so a client sending one sample at a time costs a queue entry per 20 ms, not per sample."""
         pcm = np.asarray(pcm, np.float32).reshape(-1)
         if pcm.size:
             with self._lock:
-                self._chunks.append((pcm, tag, time.monotonic()))
+                now = time.monotonic()
+                if self._chunks and self._chunks[-1][1] == tag and self._chunks[-1][0].size < MERGE_BELOW:
+                    tail, _, _ = self._chunks.pop()
+                    pcm = np.concatenate([tail, pcm])
+                    self._size -= tail.size
+                    self._per_tag[tag] -= tail.size
+                self._chunks.append((pcm, tag, now))
                 self._size += pcm.size
                 self._per_tag[tag] = self._per_tag.get(tag, 0) + pcm.size
 
     def close(self, tag: object) -> None:
-        """Utterance `tag` is complete: its end is marked when its last sample is taken (now, if it was)."""
+        """Utterance `tag` is complete: its end is marked when its last sample is taken (now, if it was). An
+        utterance that never had audio starts and ends here, so its owner hears of it and nothing keeps it."""
         with self._lock:
+            if tag not in self._started and tag not in self._per_tag:
+                self._marks.append(Mark(self._taken, "start", tag))
+                self._marks.append(Mark(self._taken, "end", tag))
+                return
             self._closed.add(tag)
             if tag in self._started and tag not in self._per_tag:
                 self._end(tag, self._taken)
@@ -82,7 +97,7 @@ class AudioBuffer:
     @property
     def queued_tags(self) -> list:
         with self._lock:
-            return list(dict.fromkeys(t for _, t, _ in self._chunks if t is not None))
+            return [t for t in self._per_tag if t is not None]
 
     def take(self, n: int) -> np.ndarray:
         """n samples: what is queued, then zeros (a gap in the input is silence on the timeline)."""
@@ -103,7 +118,7 @@ class AudioBuffer:
                 if not self._per_tag[tag]:
                     del self._per_tag[tag]
                 if used == chunk.size:
-                    self._chunks.pop(0)
+                    self._chunks.popleft()
                     if tag in self._closed and tag not in self._per_tag:
                         self._end(tag, self._taken + filled)
                 else:
@@ -125,7 +140,7 @@ class AudioBuffer:
     def interrupt(self) -> tuple[int, list]:
         """Drop everything queued now: (timeline position at the cut, the tags dropped or cut short)."""
         with self._lock:
-            dropped = list(dict.fromkeys([t for _, t, _ in self._chunks if t is not None] + list(self._started)))
+            dropped = list(dict.fromkeys([t for t in self._per_tag if t is not None] + list(self._started)))
             self._chunks.clear()
             self._size = 0
             self._per_tag.clear()

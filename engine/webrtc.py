@@ -49,9 +49,10 @@ class PeerLimit(RuntimeError):
 class WebRtcSink:
     live = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_peers: int = 4):
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_peers: int = 4, connect_seconds: float = 15.0):
         self.loop = loop
         self.max_peers = max_peers
+        self.connect_seconds = connect_seconds  # a peer not connected by then is dropped: it would hold a slot
         self.peers: dict = {}  # RTCPeerConnection -> (video track, audio track)
         self.size: Optional[tuple[int, int]] = None
         self.last_frame: Optional[np.ndarray] = None
@@ -89,7 +90,8 @@ class WebRtcSink:
     async def answer(self, sdp: str, kind: str) -> tuple[str, str]:
         """Take a browser's offer; return our answer (SDP, type). The peer gets the live video and audio.
 
-        Raises PeerLimit when max_peers viewers are connected; an offer that fails closes its peer at once."""
+        Raises PeerLimit when max_peers viewers are connected; an offer that fails closes its peer at once, and a
+        peer that has not connected within connect_seconds is closed then."""
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
         if len(self.peers) >= self.max_peers:
             raise PeerLimit(f"{len(self.peers)} viewers are connected, the most allowed (--max_peers)")
@@ -111,7 +113,12 @@ class WebRtcSink:
         except BaseException:
             await self._drop(peer)
             raise
+        self.loop.call_later(self.connect_seconds, self._drop_unless_connected, peer)
         return peer.localDescription.sdp, peer.localDescription.type
+
+    def _drop_unless_connected(self, peer) -> None:
+        if peer in self.peers and peer.connectionState != "connected":
+            self.loop.create_task(self._drop(peer))
 
     async def _drop(self, peer) -> None:
         self.peers.pop(peer, None)

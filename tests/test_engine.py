@@ -421,9 +421,12 @@ def test_scratch_left_by_a_killed_process_goes_at_the_next_start(tmp_path, caplo
            "print('ready', flush=True); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
-    left = tmp_path / f".out.mp4.swl-{proc.pid}.partial"
-    alive = tmp_path / ".other.swl-1.partial"  # pid 1 is alive: its scratch must stay
+    from core.scratch import HOST
+    left = tmp_path / f".out.mp4.swl-{HOST}-{proc.pid}.partial"
+    alive = tmp_path / f".other.swl-{HOST}-1.partial"  # pid 1 is alive: its scratch must stay
+    elsewhere = tmp_path / f".other.swl-{HOST}x-{proc.pid}.partial"  # another machine's pid means nothing here
     alive.mkdir()
+    elsewhere.mkdir()
     assert left.is_dir()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -434,7 +437,7 @@ def test_scratch_left_by_a_killed_process_goes_at_the_next_start(tmp_path, caplo
         own = sink._tmp
         sink.write(np.zeros((64, 64, 3), np.uint8), np.zeros(640, np.float32), 0.0)
         sink.close()
-    assert not left.exists() and alive.exists() and not own.exists()
+    assert not left.exists() and alive.exists() and elsewhere.exists() and not own.exists()
     assert f"left behind by process {proc.pid}" in caplog.text
 
 
@@ -464,6 +467,17 @@ def test_a_cache_is_replaced_without_a_moment_of_absence(tmp_path):
         thread.join()
     assert not missing and (final / "manifest.json").read_text() == "199" and len(seen) > 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["presenter"]
+
+
+def test_a_publish_killed_between_its_two_renames_is_undone_at_the_next_start(tmp_path):
+    """Where no atomic swap exists, the old cache is renamed aside first; a process killed right then leaves it
+    there, and the next sweep puts it back rather than deleting the only copy."""
+    from core.scratch import HOST, make_scratch
+    aside = tmp_path / f".presenter.swl-{HOST}-4194305.old"  # above Linux's largest pid: no process has it
+    aside.mkdir()
+    (aside / "manifest.json").write_text("old")
+    make_scratch(tmp_path, "presenter")  # any writer's start sweeps the folder
+    assert (tmp_path / "presenter" / "manifest.json").read_text() == "old"
 
 
 def test_an_hour_of_audio_becomes_frame_windows_in_bounded_memory(tmp_path):
@@ -511,3 +525,15 @@ def test_skip_policy_skips_only_frames_the_model_would_make_late_and_retries():
     for _ in range(4):
         policy.record(seconds=0.01, frames=1)                    # the model got fast: old costs age out
     assert not policy.skip(now=10.0, deadline=10.1, pending=1)
+
+
+def test_one_sample_chunks_queue_as_20_ms_entries():
+    """A client sending one sample per message must not make the queue a list of single samples, which the clock
+    would walk 640 at a time under the lock the server needs."""
+    from engine.sources import AudioBuffer
+    buffer = AudioBuffer()
+    samples = np.arange(16000, dtype=np.float32) / 16000
+    for value in samples:
+        buffer.push(np.array([value], np.float32), "u")
+    assert buffer.available == 16000 and len(buffer._chunks) <= 16000 // 320 + 1
+    assert np.array_equal(buffer.take(16000), samples) and buffer.queued(["u"]) == 0

@@ -15,6 +15,7 @@ import soundfile
 
 from conftest import CLIP30_SECONDS, CLIP_SECONDS, COVER, ROOT
 from demo.presenter import FacePath, make_presenter_clip
+from core.scratch import HOST
 from preprocess import cache
 from preprocess.detect import Face
 from preprocess.geometry import FFHQ_TEMPLATE_512, apply_affine
@@ -175,7 +176,7 @@ def test_killed_run_resumes_to_a_correct_cache(media, tmp_path):
     out = tmp_path / "cache"
     cmd = [sys.executable, "-m", "preprocess", str(media["clip30"]), str(long_clip), "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial_bg = out / f".long.swl-{proc.pid}.partial" / "bg"
+    partial_bg = out / f".long.swl-{HOST}-{proc.pid}.partial" / "bg"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(partial_bg.glob("*.jpg"))) < 20:
         assert proc.poll() is None, "the run ended before it could be interrupted"
