@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import threading
 from collections import deque
+from functools import lru_cache
 from typing import IO, Optional, Sequence
 
 from .errors import MissingTool
@@ -18,6 +19,19 @@ def find_tool(name: str = "ffmpeg") -> str:
     if path is None:
         raise MissingTool(f"'{name}' is not installed; run scripts/setup.sh (it installs Debian's ffmpeg)")
     return path
+
+
+@lru_cache(maxsize=None)
+def encoder_works(name: str) -> bool:
+    """Can this ffmpeg encode with `name` here, now? (h264_nvenc is often compiled in without a usable GPU, so a
+    one-frame encode is the only real test.)"""
+    try:
+        result = subprocess.run([find_tool("ffmpeg"), "-v", "error", "-nostdin", "-f", "lavfi", "-i",
+                                 "color=black:size=256x256:rate=25", "-frames:v", "1", "-c:v", name, "-f", "null",
+                                 "-"], capture_output=True, timeout=30)
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+    return result.returncode == 0
 
 
 class Child:

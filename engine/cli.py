@@ -5,7 +5,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Optional
 
 from configs import parse_with_config
@@ -35,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "audio device); a udp:// or srt:// URL" % OBS_URL)
     p.add_argument("--enhance", default="none", choices=["none", "lip", "face"], help="GFPGAN on the head")
     p.add_argument("--gfpgan_path", help="GFPGANv1.3.pth / GFPGANv1.4.pth (for --enhance lip|face)")
+    p.add_argument("--gfpgan_dtype", default="auto", help="auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 or bf16")
+    p.add_argument("--pipeline", default="auto", choices=["auto", "host", "device"],
+                   help="device: the cached frames decoded once into GPU memory, the model's pre/post-processing, "
+                        "the composite and GFPGAN all on the device, one copy per finished frame (auto: on CUDA "
+                        "with a Wav2Lip checkpoint); host: JPEG decodes and cv2 on host threads (the CPU path)")
+    p.add_argument("--compile", action="store_true",
+                   help="CUDA: torch.compile Wav2Lip and GFPGAN (CUDA graphs) in the background for the batch sizes "
+                        "in use, running eagerly until each is ready")
+    p.add_argument("--resident_gib", type=float, default=24.0,
+                   help="device pipeline: most GPU memory for the decoded presenter (beyond it: pinned host memory)")
     p.add_argument("--batch_size", type=int, default=16, help="frames per model call when writing a file")
     p.add_argument("--live_batch_size", type=int, default=1, help="frames per model call when live")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 …")
@@ -76,27 +85,6 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return parse_with_config(build_parser(), argv, "stream_out")
 
 
-def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:
-    from preprocess.cache import read_manifest
-    from preprocess.pipeline import PreprocessConfig, preprocess_video
-    if args.face:
-        root = Path("out/cache")
-        cfg = PreprocessConfig(face_size=face_size, pads=tuple(args.pads), smooth_radius=0 if args.nosmooth else 2,
-                               allow_truncated=args.allow_truncated)
-        return root / preprocess_video(Path(args.face), root, cfg).name
-    if not args.data_dir:
-        raise ValueError("give a presenter: --data_dir CACHE (see `stream_out.py preprocess`) or --face VIDEO")
-    folder = Path(args.data_dir)
-    if read_manifest(folder) is None and folder.is_dir():
-        caches = [d for d in sorted(folder.iterdir()) if d.is_dir() and read_manifest(d) is not None]
-        if len(caches) == 1:
-            return caches[0]
-        if len(caches) > 1:
-            raise ValueError(f"{folder} holds {len(caches)} presenter caches; pick one: "
-                             + ", ".join(str(c) for c in caches))
-    return folder
-
-
 def make_sinks(args: argparse.Namespace):
     from engine.sinks import Mp4Sink, MpegTsSink, PreviewSink, VirtualCameraSink
     sinks = []
@@ -114,44 +102,15 @@ def make_sinks(args: argparse.Namespace):
     return sinks
 
 
-def build_parts(args: argparse.Namespace, live: bool):
-    """(presenter, lip model, compositor, engine config) from the flags."""
-    from engine.composite import Compositor
-    from engine.loop import EngineConfig
-    from engine.presenter import Presenter
-    from models.gfpgan import GfpganEnhancer, load_gfpgan
-    from models.loader import load_generator
-    from models.mouthwarp import MouthAnimator
-    from models.predictor import LipSyncPredictor
-
-    if args.checkpoint_path:
-        generator = load_generator(args.checkpoint_path, args.trust_checkpoint)
-        face_size = generator.spec.size
-    else:
-        generator, face_size = None, None
-    presenter = Presenter(resolve_cache(args, face_size or 96), face_size, load_heads=args.enhance != "none")
-    enhancer = None
-    if args.enhance != "none":
-        if not args.gfpgan_path:
-            raise ValueError(f"--enhance {args.enhance} needs --gfpgan_path GFPGANv1.4.pth")
-        enhancer = GfpganEnhancer(load_gfpgan(args.gfpgan_path, args.trust_checkpoint), args.device)
-        if live and not enhancer.realtime:
-            raise ValueError(f"--enhance {args.enhance} cannot run live on the CPU (GFPGAN takes seconds per "
-                             f"frame here); use it for --outfile x.mp4, or on a CUDA GPU")
-    if generator is not None:
-        predictor = LipSyncPredictor(generator.model, args.device, args.dtype,
-                                     batch_size=args.live_batch_size if live else args.batch_size,
-                                     runtime=args.runtime, calibration_faces=presenter.sample_faces(24),
-                                     store_dir=presenter.dir / "runtime")
-    else:
-        log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for Wav2Lip "
-                 "lip sync pass --checkpoint_path wav2lip_gan.pth")
-        predictor = MouthAnimator(presenter.face_size)
-    predictor.warm_up(1)
-    compositor = Compositor(presenter, args.enhance, enhancer, args.color_match)
-    cfg = EngineConfig(batch_size=args.batch_size, live_batch_size=args.live_batch_size,
-                       silence_db=args.silence_db, latency_ms=args.latency_ms)
-    return presenter, predictor, compositor, cfg
+def use_gpu_encoder(sinks: list, compositor) -> None:
+    """Frames rendered on a CUDA GPU are encoded there too (NVENC) when this ffmpeg can; else x264 on the CPU."""
+    from core.ffmpeg import encoder_works
+    on_gpu = getattr(compositor, "on_device", False) and compositor.device.type == "cuda"
+    if on_gpu and any(hasattr(s, "video_codec") for s in sinks) and encoder_works("h264_nvenc"):
+        for sink in sinks:
+            if hasattr(sink, "video_codec"):
+                sink.video_codec = "h264_nvenc"
+        log.info("encoding with NVENC (h264_nvenc)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
     if live and any(not s.live for s in sinks):
         raise ValueError("mix of a file and a live output: run them separately (a file renders faster than live)")
     server_cfg = server_config(args) if serving else None  # refused before any model loads
-    presenter, predictor, compositor, cfg = build_parts(args, live)
+    from engine.assemble import Parts
+    presenter, predictor, compositor, cfg = Parts().build(args, live)
+    use_gpu_encoder(sinks, compositor)
     audio = stream_files(args.audio_files)
     if not live:
         stats = Stats()

@@ -54,8 +54,19 @@ def match_colour(generated: np.ndarray, original: np.ndarray, mask: np.ndarray) 
     return np.clip(np.rint(generated.astype(np.float32) + shift), 0, 255).astype(np.uint8)
 
 
-class Compositor:
-    """Builds the output frame for one cache frame from a generated face crop (or passes the frame through)."""
+def head_footprint(presenter: Presenter, index: int, size: int) -> Optional[tuple[int, int, int, int]]:
+    """x1, y1, x2, y2 of the frame pixels the upright head of frame `index` covers when warped back (None: none)."""
+    inverse = presenter.head_affine_inv[index].astype(np.float64)
+    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64) @ inverse[:, :2].T + inverse[:, 2]
+    x1, y1 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
+    x2, y2 = np.minimum(np.ceil(corners.max(0)).astype(int), [presenter.width, presenter.height])
+    return (int(x1), int(y1), int(x2), int(y2)) if x2 > x1 and y2 > y1 else None
+
+
+class CompositeSteps:
+    """The order of a composite, whatever holds the pixels (numpy here, torch tensors in torch_composite.py):
+    colour match, then either the crop pasted into the frame, or the mouth into the upright head, GFPGAN (only where
+    the mouth changed, in lip mode) and the head warped back. Subclasses supply the steps."""
 
     def __init__(self, presenter: Presenter, enhance: str = "none", enhancer=None, colour_match: bool = False):
         if enhance not in ENHANCE_MODES:
@@ -66,22 +77,42 @@ class Compositor:
         self.enhance = enhance
         self.enhancer = enhancer
         self.colour_match = colour_match
+
+    def compose(self, indices: list[int], faces):
+        """Frames for cache frames `indices` with generated crops `faces` (B, S, S, 3) pasted in."""
+        if self.colour_match:
+            faces = self._colour_matched(indices, faces)
+        if self.enhance == "none":
+            return [self._paste_crop(i, f) for i, f in zip(indices, faces)]
+        heads = self._stack([self._head_with_mouth(i, f) for i, f in zip(indices, faces)])
+        restored = self._restore(heads)
+        if self.enhance == "lip":  # keep the enhanced pixels only where the mouth changed
+            restored = self._stack([self._lip_only(i, h, r) for i, h, r in zip(indices, heads, restored)])
+        return [self._paste_head(i, r) for i, r in zip(indices, restored)]
+
+
+class Compositor(CompositeSteps):
+    """Builds the output frame for one cache frame from a generated face crop (or passes the frame through), with
+    numpy and cv2 on host threads: the CPU path."""
+
+    def __init__(self, presenter: Presenter, enhance: str = "none", enhancer=None, colour_match: bool = False):
+        super().__init__(presenter, enhance, enhancer, colour_match)
         self.crop_mask = lower_face_mask(presenter.face_size)
+
+    def faces(self, indices: list[int]) -> np.ndarray:
+        """The cached crops the lip model starts from."""
+        return np.stack([self.presenter.face(i) for i in indices])
 
     def passthrough(self, index: int) -> np.ndarray:
         return self.presenter.background(index)
 
-    def compose(self, indices: list[int], faces: np.ndarray) -> list[np.ndarray]:
-        """Frames for cache frames `indices` with generated crops `faces` (B, S, S, 3) pasted in."""
-        if self.colour_match:
-            faces = np.stack([match_colour(f, self.presenter.face(i), self.crop_mask) for i, f in zip(indices, faces)])
-        if self.enhance == "none":
-            return [self._paste_crop(i, f) for i, f in zip(indices, faces)]
-        heads = np.stack([self._head_with_mouth(i, f) for i, f in zip(indices, faces)])
-        restored = self.enhancer.enhance(heads)
-        if self.enhance == "lip":  # keep the enhanced pixels only where the mouth changed
-            restored = np.stack([self._lip_only(i, h, r) for i, h, r in zip(indices, heads, restored)])
-        return [self._paste_head(i, r) for i, r in zip(indices, restored)]
+    _stack = staticmethod(np.stack)
+
+    def _restore(self, heads: np.ndarray) -> np.ndarray:
+        return self.enhancer.enhance(heads)
+
+    def _colour_matched(self, indices: list[int], faces: np.ndarray) -> np.ndarray:
+        return np.stack([match_colour(f, self.presenter.face(i), self.crop_mask) for i, f in zip(indices, faces)])
 
     def _paste_crop(self, index: int, face: np.ndarray) -> np.ndarray:
         frame = self.presenter.background(index)
@@ -109,15 +140,12 @@ class Compositor:
     def _paste_head(self, index: int, head: np.ndarray) -> np.ndarray:
         """Warp the head back through the inverse affine, only over its footprint in the frame."""
         frame = self.presenter.background(index)
-        inverse = self.presenter.head_affine_inv[index].astype(np.float64)
         size = head.shape[0]
-        corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64) @ inverse[:, :2].T + inverse[:, 2]
-        h, w = frame.shape[:2]
-        x1, y1 = np.maximum(np.floor(corners.min(0)).astype(int), 0)
-        x2, y2 = np.minimum(np.ceil(corners.max(0)).astype(int), [w, h])
-        if x2 <= x1 or y2 <= y1:
+        footprint = head_footprint(self.presenter, index, size)
+        if footprint is None:
             return frame
-        shifted = inverse.copy()
+        x1, y1, x2, y2 = footprint
+        shifted = self.presenter.head_affine_inv[index].astype(np.float64)
         shifted[:, 2] -= (x1, y1)
         region = (int(x2 - x1), int(y2 - y1))
         warped = cv2.warpAffine(head, shifted, region, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
@@ -105,16 +106,19 @@ class Mouths:
 
 def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_size: int, start_frame: int = 0,
              stats: Optional[Stats] = None, deadline: Optional[Callable[[FrameUnit], float]] = None,
-             policy: Optional[SkipPolicy] = None) -> Iterator[Mouths]:
+             policy: Optional[SkipPolicy] = None, faces: Optional[Callable[[list[int]], object]] = None
+             ) -> Iterator[Mouths]:
     """The model stage, in frame order. Speech on a frame with a face goes through the model in batches;
     everything else passes as None.
 
     `lipsync` is anything with predict(mel_windows (B,80,16), faces (B,S,S,3) uint8, landmarks (B,K,2) in crop
     pixels) -> faces: models.predictor.LipSyncPredictor (Wav2Lip) or models.mouthwarp.MouthAnimator.
     A live run gives each frame's presentation `deadline` (monotonic) and a SkipPolicy: a frame the model would
-    make late is shown as the cached frame instead, and counted in stats.skipped."""
+    make late is shown as the cached frame instead, and counted in stats.skipped. `faces(indices)` gives the
+    cached crops the model starts from: numpy from the presenter, or device tensors from the device pipeline."""
     stats = stats or Stats()
     policy = policy or SkipPolicy()
+    faces = faces or (lambda indices: np.stack([presenter.face(i) for i in indices]))
     batch: list[tuple[FrameUnit, int]] = []
 
     def flush():
@@ -122,9 +126,8 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
             return
         started = time.perf_counter()
         indices = [i for _, i in batch]
-        faces = np.stack([presenter.face(i) for i in indices])
         landmarks = np.stack([presenter.crop_landmarks(i) for i in indices])
-        mouths = lipsync.predict(np.stack([u.window for u, _ in batch]), faces, landmarks)
+        mouths = lipsync.predict(np.stack([u.window for u, _ in batch]), faces(indices), landmarks)
         spent = time.perf_counter() - started
         stats.infer_seconds += spent
         stats.inferred += len(batch)
@@ -167,10 +170,38 @@ def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor
            start_frame: int = 0, stats: Optional[Stats] = None, stop: Optional[threading.Event] = None,
            deadline: Optional[Callable[[FrameUnit], float]] = None, watched: Callable[[], bool] = lambda: True
            ) -> Iterator[tuple[FrameUnit, Optional[np.ndarray]]]:
-    """Yield (unit, frame) in order: the model stage and the composite stage overlapped in two threads."""
+    """Yield (unit, frame) in order: the model stage and the composite stage overlapped in two threads; with a
+    device compositor a third stage brings each finished frame to the host (one copy, into pinned memory)."""
     stop = stop or threading.Event()
-    mouths = threaded(lip_sync(units, presenter, lipsync, batch_size, start_frame, stats, deadline), 4, "model", stop)
-    return threaded(composite(mouths, compositor, watched), 8, "composite", stop)
+    mouths = threaded(lip_sync(units, presenter, lipsync, batch_size, start_frame, stats, deadline,
+                               faces=compositor.faces), 4, "model", stop)
+    frames = threaded(composite(mouths, compositor, watched), 8, "composite", stop)
+    if getattr(compositor, "on_device", False):
+        frames = threaded(((unit, to_host(frame)) for unit, frame in frames), 8, "download", stop)
+    return frames
+
+
+def to_host(frame) -> Optional[np.ndarray]:
+    """A finished frame as numpy for the sinks: a device tensor is copied once, into pinned memory, on its own CUDA
+    stream (so the copy overlaps the next frames' work on the GPU)."""
+    if frame is None or isinstance(frame, np.ndarray):
+        return frame
+    if frame.device.type != "cuda":
+        return frame.numpy()
+    import torch
+    host = torch.empty(frame.shape, dtype=torch.uint8, pin_memory=True)
+    stream = _copy_stream(frame.device)
+    stream.wait_stream(torch.cuda.default_stream(frame.device))
+    with torch.cuda.stream(stream):
+        host.copy_(frame, non_blocking=True)
+    stream.synchronize()
+    return host.numpy()
+
+
+@lru_cache(maxsize=None)
+def _copy_stream(device):
+    import torch
+    return torch.cuda.Stream(device)
 
 
 def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, lipsync, compositor: Compositor,
@@ -383,8 +414,8 @@ class LiveEngine:
                 audio = unit.audio
                 if start - N_FFT // 2 < cut:  # its window heard speech that interrupt() dropped
                     if frame is not None:
-                        frame = self.compositor.passthrough(ping_pong(unit.index + self.cfg.start_frame,
-                                                                      self.presenter.frames))
+                        frame = to_host(self.compositor.passthrough(ping_pong(unit.index + self.cfg.start_frame,
+                                                                              self.presenter.frames)))
                     audio = audio.copy()
                     audio[:max(0, min(len(audio), cut - start))] = 0  # only the dropped samples are silenced
                 for sink in self.sinks:

@@ -37,6 +37,7 @@ class Presenter:
             raise PresenterError(f"{self.dir}: cache was made for {manifest['face_size']} px faces but the model needs "
                                  f"{face_size} px; rebuild it with `preprocess --face_size {face_size}`")
         self.face_size = manifest["face_size"]
+        self.head_size = manifest.get("head_size", 512)
         self.width, self.height = manifest["width"], manifest["height"]
         try:
             det = cache.read_face_det(self.dir)
@@ -50,6 +51,7 @@ class Presenter:
         self.has_face = det["has_face"]
         self.box = det["box"]
         self.head_box = det["head_box"]
+        self.head_affine = det["head_affine"]
         self.head_affine_inv = det["head_affine_inv"]
         self.landmarks = det["landmarks"]
         self.frames = len(self.has_face)

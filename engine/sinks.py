@@ -63,13 +63,22 @@ def encoder_failure(encoder: Child) -> str:
     return f"{said} ({OS_HINTS[errno.ENOSPC]})" if "No space left on device" in said else said
 
 
+def video_encoder(codec: str, live: bool, quality: int = 18, bitrate: str = "4M") -> list[str]:
+    """ffmpeg output options for H.264 with x264 (the CPU) or NVENC (the GPU that rendered the frames)."""
+    if codec == "h264_nvenc":
+        return (["-c:v", "h264_nvenc", "-preset", "p1", "-tune", "ll", "-g", str(FPS), "-b:v", bitrate] if live
+                else ["-c:v", "h264_nvenc", "-preset", "p4", "-rc", "vbr", "-cq", str(quality), "-b:v", "0"])
+    return (["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(FPS), "-b:v", bitrate]
+            if live else ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(quality)])
+
+
 class Mp4Sink:
     live = False
 
-    def __init__(self, path: Path | str, crf: int = 18, preset: str = "veryfast"):
+    def __init__(self, path: Path | str, crf: int = 18, video_codec: str = "libx264"):
         self.path = Path(path)
         writable_folder(self.path)
-        self.crf, self.preset = crf, preset
+        self.crf, self.video_codec = crf, video_codec
         self._encoder: Optional[Child] = None
         self.frames = 0
 
@@ -79,8 +88,9 @@ class Mp4Sink:
         self._video = self._tmp / "video.mp4"
         self._audio = open(self._tmp / "audio.s16le", "wb")
         self._encoder = Child(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
-                               "-s", f"{width}x{height}", "-r", str(FPS), "-i", "pipe:0", "-c:v", "libx264",
-                               "-preset", self.preset, "-crf", str(self.crf), "-pix_fmt", "yuv420p", str(self._video)],
+                               "-s", f"{width}x{height}", "-r", str(FPS), "-i", "pipe:0",
+                               *video_encoder(self.video_codec, live=False, quality=self.crf), "-pix_fmt", "yuv420p",
+                               str(self._video)],
                               stdin=subprocess.PIPE)
 
     def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
@@ -131,9 +141,10 @@ class MpegTsSink:
     """One ffmpeg muxing our video (stdin) and audio (a second pipe) into MPEG-TS with shared timestamps."""
     live = True
 
-    def __init__(self, url: str = "udp://127.0.0.1:23000?pkt_size=1316", bitrate: str = "4M"):
+    def __init__(self, url: str = "udp://127.0.0.1:23000?pkt_size=1316", bitrate: str = "4M",
+                 video_codec: str = "libx264"):
         self.url = url
-        self.bitrate = bitrate
+        self.bitrate, self.video_codec = bitrate, video_codec
         self._encoder: Optional[Child] = None
 
     def open(self, width: int, height: int) -> None:
@@ -145,8 +156,8 @@ class MpegTsSink:
              "-r", str(FPS), "-i", "pipe:0",
              "-probesize", "32", "-analyzeduration", "0", "-thread_queue_size", "512",
              "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", f"pipe:{read_fd}",
-             "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-             "-g", str(FPS), "-b:v", self.bitrate, "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
+             "-map", "0:v", "-map", "1:a", *video_encoder(self.video_codec, live=True, bitrate=self.bitrate),
+             "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
              "-flush_packets", "1", "-f", "mpegts", self.url],
             stdin=subprocess.PIPE, pass_fds=(read_fd,))
         os.close(read_fd)

@@ -94,12 +94,14 @@ class LipSyncPredictor:
     """Turns (mel windows, cached face crops) into new mouths, in batches, on the best device and runtime available.
 
     `calibration_faces` (N,S,S,3) uint8 crops of the presenter are needed for int8; `store_dir` keeps converted
-    OpenVINO models between runs."""
+    OpenVINO models between runs; `compile_batches` (torch runtime) compiles the model for those batch sizes in the
+    background while it runs eagerly (models/compiled.py)."""
 
     def __init__(self, model: Wav2Lip, device: Union[str, torch.device, None] = None,
                  dtype: Union[str, torch.dtype, None] = None, batch_size: int = 16, fold_bn: bool = True,
                  channels_last: bool = True, runtime: Optional[str] = None,
-                 calibration_faces: Optional[np.ndarray] = None, store_dir: Union[str, Path, None] = None):
+                 calibration_faces: Optional[np.ndarray] = None, store_dir: Union[str, Path, None] = None,
+                 compile_batches: tuple[int, ...] = ()):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.runtime = pick_runtime(self.device, runtime)
         precision = dtype if isinstance(dtype, torch.dtype) else pick_dtype(self.device, dtype, self.runtime)
@@ -117,7 +119,8 @@ class LipSyncPredictor:
                 lambda: self.calibration_batches(calibration_faces),
                 OpenVinoStore(Path(store_dir)) if store_dir else None)
         else:
-            self.runner, self.precision = TorchRunner(net, self.device, precision, channels_last), precision
+            self.runner = TorchRunner(net, self.device, precision, channels_last, compile_batches)
+            self.precision = precision
         log.info("predictor: %s on %s via %s, %s%s%s", model.spec.name, self.device, self.runtime,
                  str(self.precision).replace("torch.", ""), ", BatchNorm folded" if fold_bn else "",
                  ", channels-last" if channels_last and self.runtime == "torch" else "")
@@ -139,11 +142,15 @@ class LipSyncPredictor:
         """One dummy batch, so the first real frame does not pay for lazy initialisation (or cuDNN autotuning)."""
         self.predict(np.zeros((batch, 80, 16), np.float32), np.zeros((batch, self.size, self.size, 3), np.uint8))
 
-    def predict(self, mel_windows: np.ndarray, faces_bgr: np.ndarray, landmarks: Optional[np.ndarray] = None
-                ) -> np.ndarray:
+    def predict(self, mel_windows: np.ndarray, faces_bgr, landmarks: Optional[np.ndarray] = None):
         """mel_windows (B,80,16) float; faces_bgr (B,S,S,3) uint8 -> generated faces (B,S,S,3) uint8, BGR.
 
-        `landmarks` is accepted for the engine's common interface and not needed: Wav2Lip sees only pixels."""
+        Faces as a numpy array give a numpy array. Faces as a uint8 tensor on the predictor's device (the device
+        pipeline, torch runtime) give a tensor there: pre- and post-processing run on the device too, and only the
+        mel windows cross from the host. `landmarks` is accepted for the engine's common interface and not
+        needed: Wav2Lip sees only pixels."""
+        if isinstance(faces_bgr, torch.Tensor):
+            return self._predict_tensors(mel_windows, faces_bgr)
         if faces_bgr.ndim != 4 or faces_bgr.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"faces must be (B,{self.size},{self.size},3) for this {self.size}px model; got "
                              f"{faces_bgr.shape} (preprocess the video with --face_size {self.size})")
@@ -152,6 +159,26 @@ class LipSyncPredictor:
         out = [self._predict_batch(mel_windows[i:i + self.batch_size], faces_bgr[i:i + self.batch_size])
                for i in range(0, len(faces_bgr), self.batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.size, self.size, 3), np.uint8)
+
+    @torch.inference_mode()
+    def _predict_tensors(self, mel_windows: np.ndarray, faces: torch.Tensor) -> torch.Tensor:
+        """The reference pre/post-processing of _inputs and _predict_batch, on the device: uint8 in, uint8 out."""
+        if not isinstance(self.runner, TorchRunner):
+            raise ValueError("device tensors need the torch runtime (--runtime torch)")
+        if faces.ndim != 4 or tuple(faces.shape[1:]) != (self.size, self.size, 3):
+            raise ValueError(f"faces must be (B,{self.size},{self.size},3); got {tuple(faces.shape)}")
+        outputs = []
+        for i in range(0, len(faces), self.batch_size):
+            ref = faces[i:i + self.batch_size].permute(0, 3, 1, 2).float().div_(255)  # B,3,S,S BGR in [0,1]
+            target = ref.clone()
+            target[:, :, self.size // 2:] = 0
+            mel = torch.from_numpy(np.ascontiguousarray(mel_windows[i:i + self.batch_size], np.float32))
+            y = self.runner.run_tensors(mel.to(faces.device, non_blocking=True)[:, None],
+                                        torch.cat([target, ref], dim=1)).float()
+            if self.tanh_head:
+                y = (y + 1) / 2
+            outputs.append(y.clamp_(0, 1).mul_(255).to(torch.uint8).permute(0, 2, 3, 1))  # truncation, as numpy
+        return torch.cat(outputs) if outputs else faces.new_zeros((0, self.size, self.size, 3))
 
     def _inputs(self, mels: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The reference preprocessing: BGR /255, the target's lower half zeroed, the unmasked crop as reference.

@@ -79,16 +79,30 @@ def pick_runtime(device: torch.device, requested: Optional[str] = None) -> str:
 class TorchRunner:
     """The generator in torch on its device and dtype. Float32 numpy arrays in and out, like OpenVinoRunner."""
 
-    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool):
+    def __init__(self, net: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool,
+                 compile_batches: Sequence[int] = ()):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net = net.to(device, dtype, memory_format=self.memory_format)
         self.device, self.dtype = device, dtype
+        if compile_batches:  # eager until each batch size's compiled graph is ready (models/compiled.py)
+            from .compiled import CompiledSwap
+            size = net.spec.size
+            self.net = CompiledSwap(self.net, lambda b: (
+                torch.zeros(b, 1, 80, 16, device=device, dtype=dtype),
+                torch.zeros(b, 6, size, size, device=device, dtype=dtype).contiguous(memory_format=self.memory_format)),
+                compile_batches, name=net.spec.name)
 
     @torch.inference_mode()
     def __call__(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
         mel_t = torch.from_numpy(mel).to(self.device, self.dtype)
         faces_t = torch.from_numpy(faces).to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
         return self.net(mel_t, faces_t).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def run_tensors(self, mel: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+        """Tensors already on the device (any float dtype) in, the model's output tensor out: nothing crosses to
+        the host."""
+        return self.net(mel.to(self.dtype), faces.to(self.dtype).contiguous(memory_format=self.memory_format))
 
 
 class OpenVinoRunner:

@@ -14,6 +14,17 @@ from demo.presenter import FacePath, make_presenter_clip, speak
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda run where torch sees a CUDA GPU, and are skipped with the reason everywhere else."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; torch sees none here (the CPU tests cover the same code)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 def require(module: str):
     """Import an optional dependency's module, or skip the tests that need it. Under CI=true nothing is optional:
     a missing package is a broken install, and the import error fails the run instead of hiding as a skip."""

@@ -263,7 +263,6 @@ def reference_inference(model, mels, faces):
 @pytest.fixture(scope="module")
 def face_batch():
     from demo.presenter import astronaut_bgr
-    import cv2
     face = astronaut_bgr()[60:180, 165:285]  # the astronaut's face, padded box
     rng = np.random.default_rng(0)
     return rng.normal(0, 1.5, (5, 80, 16)).astype(np.float32).clip(-4, 4), face

@@ -1,0 +1,164 @@
+"""What the engine flags build: presenter, lip-sync model, GFPGAN enhancer and compositor.
+
+One `Parts` serves one command or one server. A server hosting many sessions asks it for each session's parts: a
+presenter cache or a model file that several sessions use is loaded once and shared; each part is dropped when
+the last session using it ends (release)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("engine")
+
+
+def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:
+    from preprocess.cache import read_manifest
+    from preprocess.pipeline import PreprocessConfig, preprocess_video
+    if getattr(args, "face", None):
+        root = Path("out/cache")
+        cfg = PreprocessConfig(face_size=face_size, pads=tuple(args.pads), smooth_radius=0 if args.nosmooth else 2,
+                               allow_truncated=args.allow_truncated)
+        return root / preprocess_video(Path(args.face), root, cfg).name
+    if not args.data_dir:
+        raise ValueError("give a presenter: --data_dir CACHE (see `stream_out.py preprocess`) or --face VIDEO")
+    folder = Path(args.data_dir)
+    if read_manifest(folder) is None and folder.is_dir():
+        caches = [d for d in sorted(folder.iterdir()) if d.is_dir() and read_manifest(d) is not None]
+        if len(caches) == 1:
+            return caches[0]
+        if len(caches) > 1:
+            raise ValueError(f"{folder} holds {len(caches)} presenter caches; pick one: "
+                             + ", ".join(str(c) for c in caches))
+    return folder
+
+
+def compile_batches(batches: tuple[int, ...], wanted: bool, device: str) -> tuple[int, ...]:
+    """--compile: the batch sizes to compile for, on CUDA only (on the CPU it would cost minutes for little)."""
+    from models.predictor import pick_device
+    if wanted and pick_device(device).type != "cuda":
+        log.warning("--compile is for CUDA GPUs; running eagerly on the CPU")
+        return ()
+    return batches if wanted else ()
+
+
+def pick_pipeline(requested: str, predictor) -> str:
+    """'device' needs Wav2Lip under torch (the mouth animator and OpenVINO work on host arrays); 'auto' takes it on
+    CUDA, where host-side decodes and cv2 would leave the GPU idle."""
+    runs_on_device = getattr(predictor, "runtime", None) == "torch"
+    if requested == "device" and not runs_on_device:
+        raise ValueError("--pipeline device needs a Wav2Lip checkpoint under --runtime torch (the mouth animator and "
+                         "OpenVINO run on host arrays)")
+    if requested == "auto":
+        return "device" if runs_on_device and predictor.device.type == "cuda" else "host"
+    return requested
+
+
+class Parts:
+    """Builds and, across sessions, shares the loaded parts. `share(model, name)` may wrap a model for a session
+    (a server puts a shared model worker in front of it); by default each user gets the model itself."""
+
+    def __init__(self, share: Callable[[object, str], object] = lambda model, name: model):
+        self._share = share
+        self._loaded: dict = {}    # key -> [object, set of users]
+        self._lock = threading.RLock()
+
+    def _get(self, key: tuple, user: object, build: Callable[[], object]):
+        with self._lock:  # one load at a time: two sessions asking for the same file wait for one copy
+            if key not in self._loaded:
+                self._loaded[key] = [build(), set()]
+            entry = self._loaded[key]
+            entry[1].add(user)
+            return entry[0]
+
+    def release(self, user: object) -> list:
+        """`user` has ended: drop what nobody else uses; returns the dropped objects (workers to close)."""
+        dropped = []
+        with self._lock:
+            for key in list(self._loaded):
+                entry = self._loaded[key]
+                entry[1].discard(user)
+                if not entry[1]:
+                    dropped.append(self._loaded.pop(key)[0])
+        return dropped
+
+    def loaded(self, kind: str) -> list:
+        with self._lock:
+            return [obj for key, (obj, _) in self._loaded.items() if key[0] == kind]
+
+    def build(self, args: argparse.Namespace, live: bool, user: object = None):
+        """(presenter, lip model, compositor, engine config) from the flags."""
+        from engine.composite import Compositor
+        from engine.loop import EngineConfig
+
+        generator = self._generator(args, user) if args.checkpoint_path else None
+        face_size = generator.spec.size if generator is not None else None
+        cache = resolve_cache(args, face_size or 96).resolve()
+        heads = args.enhance != "none"
+        presenter = self._get(("presenter", str(cache), face_size, heads), user, lambda: self._presenter(
+            cache, face_size, heads))
+        enhancer = self._enhancer(args, live, user) if heads else None
+        predictor = self._predictor(args, generator, presenter, live, user)
+        if pick_pipeline(args.pipeline, predictor) == "device":
+            from engine.resident import load_resident
+            from engine.torch_composite import TorchCompositor
+            frames = self._get(("resident", str(cache), face_size, heads, str(predictor.device)), user,
+                               lambda: load_resident(presenter, predictor.device, heads, args.resident_gib))
+            compositor = TorchCompositor(presenter, frames, args.enhance, enhancer, args.color_match)
+        else:
+            compositor = Compositor(presenter, args.enhance, enhancer, args.color_match)
+        cfg = EngineConfig(batch_size=args.batch_size, live_batch_size=args.live_batch_size,
+                           silence_db=args.silence_db, latency_ms=args.latency_ms)
+        return presenter, predictor, compositor, cfg
+
+    @staticmethod
+    def _presenter(cache: Path, face_size, heads: bool):
+        from engine.presenter import Presenter
+        return Presenter(cache, face_size, load_heads=heads)
+
+    def _generator(self, args, user):
+        from models.loader import load_generator
+        path = str(Path(args.checkpoint_path).resolve())
+        return self._get(("generator", path), user, lambda: load_generator(args.checkpoint_path,
+                                                                           args.trust_checkpoint))
+
+    def _predictor(self, args, generator, presenter, live: bool, user):
+        from models.mouthwarp import MouthAnimator
+        from models.predictor import LipSyncPredictor
+        if generator is None:
+            def animator():
+                log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for "
+                         "Wav2Lip lip sync pass --checkpoint_path wav2lip_gan.pth")
+                model = MouthAnimator(presenter.face_size)
+                model.warm_up(1)
+                return self._share(model, f"animator-{presenter.face_size}")
+            return self._get(("model", "animator", presenter.face_size), user, animator)
+        batch = args.live_batch_size if live else args.batch_size
+
+        def wav2lip():
+            model = LipSyncPredictor(generator.model, args.device, args.dtype, batch_size=batch,
+                                     runtime=args.runtime, calibration_faces=presenter.sample_faces(24),
+                                     store_dir=presenter.dir / "runtime",
+                                     compile_batches=compile_batches((batch,), args.compile, args.device))
+            model.warm_up(1)
+            return self._share(model, f"wav2lip{generator.spec.size}")
+        path = str(Path(args.checkpoint_path).resolve())
+        return self._get(("model", path, args.device, args.dtype, args.runtime, batch), user, wav2lip)
+
+    def _enhancer(self, args, live: bool, user):
+        from models.gfpgan import GfpganEnhancer, load_gfpgan
+        if not args.gfpgan_path:
+            raise ValueError(f"--enhance {args.enhance} needs --gfpgan_path GFPGANv1.4.pth")
+        batch = 2 if live else 16  # live: one frame at a time; a file render: as many heads as the GPU takes
+
+        def gfpgan():
+            enhancer = GfpganEnhancer(load_gfpgan(args.gfpgan_path, args.trust_checkpoint), args.device,
+                                      args.gfpgan_dtype, batch, compile_batches((batch,), args.compile, args.device))
+            if live and not enhancer.realtime:
+                raise ValueError(f"--enhance {args.enhance} cannot run live on the CPU (GFPGAN takes seconds per "
+                                 f"frame here); use it for --outfile x.mp4, or on a CUDA GPU")
+            return self._share(enhancer, "gfpgan")
+        path = str(Path(args.gfpgan_path).resolve())
+        return self._get(("model", path, args.device, args.gfpgan_dtype, batch), user, gfpgan)
