@@ -6,9 +6,11 @@
   python stream_out.py ... --outfile vcam      virtual camera + audio device
   python stream_out.py preprocess <video-or-folder>... --out <cache_root>   build presenter caches
   python stream_out.py demo [--out out/demo]                    sample presenter speaks -> out/demo/demo.mp4
+  python stream_out.py prepare --checkpoint_path wav2lip.pth   convert a checkpoint for this CPU ahead of time
   python stream_out.py evaluate video.mp4 --syncnet expert.pth   lip-sync metrics (LSE-D, LSE-C, offset)
   python stream_out.py obs-setup [--target obs|vcam] [--obs_password ...]   point OBS at our stream
-  python stream_out.py serve --data_dir CACHE [--listen 127.0.0.1:8765]   WebSocket/HTTP/WebRTC API
+  python stream_out.py serve [--data_dir CACHE] [--listen 127.0.0.1:8765]   WebSocket/HTTP/WebRTC API, sessions
+  python stream_out.py ray-serve --hosts 2 [--gpus_per_host 1] [--ray_address auto]   sessions across Ray Serve
 Run `python stream_out.py --help` for every engine flag; add --verbose to any command for tracebacks.
 """
 from __future__ import annotations
@@ -39,12 +41,18 @@ def dispatch(argv: list[str]) -> int:
     if command == "demo":
         from demo.__main__ import main as demo_main
         return demo_main(rest)
+    if command == "prepare":
+        from tools.prepare import main as prepare_main
+        return prepare_main(rest)
     if command == "evaluate":
         from tools.evaluate import main as evaluate_main
         return evaluate_main(rest)
     if command == "obs-setup":
         from engine.obs import main as obs_main
         return obs_main(rest)
+    if command == "ray-serve":
+        from engine.ray_serve import main as ray_main
+        return ray_main(rest)
     from engine.cli import main as engine_main
     if command == "serve":  # the engine with the network API; --listen defaults to 127.0.0.1:8765
         return engine_main(rest if any(a.startswith("--listen") for a in rest) else [*rest, "--listen", "127.0.0.1:8765"])

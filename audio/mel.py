@@ -3,7 +3,8 @@
 Parameters (identical in every reference repository): 16 kHz, pre-emphasis 0.97, STFT n_fft 800 / hop 200 /
 win 800 (periodic Hann, centred, reflect padding as in the pinned librosa 0.7), |STFT| -> 80 Slaney mel bands
 55-7600 Hz, 20*log10(max(1e-5, m)) - 20, then clip(8*(S+100)/100 - 4, -4, 4). Written in numpy (librosa only
-supplies the filter bank), so there is no numba compile and the streaming version shares every line.
+supplies the reference filter bank the tests compare ours to), so there is no numba compile and the streaming
+version shares every line.
 
 Frame i at fps f uses mel[:, int(i*80/f) : +16], i.e. it looks about 212 ms ahead: the latency floor of any
 streaming Wav2Lip. The last window is mel[:, T-16:], after which the reference stops.
@@ -23,11 +24,42 @@ PREEMPHASIS = 0.97
 SILENCE = -4.0  # the value of digital silence after normalisation
 
 
+MEL_STEP = 200.0 / 3                  # Slaney's mel scale (librosa's htk=False): linear below 1 kHz...
+LOG_FROM_HZ = 1000.0
+LOG_FROM_MEL = LOG_FROM_HZ / MEL_STEP
+LOG_STEP = np.log(6.4) / 27.0         # ...logarithmic above
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, np.float64)
+    mels = hz / MEL_STEP
+    above = hz >= LOG_FROM_HZ
+    mels[above] = LOG_FROM_MEL + np.log(hz[above] / LOG_FROM_HZ) / LOG_STEP
+    return mels
+
+
+def mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, np.float64)
+    hz = MEL_STEP * mels
+    above = mels >= LOG_FROM_MEL
+    hz[above] = LOG_FROM_HZ * np.exp(LOG_STEP * (mels[above] - LOG_FROM_MEL))
+    return hz
+
+
 @lru_cache(maxsize=1)
 def mel_basis() -> np.ndarray:
-    import librosa  # keyword call: librosa >= 0.10 rejects the reference's positional one
-    return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=55, fmax=7600, htk=False,
-                               norm="slaney").astype(np.float64)
+    """The reference's filter bank, librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600,
+    htk=False, norm="slaney"), computed here in numpy with librosa's arithmetic, bit for bit (its float32 result, as
+    float64): a render then loads neither librosa nor scipy.signal nor numba (1.7 s of start-up).
+    tests/test_audio.py holds it equal to librosa's."""
+    fft_hz = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
+    edges = mel_to_hz(np.linspace(hz_to_mel(np.array([55.0]))[0], hz_to_mel(np.array([7600.0]))[0], N_MELS + 2))
+    widths = np.diff(edges)
+    ramps = np.subtract.outer(edges, fft_hz)
+    weights = np.maximum(0, np.minimum(-ramps[:-2] / widths[:-1, None], ramps[2:] / widths[1:, None]))
+    weights = weights.astype(np.float32)  # librosa fills a float32 array, then scales it in place
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float64)
 
 
 @lru_cache(maxsize=1)

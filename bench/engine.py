@@ -42,7 +42,7 @@ from engine.composite import Compositor  # noqa: E402
 from engine.loop import EngineConfig, LiveEngine, render_file, to_host  # noqa: E402
 from engine.presenter import Presenter  # noqa: E402
 from engine.resident import load_resident, resident_bytes  # noqa: E402
-from engine.sinks import Mp4Sink  # noqa: E402
+from engine.sinks import Mp4Sink, NullSink  # noqa: E402
 from engine.sources import Feeder  # noqa: E402
 from engine.torch_composite import TorchCompositor  # noqa: E402
 from models import wav2lip96, wav2lip288, wav2lip384  # noqa: E402
@@ -55,19 +55,6 @@ SPECS = {96: wav2lip96.GENERATOR, 288: wav2lip288.GENERATOR, 384: wav2lip384.GEN
 RESOLUTIONS = {"720p": (1280, 720, 1.4), "1080p": (1920, 1080, 2.1)}
 TEXT = ("Welcome back to the stream. Today we look at how a lip sync engine keeps audio and video together, "
         "frame by frame, while the presenter loops quietly in the background.")
-
-
-class NullLiveSink:
-    live = True
-
-    def open(self, width, height):
-        pass
-
-    def write(self, frame, audio, pts):
-        pass
-
-    def close(self):
-        pass
 
 
 def speech(work: Path, seconds: float) -> np.ndarray:
@@ -206,7 +193,7 @@ def main() -> None:
     audio = speech(work, max(args.seconds, args.live_seconds))
     if args.seconds > 0:
         clip_audio = audio[: int(args.seconds * SAMPLE_RATE)]
-        for label, sinks in (("null sink", [NullLiveSink()]), ("mp4", [Mp4Sink(work / "out.mp4")])):
+        for label, sinks in (("null sink", [NullSink()]), ("mp4", [Mp4Sink(work / "out.mp4")])):
             use_gpu_encoder(sinks, compositor)
             with GpuUtilisation() as gpu:
                 start = time.perf_counter()
@@ -221,7 +208,7 @@ def main() -> None:
         return
     predictor.batch_size = args.live_batch_size
     cfg = EngineConfig(latency_ms=args.latency_ms, live_batch_size=args.live_batch_size)
-    engine = LiveEngine(presenter, predictor, compositor, [NullLiveSink()], cfg)
+    engine = LiveEngine(presenter, predictor, compositor, [NullSink()], cfg)
     live_audio = audio[: int(args.live_seconds * SAMPLE_RATE)]
     chunks = (live_audio[i:i + SAMPLE_RATE // 50] for i in range(0, len(live_audio), SAMPLE_RATE // 50))
     feeder = Feeder(engine.buffer, chunks, ahead_seconds=0.1)  # 20 ms chunks kept 0.1 s ahead, as a streaming TTS

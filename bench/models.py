@@ -3,7 +3,7 @@
 python bench/models.py [--sizes 96 288 384] [--device auto|cpu|cuda] [--seconds 3] [--skip_gfpgan]
 Random weights (speed does not depend on them). 'eager' is the reference way (plain fp32 model, NCHW); the
 others are our predictor (BatchNorm folded, uint8 pre/post-processing included) per runtime and precision:
-torch (channels-last) and, on the CPU, OpenVINO fp32 and int8 (calibrated on astronaut crops).
+torch (channels-last) and, on the CPU, OpenVINO fp32 and int8 (calibrated on the generic crops of models/calibration.py).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from machine import header  # noqa: E402
 from models import wav2lip96, wav2lip288, wav2lip384  # noqa: E402
 from models.blocks import Wav2Lip  # noqa: E402
 from models.predictor import LipSyncPredictor, pick_device  # noqa: E402
-from models.runtime import cpu_has_native_bf16, cpu_has_vnni, openvino_available  # noqa: E402
+from models.openvino_cpu import cpu_has_native_bf16, cpu_has_vnni, openvino_available  # noqa: E402
 
 SPECS = {96: wav2lip96.GENERATOR, 288: wav2lip288.GENERATOR, 384: wav2lip384.GENERATOR}
 BATCHES = {"cpu": {96: (1, 8, 16, 32), 288: (1, 4), 384: (1, 4)},
@@ -40,15 +40,6 @@ def timed(run, seconds: float, device: torch.device) -> float:
         calls += 1
     sync()
     return (time.perf_counter() - start) / calls
-
-
-def astronaut_crops(size: int, count: int = 24) -> np.ndarray:
-    """int8 calibration crops: the astronaut's face, shifted a little each time."""
-    import cv2
-    from demo.presenter import astronaut_bgr
-    photo = astronaut_bgr()
-    return np.stack([cv2.resize(photo[55 + i % 6:175 + i % 6, 160 + i % 8:280 + i % 8], (size, size))
-                     for i in range(count)])
 
 
 def variants(device: torch.device) -> list[tuple[str, str]]:
@@ -72,8 +63,7 @@ def bench_wav2lip(size: int, device: torch.device, seconds: float) -> list[tuple
             per_call = timed(lambda: eager(mel, x), seconds, device)
         rows.append(report(size, batch, "eager fp32", batch / per_call))
         for runtime, dtype in variants(device):
-            predictor = LipSyncPredictor(model, device, dtype, batch_size=batch, runtime=runtime,
-                                         calibration_faces=astronaut_crops(size) if dtype == "int8" else None)
+            predictor = LipSyncPredictor(model, device, dtype, batch_size=batch, runtime=runtime)
             per_call = timed(lambda: predictor.predict(mels, faces), seconds, device)
             rows.append(report(size, batch, f"{runtime} {predictor.precision}".replace("torch.", ""), batch / per_call))
     return rows

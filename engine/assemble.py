@@ -16,8 +16,8 @@ log = logging.getLogger("engine")
 
 def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:
     from preprocess.cache import read_manifest
-    from preprocess.pipeline import PreprocessConfig, preprocess_video
-    if getattr(args, "face", None):
+    if getattr(args, "face", None):  # only then the detectors are imported (a render from a cache needs none)
+        from preprocess.pipeline import PreprocessConfig, preprocess_video
         root = Path("out/cache")
         cfg = PreprocessConfig(face_size=face_size, pads=tuple(args.pads), smooth_radius=0 if args.nosmooth else 2,
                                allow_truncated=args.allow_truncated)
@@ -54,6 +54,19 @@ def pick_pipeline(requested: str, predictor) -> str:
     if requested == "auto":
         return "device" if runs_on_device and predictor.device.type == "cuda" else "host"
     return requested
+
+
+def runtime_cache(args: argparse.Namespace) -> Path:
+    """--runtime_cache, or the user's cache folder: converted models, one per checkpoint, shared by presenters."""
+    from models.openvino_cpu import default_runtime_cache
+    return Path(args.runtime_cache) if getattr(args, "runtime_cache", None) else default_runtime_cache()
+
+
+def host_openvino(args: argparse.Namespace) -> bool:
+    """Will this run be OpenVINO on the CPU, as far as can be told without torch? (`auto` takes CUDA where there is an
+    NVIDIA device node; then torch decides.)"""
+    device = args.device in ("auto", "cpu") and not (args.device == "auto" and Path("/dev/nvidiactl").exists())
+    return device and args.runtime in ("auto", "openvino") and not args.compile and args.pipeline != "device"
 
 
 class Parts:
@@ -93,14 +106,14 @@ class Parts:
         from engine.composite import Compositor
         from engine.loop import EngineConfig
 
-        generator = self._generator(args, user) if args.checkpoint_path else None
-        face_size = generator.spec.size if generator is not None else None
+        wav2lip = self._wav2lip(args, live, user) if args.checkpoint_path else None
+        face_size = wav2lip.size if wav2lip is not None else None
         cache = resolve_cache(args, face_size or 96).resolve()
         heads = args.enhance != "none"
         presenter = self._get(("presenter", str(cache), face_size, heads), user, lambda: self._presenter(
             cache, face_size, heads))
         enhancer = self._enhancer(args, live, user) if heads else None
-        predictor = self._predictor(args, generator, presenter, live, user)
+        predictor = wav2lip if wav2lip is not None else self._animator(presenter, user)
         if pick_pipeline(args.pipeline, predictor) == "device":
             from engine.resident import load_resident
             from engine.torch_composite import TorchCompositor
@@ -118,32 +131,37 @@ class Parts:
         from engine.presenter import Presenter
         return Presenter(cache, face_size, load_heads=heads)
 
-    def _generator(self, args, user):
-        from models.loader import load_generator
-        path = str(Path(args.checkpoint_path).resolve())
-        return self._get(("generator", path), user, lambda: load_generator(args.checkpoint_path,
-                                                                           args.trust_checkpoint))
-
-    def _predictor(self, args, generator, presenter, live: bool, user):
+    def _animator(self, presenter, user):
         from models.mouthwarp import MouthAnimator
-        from models.predictor import LipSyncPredictor
-        if generator is None:
-            def animator():
-                log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for "
-                         "Wav2Lip lip sync pass --checkpoint_path wav2lip_gan.pth")
-                model = MouthAnimator(presenter.face_size)
-                model.warm_up(1)
-                return self._share(model, f"animator-{presenter.face_size}")
-            return self._get(("model", "animator", presenter.face_size), user, animator)
+
+        def animator():
+            log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for "
+                     "Wav2Lip lip sync pass --checkpoint_path wav2lip_gan.pth")
+            model = MouthAnimator(presenter.face_size)
+            model.warm_up(1)
+            return self._share(model, f"animator-{presenter.face_size}")
+        return self._get(("model", "animator", presenter.face_size), user, animator)
+
+    def _wav2lip(self, args, live: bool, user):
+        """Wav2Lip for the flags: a conversion stored before, found by the checkpoint file's hash (no torch); else
+        the checkpoint loaded, converted or put on its device, and the conversion remembered for the next run."""
         batch = args.live_batch_size if live else args.batch_size
+        store = runtime_cache(args)
 
         def wav2lip():
-            model = LipSyncPredictor(generator.model, args.device, args.dtype, batch_size=batch,
-                                     runtime=args.runtime, calibration_faces=presenter.sample_faces(24),
-                                     store_dir=presenter.dir / "runtime",
-                                     compile_batches=compile_batches((batch,), args.compile, args.device))
+            from models.stored import remember_conversion, stored_predictor
+            model = stored_predictor(args.checkpoint_path, store, args.dtype, batch) if host_openvino(args) else None
+            if model is None:
+                from models.loader import load_generator
+                from models.predictor import LipSyncPredictor
+                generator = load_generator(args.checkpoint_path, args.trust_checkpoint)
+                model = LipSyncPredictor(generator.model, args.device, args.dtype, batch_size=batch,
+                                         runtime=args.runtime, store_dir=store, own_model=True,
+                                         compile_batches=compile_batches((batch,), args.compile, args.device))
+                del generator  # OpenVINO has its own copy now; torch's is freed
+                remember_conversion(args.checkpoint_path, store, model, args.dtype)
             model.warm_up(1)
-            return self._share(model, f"wav2lip{generator.spec.size}")
+            return self._share(model, f"wav2lip{model.size}@{model.device}/{model.precision}/b{batch}")
         path = str(Path(args.checkpoint_path).resolve())
         return self._get(("model", path, args.device, args.dtype, args.runtime, batch), user, wav2lip)
 
@@ -159,6 +177,6 @@ class Parts:
             if live and not enhancer.realtime:
                 raise ValueError(f"--enhance {args.enhance} cannot run live on the CPU (GFPGAN takes seconds per "
                                  f"frame here); use it for --outfile x.mp4, or on a CUDA GPU")
-            return self._share(enhancer, "gfpgan")
+            return self._share(enhancer, f"gfpgan@{enhancer.device}/{enhancer.dtype}/b{batch}")
         path = str(Path(args.gfpgan_path).resolve())
         return self._get(("model", path, args.device, args.gfpgan_dtype, batch), user, gfpgan)

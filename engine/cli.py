@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Optional
 
 from configs import parse_with_config
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (fp16 on CUDA; int8 on CPUs with VNNI, checked against fp32), fp32, fp16, bf16 or int8")
     p.add_argument("--runtime", default="auto", choices=["auto", "torch", "openvino"],
                    help="auto: OpenVINO on the CPU, torch on CUDA")
+    p.add_argument("--runtime_cache", help="where converted models are kept, one per checkpoint (default: "
+                                           "$XDG_CACHE_HOME or ~/.cache, /stream-wav2lip/runtime)")
     p.add_argument("--audio_device", help="vcam: sound device the audio plays on (name or index)")
     p.add_argument("--audio_delay_ms", type=float, default=0.0, help="vcam: delay the audio; OBS: audio sync offset")
     p.add_argument("--latency_ms", type=float, default=300.0, help="live: audio-in to frame-out target")
@@ -76,7 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --listen: most speech waiting to be spoken, all clients and uploads together")
     p.add_argument("--max_client_queue_seconds", type=float, default=60.0,
                    help="with --listen: most speech one WebSocket client may have waiting")
-    p.add_argument("--max_peers", type=int, default=4, help="with --listen: most WebRTC viewers at once")
+    p.add_argument("--max_peers", type=int, default=4, help="with --listen: most WebRTC viewers per session")
+    p.add_argument("--session_root", default=".",
+                   help="serve: the folder whose presenters, checkpoints and recordings POST /sessions may name "
+                        "(paths in a session body stay inside it)")
+    p.add_argument("--max_sessions", type=int, default=32, help="serve: most sessions at once")
+    p.add_argument("--cpu_cores", type=float,
+                   help="serve: CPU cores the sessions may use; a new session is refused when the measured load "
+                        "says it would not fit (default: half this machine's cores: one Python process)")
     p.add_argument("--trust_checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
     return p
 
@@ -118,7 +128,6 @@ def run(args: argparse.Namespace) -> int:
     from audio.decode import check_files, stream_files
     from engine.loop import LiveEngine, Stats, render_file
     from engine.sources import Feeder, Microphone
-    from models.predictor import pick_device
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     pin_thread_pools()
@@ -126,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.audio_files and not args.mic and not serving:
         raise ValueError("nothing to say: give --audio_files a.wav … or --mic (or --listen to take it over the "
                          "network)")
-    pick_device(args.device)  # fail fast, before any file is read or model loaded
+    if args.device not in ("auto", "cpu"):  # fail fast, before any file is read or model loaded (a CPU render
+        from models.predictor import pick_device  # may never need torch: models/stored.py)
+        pick_device(args.device)
     files = check_files(args.audio_files, args.allow_truncated) if args.audio_files else []
     if files and max(f.level for f in files) < 10 ** (args.silence_db / 20):
         log.warning("the audio is silent (below %.0f dB): the presenter will keep a still mouth", args.silence_db)
@@ -136,7 +147,11 @@ def run(args: argparse.Namespace) -> int:
     live = serving or any(s.live for s in sinks)
     if live and any(not s.live for s in sinks):
         raise ValueError("mix of a file and a live output: run them separately (a file renders faster than live)")
-    server_cfg = server_config(args) if serving else None  # refused before any model loads
+    if serving:
+        server_cfg = server_config(args)  # refused before any model loads
+        if args.obs_control:
+            obs_control(args)
+        return serve(args, server_cfg, files)
     from engine.assemble import Parts
     presenter, predictor, compositor, cfg = Parts().build(args, live)
     use_gpu_encoder(sinks, compositor)
@@ -152,12 +167,11 @@ def run(args: argparse.Namespace) -> int:
             return 130
         print(f"wrote {', '.join(args.outfile)}: {stats.frames} frames ({stats.frames / FPS:.2f} s), "
               f"{stats.inferred} lip-synced")
+        log_start_up(stats)
         return 0
     if args.obs_control:
         obs_control(args)
     engine = LiveEngine(presenter, predictor, compositor, sinks, cfg)
-    if serving:
-        return serve(engine, server_cfg, audio if files else None)
     microphone = feeder = None
     if args.mic:
         microphone = Microphone(engine.buffer, None if args.mic == "default" else args.mic)
@@ -176,6 +190,18 @@ def run(args: argparse.Namespace) -> int:
             feeder.stop()
     print(f"streamed {stats.frames} frames ({stats.inferred} lip-synced, {stats.late} late)")
     return 0
+
+
+def log_start_up(stats) -> None:
+    """How long the user waited for the first frame (from the process start) and the most memory it took."""
+    import resource
+    import time
+
+    import psutil
+    if stats.first_frame_at is not None:
+        started = time.monotonic() - (time.time() - psutil.Process().create_time())
+        log.info("first frame after %.2f s", stats.first_frame_at - started)
+    log.info("peak RSS %.0f MiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def pin_thread_pools() -> None:
@@ -199,21 +225,51 @@ def server_config(args: argparse.Namespace):
     return cfg
 
 
-def serve(engine, server_cfg, audio) -> int:
-    """Run the network API until Ctrl-C / SIGTERM; --audio_files become the first utterance."""
+def sessions_config(args: argparse.Namespace):
+    from engine.protocol import SpeechLimits
+    from engine.sessions import SessionsConfig
+    return SessionsConfig(root=Path(args.session_root), max_sessions=args.max_sessions, cpu_cores=args.cpu_cores,
+                          limits=SpeechLimits(max_queue_seconds=args.max_queue_seconds,
+                                              max_client_queue_seconds=args.max_client_queue_seconds),
+                          max_peers=args.max_peers)
+
+
+def serve(args: argparse.Namespace, server_cfg, files: list) -> int:
+    """Run the network API until Ctrl-C / SIGTERM. With a presenter (--data_dir or --face) it is the default
+    session, and --audio_files become its first utterance; without one the server waits for POST /sessions."""
+    from audio.decode import stream_files
     from engine.server import Server
+    from engine.sessions import DEFAULT
     from engine.sources import Feeder
-    server = Server(engine, server_cfg)
-    feeder = Feeder(engine.buffer, audio, server.utterances.new(None), ends_input=False).start() if audio else None
+    has_presenter = bool(args.data_dir or args.face)
+    if files and not has_presenter:
+        raise ValueError("--audio_files needs a presenter to speak them: add --data_dir CACHE")
+    server = Server(None, server_cfg, sessions_config(args), defaults=args)
+    if has_presenter:  # loaded before listening, however long it takes (a --face video is preprocessed first)
+        server.sessions.start(args, DEFAULT, admit=False)
     try:
-        server.serve_forever()
+        server.start()
+    except BaseException:
+        server.sessions.close()
+        raise
+    feeder = None
+    if files:
+        session = server.sessions.get(DEFAULT)
+        feeder = Feeder(session.engine.buffer, stream_files(args.audio_files), session.desk.new_utterance(None),
+                        ends_input=False).start()
+    frames = inferred = late = 0
+    try:
+        server.wait()
     except KeyboardInterrupt:
         pass
     finally:
         if feeder:
             feeder.stop()
-    stats = engine.stats
-    print(f"served {stats.frames} frames ({stats.inferred} lip-synced, {stats.late} late)")
+        for sid in server.sessions.ids():
+            stats = server.sessions.get(sid).engine.stats
+            frames, inferred, late = frames + stats.frames, inferred + stats.inferred, late + stats.late
+        server.stop()
+    print(f"served {frames} frames ({inferred} lip-synced, {late} late)")
     return 0
 
 

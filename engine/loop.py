@@ -51,6 +51,7 @@ class Stats:
     skipped: int = 0               # live: speech frames shown without the model because it would have been late
     late: int = 0                  # live frames presented after their time
     max_late_ms: float = 0.0
+    first_frame_at: Optional[float] = None  # monotonic time the first frame reached the sinks
     # live, the last 10 minutes of frames: actual - planned presentation time (s), the clock's pacing
     present_offsets: deque = field(default_factory=lambda: deque(maxlen=FPS * 600))
     # live, the last 10 minutes of frames with input: presentation time - arrival of the chunk that completed the
@@ -127,12 +128,21 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
         started = time.perf_counter()
         indices = [i for _, i in batch]
         landmarks = np.stack([presenter.crop_landmarks(i) for i in indices])
-        mouths = lipsync.predict(np.stack([u.window for u, _ in batch]), faces(indices), landmarks)
+        windows = np.stack([u.window for u, _ in batch])
+        if getattr(lipsync, "scheduled", False):  # a model shared between sessions: it batches by deadline
+            due = min(deadline(u) for u, _ in batch) if deadline is not None else float("inf")
+            mouths = lipsync.predict(windows, faces(indices), landmarks, due=due)
+        else:
+            mouths = lipsync.predict(windows, faces(indices), landmarks)
         spent = time.perf_counter() - started
-        stats.infer_seconds += spent
-        stats.inferred += len(batch)
         policy.record(spent, len(batch))
-        yield Mouths([u for u, _ in batch], indices, mouths)
+        if mouths is None:  # the shared model could not make their time: the cached frames, as a skip
+            stats.skipped += len(batch)
+            yield from (Mouths([u], [i], None) for u, i in batch)
+        else:
+            stats.infer_seconds += spent
+            stats.inferred += len(batch)
+            yield Mouths([u for u, _ in batch], indices, mouths)
         batch.clear()
 
     for unit in units:
@@ -227,6 +237,8 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
                                       cfg.batch_size, cfg.start_frame, stats, stop=stop):
                 for sink in sinks:
                     sink.write(frame, unit.audio, unit.pts)
+                if stats.first_frame_at is None:
+                    stats.first_frame_at = time.monotonic()
                 stats.frames += 1
                 bar.update(1)
     finally:
@@ -236,11 +248,14 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
     return stats
 
 
-def wait_until(deadline: float) -> float:
-    """Sleep until a monotonic deadline; return how late we are (s, >= 0)."""
+def wait_until(deadline: float, stop: Optional[threading.Event] = None) -> float:
+    """Sleep until a monotonic deadline (or `stop`); return how late we are (s, >= 0)."""
     remaining = deadline - time.monotonic()
     if remaining > 0:
-        time.sleep(remaining)
+        if stop is None:
+            time.sleep(remaining)
+        else:
+            stop.wait(remaining)
     return max(0.0, time.monotonic() - deadline)
 
 
@@ -327,12 +342,13 @@ class LiveEngine:
         """Utterance complete: its speech_ended event comes when its last frame is shown."""
         self.buffer.close(utterance)
 
-    def interrupt(self) -> list:
-        """Drop queued speech now: frames already rendered from it are replaced by the closed-mouth cached frame
-        and muted from the next frame on, whose number the speech_interrupted events give. Returns the
-        utterances dropped or cut short."""
-        position, dropped = self.buffer.interrupt()
-        self._inbox.put((position, dropped))
+    def interrupt(self, utterances: Optional[Iterable] = None) -> list:
+        """Drop queued speech now (all, or only these utterances): frames already rendered from it are replaced by
+        the closed-mouth cached frame and muted from the next frame on, whose number the speech_interrupted
+        events give. Returns the utterances dropped or cut short."""
+        spans, dropped = self.buffer.interrupt(utterances)
+        if dropped or spans:
+            self._inbox.put((spans, dropped))
         return dropped
 
     def stop(self) -> None:
@@ -383,7 +399,7 @@ class LiveEngine:
                 pcm = self.buffer.take(self.buffer.available)
                 yield from annotated(timeline.push(pcm) + timeline.finish())
                 return
-            wait_until(t0 + (position + step) / SAMPLE_RATE)
+            wait_until(t0 + (position + step) / SAMPLE_RATE, self._stop)
             yield from annotated(timeline.push(self.buffer.take(step)))
             position, step = position + step, TICK
 
@@ -397,27 +413,32 @@ class LiveEngine:
         units = threaded(self._timeline_units(t0), 8, "timeline", self._stop)
         frames = render(units, self.presenter, self.lipsync, self.compositor, self.cfg.live_batch_size,
                         self.cfg.start_frame, stats, self._stop, lambda unit: t0 + unit.pts + latency, self._watched)
-        cut = 0                # timeline sample where the last interrupt() cut the queued speech
+        muted: list = []       # timeline spans [start, end) of speech interrupt() dropped after it was rendered
         dropped: set = set()   # utterances interrupt() dropped: their marks are not announced
         try:
             for unit, frame in frames:
                 planned = t0 + unit.pts + latency
-                late = wait_until(planned)
+                late = wait_until(planned, self._stop)
+                if self._stop.is_set():
+                    break
                 while not self._inbox.empty():  # interrupts until now: this frame already has the mouth closed
-                    position, tags = self._inbox.get()
-                    cut = max(cut, position)
+                    spans, tags = self._inbox.get()
+                    muted.extend(spans)
                     dropped.update(tags)
                     for tag in tags:
                         self._emit({"type": "speech_interrupted", "utterance": tag, "frame": unit.index,
                                     "pts": unit.pts})
                 start = unit.index * SAMPLES
                 audio = unit.audio
-                if start - N_FFT // 2 < cut:  # its window heard speech that interrupt() dropped
+                muted = [(a, b) for a, b in muted if b > start - N_FFT // 2]  # spans no later window reaches go
+                heard = [(a, b) for a, b in muted if a < start + LOOKAHEAD]
+                if heard:  # its window heard speech that interrupt() dropped
                     if frame is not None:
                         frame = to_host(self.compositor.passthrough(ping_pong(unit.index + self.cfg.start_frame,
                                                                               self.presenter.frames)))
                     audio = audio.copy()
-                    audio[:max(0, min(len(audio), cut - start))] = 0  # only the dropped samples are silenced
+                    for a, b in heard:  # only the dropped samples are silenced
+                        audio[max(0, a - start):max(0, min(len(audio), b - start))] = 0
                 for sink in self.sinks:
                     sink.write(frame, audio, unit.pts)
                 shown_at, shown = time.time(), time.monotonic()
@@ -427,7 +448,7 @@ class LiveEngine:
                                     "utterance": tag, "frame": unit.index, "pts": unit.pts, "shown_at": shown_at})
                 stats.frames += 1
                 stats.present_offsets.append(shown - planned)
-                if unit.heard_at is not None and start - N_FFT // 2 >= cut:
+                if unit.heard_at is not None and not heard:
                     stats.input_latencies.append(shown - unit.heard_at)
                 if late > 0.5 / FPS:
                     stats.late += 1

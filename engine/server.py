@@ -1,10 +1,15 @@
-"""The network API: streaming speech in over a WebSocket, audio files over HTTP, live video out over WebRTC.
+"""The network API's transport: HTTP, WebSocket and WebRTC signalling for the sessions of engine/sessions.py.
 
-One aiohttp server next to a running LiveEngine:
-  GET  /          the WebRTC preview page          POST /offer   its SDP offer -> our answer
-  GET  /ws        WebSocket: start / PCM chunks / end / interrupt in; speech and queue events out
-  POST /speak     an audio file (wav, mp3, flac, ogg/opus, m4a/mp4/mov, webm/mkv, aac) to speak
-  GET  /status    fps, latency, queue, sinks       GET  /health  liveness
+One aiohttp server hosting any number of sessions (engine/protocol.py is the speech protocol on each socket):
+  POST   /sessions              JSON body of engine flags -> {"id": ...} (400 names a bad field, 503 no capacity)
+  DELETE /sessions/{id}         end it                    GET /sessions/{id}/status   its fps, latency, queue
+  GET    /sessions/{id}/ws      WebSocket: start / PCM chunks / end / interrupt in; speech and queue events out
+  POST   /sessions/{id}/speak   an audio file (wav, mp3, flac, ogg/opus, m4a/mp4/mov, webm/mkv, aac) to speak
+  POST   /sessions/{id}/offer   WebRTC: a browser's SDP offer -> our answer (the session's video and audio)
+  GET    /status                every session, the capacity left, the shared models   GET /metrics  Prometheus
+  GET    /                      the WebRTC preview page   GET /health  liveness
+The session `serve --data_dir` starts is "default", also on the single-session paths /ws, /speak, /offer and
+/status (which then carries its fields at the top level, as before sessions existed).
 
 Who may drive the presenter: it binds to 127.0.0.1 unless told otherwise, and any other address needs a token. Every
 request must name this server in its Host header (so a DNS-rebinding page cannot reach it under its own name), and
@@ -14,45 +19,32 @@ header, or for browsers in the first WebSocket message; never in a URL, which wo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import hmac
 import ipaddress
-import itertools
-import json
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from core.errors import UserError
-
-from audio.decode import RATES, PCM_FORMATS, AudioError, AudioTooLong, PcmStream, decode_upload
-from .loop import LiveEngine
 from core.timebase import SAMPLE_RATE
-from .webrtc import PeerLimit, WebRtcSink
+
+from audio.decode import AudioError, AudioTooLong, decode_upload
+from .loop import LiveEngine
+from .protocol import ProtocolError, QueueFull, SpeechLimits, Unauthorized, authenticate
+from .sessions import DEFAULT, BadSession, Session, SessionRefused, Sessions, SessionsConfig, UnknownSession
+from .webrtc import PeerLimit
 
 log = logging.getLogger("engine.server")
 VIEWER = Path(__file__).with_name("viewer.html")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARDS = ("0.0.0.0", "::", "")
 UNAUTHORIZED = 4401  # WebSocket close code: no valid token
-# the JSON messages a client may send: type -> {field: exact Python type}
-MESSAGES = {"auth": {"token": str}, "start": {"sample_rate": int, "format": str, "channels": int},
-            "end": {}, "interrupt": {}}
-
-
-class ProtocolError(ValueError):
-    """A client message the server cannot use; sent back as an error event."""
-
-
-class Unauthorized(ProtocolError):
-    """A WebSocket that has not given the token: told why, then closed."""
-
+SESSION_ENDED = 4404  # WebSocket close code: its session was ended
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -71,6 +63,9 @@ class ServerConfig:
     max_decodes: int = 2                   # uploads read and decoded at once; more wait their turn
     upload_seconds: float = 60.0           # an upload must arrive within this
     auth_seconds: float = 10.0             # a browser's WebSocket must send its token within this
+
+    def limits(self) -> SpeechLimits:
+        return SpeechLimits(self.max_utterance_seconds, self.max_queue_seconds, self.max_client_queue_seconds)
 
 
 def is_loopback(host: str) -> bool:
@@ -179,72 +174,40 @@ def _access_logger():
     return PathOnlyAccessLogger
 
 
-def parse_message(text: str) -> dict:
-    """A client's JSON message, every field checked for its exact type; ProtocolError says what is wrong."""
-    try:
-        message = json.loads(text)
-    except (ValueError, RecursionError):
-        raise ProtocolError("not JSON (or nested too deeply)") from None
-    if not isinstance(message, dict) or type(message.get("type")) is not str:
-        raise ProtocolError("a message is a JSON object with a string 'type'")
-    kind = message["type"]
-    fields = MESSAGES.get(kind)
-    if fields is None:
-        raise ProtocolError(f"unknown message type {kind[:40]!r} ({', '.join(MESSAGES)})")
-    unknown = sorted(set(message) - {"type"} - set(fields))
-    if unknown:
-        allowed = ", ".join(fields) or "none"
-        raise ProtocolError(f"'{kind}' has unknown field(s) {', '.join(k[:40] for k in unknown[:5])} "
-                            f"(allowed: {allowed})")
-    for name, wanted in fields.items():
-        if name in message and type(message[name]) is not wanted:
-            raise ProtocolError(f"'{name}' must be {'an integer' if wanted is int else 'a string'}, not "
-                                f"{type(message[name]).__name__}")
-    return message
-
-
-@dataclass(eq=False)
-class Client:
-    """One WebSocket client: its open utterance, its PCM stream and the utterances it has queued."""
-    ws: object
-    authed: bool
-    utterance: Optional[int] = None
-    pcm: Optional[PcmStream] = None
-    seconds: float = 0.0
-    tags: set = field(default_factory=set)
-    closed: bool = False
-
-
-@dataclass
-class Utterances:
-    """Who queued which utterance, so its events reach that client."""
-    owners: dict = field(default_factory=dict)
-    ids: itertools.count = field(default_factory=lambda: itertools.count(1))
-
-    def new(self, client: Optional[Client]) -> int:
-        tag = next(self.ids)
-        self.owners[tag] = client
-        return tag
-
-
 class Server:
-    def __init__(self, engine: LiveEngine, cfg: ServerConfig = ServerConfig()):
+    """The HTTP side of a server's sessions. `engine`, if given, is run as the default session (the serve command
+    starts its own with sessions.start before start()); `defaults` are the flags API session bodies are laid on."""
+
+    def __init__(self, engine: Optional[LiveEngine] = None, cfg: ServerConfig = ServerConfig(),
+                 sessions_cfg: Optional[SessionsConfig] = None, defaults=None):
         check_bind(cfg)
-        self.engine, self.cfg = engine, cfg
+        self.cfg = cfg
         self.gate = Gate(cfg)
         self.loop = asyncio.new_event_loop()
-        self.webrtc = WebRtcSink(self.loop, cfg.max_peers, cfg.peer_connect_seconds)
-        engine.sinks.append(self.webrtc)
-        engine.on_event = lambda event: self.loop.call_soon_threadsafe(self._route, event)
-        self.utterances = Utterances()
-        self.clients: set[Client] = set()
+        if defaults is None:
+            from engine.cli import parse_args
+            defaults = parse_args([])
+        sessions_cfg = sessions_cfg or SessionsConfig()
+        sessions_cfg = SessionsConfig(**{**sessions_cfg.__dict__, "limits": cfg.limits(), "max_peers": cfg.max_peers,
+                                         "peer_connect_seconds": cfg.peer_connect_seconds})
+        self.sessions = Sessions(defaults, sessions_cfg, self.loop)
+        self._default_engine = engine
+        self._loader = concurrent.futures.ThreadPoolExecutor(2, "session-load")  # creates: not the decoders' pool
+        self.sockets: dict[str, set] = {}  # session id -> its open WebSockets (closed when it ends)
         self.port: Optional[int] = None
         self._runner = None
-        self._engine_thread: Optional[threading.Thread] = None
         self._ready = threading.Event()
         self._failure: Optional[BaseException] = None
         self._thread: Optional[threading.Thread] = None
         self._decodes: Optional[asyncio.Semaphore] = None
+
+    @property
+    def engine(self) -> LiveEngine:
+        return self.sessions.get(DEFAULT).engine
+
+    @property
+    def webrtc(self):
+        return self.sessions.get(DEFAULT).webrtc
 
     # --- the app -------------------------------------------------------------------------------------------------
     def app(self):
@@ -264,9 +227,12 @@ class Server:
             if cors and request.method == "OPTIONS":  # a browser's preflight for an allowed site: no token asked
                 return web.Response(status=204, headers=cors_headers(origin, preflight=True))
             token_free = request.method == "GET" and request.path == "/"  # the page itself holds no secret
-            socket_auth = request.path == "/ws" and self.gate.bearer(request) is None  # token in its first message
+            socket_auth = request.path.endswith("/ws") and self.gate.bearer(request) is None  # token comes first
             if token_free or socket_auth or self.gate.token_ok(self.gate.bearer(request)):
-                response = await handler(request)
+                try:
+                    response = await handler(request)
+                except UnknownSession as exc:
+                    response = web.json_response({"error": str(exc)}, status=404)
             else:
                 response = web.json_response({"error": "missing or wrong token: send 'Authorization: Bearer "
                                                         "TOKEN' (tokens in URLs are not accepted)"}, status=401)
@@ -276,19 +242,58 @@ class Server:
 
         app = web.Application(middlewares=[guard], client_max_size=self.cfg.max_upload_bytes)
         app.router.add_get("/", self._page)
-        app.router.add_post("/offer", self._offer)
-        app.router.add_get("/ws", self._websocket)
-        app.router.add_post("/speak", self._speak)
-        app.router.add_get("/status", self._status)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/status", self._status)
+        app.router.add_post("/sessions", self._create)
+        app.router.add_delete("/sessions/{id}", self._end)
+        for prefix in ("/sessions/{id}", ""):  # a session's paths; without the prefix, the default session's
+            app.router.add_get(f"{prefix}/ws", self._websocket)
+            app.router.add_post(f"{prefix}/speak", self._speak)
+            app.router.add_post(f"{prefix}/offer", self._offer)
+        app.router.add_get("/sessions/{id}/status", self._session_status)
         return app
+
+    def _session(self, request) -> Session:
+        return self.sessions.get(request.match_info.get("id", DEFAULT))
 
     async def _page(self, request):
         from aiohttp import web
         return web.Response(text=VIEWER.read_text(), content_type="text/html")
 
+    async def _create(self, request):
+        from aiohttp import web
+        try:
+            body = await request.json()
+        except (ValueError, RecursionError):
+            return web.json_response({"error": "expected a JSON object of engine flags"}, status=400)
+        try:  # loading a presenter or a model takes a while: off the loop
+            session = await self.loop.run_in_executor(self._loader, self.sessions.create, body)
+        except BadSession as exc:
+            return web.json_response({"error": str(exc), "field": exc.field}, status=400)
+        except SessionRefused as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        except (UserError, ValueError) as exc:  # a cache that is not one, a model file that is wrong …
+            return web.json_response({"error": str(exc)}, status=400)
+        base = f"/sessions/{session.id}"
+        return web.json_response({"id": session.id, "ws": f"{base}/ws", "speak": f"{base}/speak",
+                                  "offer": f"{base}/offer", "status": f"{base}/status"}, status=201)
+
+    async def _end(self, request):
+        from aiohttp import web
+        sid = request.match_info["id"]
+        status = await self.loop.run_in_executor(self._loader, self.sessions.end, sid)
+        for ws in list(self.sockets.pop(sid, set())):
+            await self._send(ws, {"type": "session_ended", "session": sid})
+            try:
+                await ws.close(code=SESSION_ENDED, message=b"session ended")
+            except ConnectionError:
+                pass
+        return web.json_response({"ended": sid, "status": status})
+
     async def _offer(self, request):
         from aiohttp import web
+        session = self._session(request)
         try:
             body = await request.json()
             sdp, kind = body["sdp"], body["type"]
@@ -297,7 +302,7 @@ class Server:
         except (ValueError, KeyError, TypeError, RecursionError):
             return web.json_response({"error": "expected JSON {sdp, type} with string values"}, status=400)
         try:
-            sdp, kind = await self.webrtc.answer(sdp, kind)
+            sdp, kind = await session.webrtc.answer(sdp, kind)
         except PeerLimit as exc:
             return web.json_response({"error": str(exc)}, status=503)
         except Exception as exc:  # aiortc raises several types for a bad SDP; the peer is already closed
@@ -306,6 +311,7 @@ class Server:
 
     async def _speak(self, request):
         from aiohttp import web
+        session = self._session(request)
         async with self._decodes:  # at most max_decodes uploads held in memory and decoded at once
             try:
                 data = await asyncio.wait_for(request.read(), self.cfg.upload_seconds)
@@ -318,182 +324,92 @@ class Server:
                 return web.json_response({"error": str(exc)}, status=413)
             except AudioError as exc:
                 return web.json_response({"error": str(exc)}, status=400)
-        if self.engine.buffer.available + len(pcm) > self.cfg.max_queue_seconds * SAMPLE_RATE:
-            return web.json_response({"error": self._full("the server's", self.engine.buffer.available,
-                                                          self.cfg.max_queue_seconds)}, status=429)
-        tag = self.utterances.new(None)
-        self.engine.push(pcm, tag)
-        self.engine.close(tag)
+        try:
+            tag = session.desk.speak(pcm)
+        except QueueFull as exc:
+            return web.json_response({"error": str(exc)}, status=429)
         return web.json_response({"utterance": tag, "seconds": len(pcm) / SAMPLE_RATE})
 
     def status(self) -> dict:
-        """fps; latency from the input (arrival of the chunk that completed a frame's window to that frame on
-        screen, waits behind queued speech included) beside the clock's pacing offset; frames shown without the
-        model to stay on time; the queue; sinks and viewers."""
-        stats, engine = self.engine.stats, self.engine
-        running = engine.started_at is not None and time.monotonic() > engine.started_at
-        elapsed = time.monotonic() - engine.started_at if running else 0.0
-        return {"fps": stats.frames / elapsed if elapsed > 1 else 0.0, "frames": stats.frames,
-                "lip_synced": stats.inferred, "speech_frames": stats.speech, "skipped": stats.skipped,
-                "late": stats.late, "latency_ms": {"target": engine.cfg.latency_ms, **stats.latency_ms()},
-                "queue": {"seconds": engine.buffer.available / SAMPLE_RATE,
-                          "utterances": len(engine.buffer.queued_tags)},
-                "sinks": [type(s).__name__ for s in engine.sinks], "webrtc_peers": len(self.webrtc.peers)}
+        """Every session and the capacity left; with a default session, its fields at the top level too."""
+        everything = self.sessions.status()
+        try:
+            return {**self.sessions.get(DEFAULT).status(), **everything}
+        except UnknownSession:
+            return everything
 
     async def _status(self, request):
         from aiohttp import web
         return web.json_response(self.status())
 
+    async def _session_status(self, request):
+        from aiohttp import web
+        return web.json_response(self._session(request).status())
+
+    async def _metrics(self, request):
+        from aiohttp import web
+        from .metrics import exposition
+        body, content_type = exposition(self.sessions)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
     async def _health(self, request):
         from aiohttp import web
-        alive = self._engine_thread is not None and self._engine_thread.is_alive()
-        return web.json_response({"ok": alive}, status=200 if alive else 503)
+        dead = [sid for sid in self.sessions.ids() if not self.sessions.alive(sid)]
+        return web.json_response({"ok": not dead, "sessions": len(self.sessions), "stopped": dead},
+                                 status=503 if dead else 200)
 
     # --- WebSocket ---------------------------------------------------------------------------------------------
     async def _websocket(self, request):
         from aiohttp import WSMsgType, web
+        session = self._session(request)
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message_bytes, heartbeat=30)
         await ws.prepare(request)
-        client = Client(ws, authed=self.gate.token_ok(self.gate.bearer(request)))
-        self.clients.add(client)
+        authed = self.gate.token_ok(self.gate.bearer(request))
+        client = session.desk.connect(lambda event: self.loop.create_task(self._send(ws, event)))
+        self.sockets.setdefault(session.id, set()).add(ws)
         try:
             while True:
                 try:  # without the token in a header, the first message must bring it, within auth_seconds
-                    message = await ws.receive(timeout=None if client.authed else self.cfg.auth_seconds)
+                    message = await ws.receive(timeout=None if authed else self.cfg.auth_seconds)
                 except asyncio.TimeoutError:
                     raise Unauthorized(f"no token within {self.cfg.auth_seconds:.0f} s: send "
                                        f'{{"type": "auth", "token": ...}} first') from None
                 if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                     break
-                if not client.authed:
-                    self._authenticate(client, message)
-                    await self._send(client, {"type": "authenticated"})
+                if not authed:
+                    authenticate(message.data if message.type == WSMsgType.TEXT else None, self.gate.token_ok)
+                    authed = True
+                    await self._send(ws, {"type": "authenticated"})
                     continue
                 try:
                     if message.type == WSMsgType.TEXT:
-                        await self._on_text(client, message.data)
+                        for reply in session.desk.on_text(client, message.data):
+                            await self._send(ws, reply)
                     elif message.type == WSMsgType.BINARY:
-                        self._on_pcm(client, message.data)
+                        session.desk.on_pcm(client, message.data)
                 except Unauthorized:
                     raise
                 except (ProtocolError, AudioError) as exc:
-                    await self._send(client, {"type": "error", "message": str(exc)})
+                    await self._send(ws, {"type": "error", "message": str(exc)})
                 except Exception:  # a bug must cost this message, never the socket or the server
                     log.exception("WebSocket message failed")
-                    await self._send(client, {"type": "error", "message": "internal error on this message"})
+                    await self._send(ws, {"type": "error", "message": "internal error on this message"})
         except Unauthorized as exc:
-            await self._send(client, {"type": "error", "message": str(exc)})
+            await self._send(ws, {"type": "error", "message": str(exc)})
             await ws.close(code=UNAUTHORIZED, message=b"unauthorized")
         finally:
-            client.closed = True
-            self.clients.discard(client)
-            self._end_utterance(client)  # gone mid-utterance: speak what arrived, as if it had ended
+            self.sockets.get(session.id, set()).discard(ws)
+            session.desk.disconnect(client)  # gone mid-utterance: speak what arrived, as if it had ended
         return ws
 
-    def _authenticate(self, client: Client, message) -> None:
-        """The first message of a socket without the token in a header: {"type": "auth", "token": ...} or out."""
-        from aiohttp import WSMsgType
-        try:
-            auth = parse_message(message.data) if message.type == WSMsgType.TEXT else None
-        except ProtocolError:
-            auth = None
-        if auth is None or auth["type"] != "auth":
-            raise Unauthorized('send {"type": "auth", "token": ...} first')
-        if not self.gate.token_ok(auth.get("token")):
-            raise Unauthorized("wrong token")
-        client.authed = True
-
-    async def _on_text(self, client: Client, text: str) -> None:
-        message = parse_message(text)
-        kind = message["type"]
-        if kind == "auth":  # already authenticated (header or first message)
-            await self._send(client, {"type": "authenticated"})
-            return
-        if kind == "start":
-            rate, fmt = message.get("sample_rate", SAMPLE_RATE), message.get("format", "int16")
-            channels = message.get("channels", 1)
-            if rate not in RATES:
-                raise ProtocolError(f"sample_rate must be one of {', '.join(map(str, RATES))}")
-            if fmt not in PCM_FORMATS:
-                raise ProtocolError(f"format must be one of {', '.join(PCM_FORMATS)}")
-            if channels not in (1, 2):
-                raise ProtocolError("channels must be 1 or 2")
-            self._end_utterance(client)
-            client.utterance, client.pcm, client.seconds = self.utterances.new(client), PcmStream(fmt, channels,
-                                                                                                  rate), 0.0
-            client.tags.add(client.utterance)
-            await self._send(client, {"type": "queued", "utterance": client.utterance, **self._queue()})
-        elif kind == "end":
-            if client.utterance is None:
-                raise ProtocolError("'end' without a 'start'")
-            self._end_utterance(client)
-        elif kind == "interrupt":
-            self._interrupt()
-
-    def _interrupt(self) -> None:
-        """Drop all queued speech, and end every client's open utterance with it: their later audio needs a new
-        'start' (an utterance with no audio yet ends at once, so its owner still hears of it)."""
-        open_tags = {c.utterance for c in self.clients if c.utterance is not None}
-        dropped = set(self.engine.interrupt())
-        for other in self.clients:
-            other.utterance = other.pcm = None
-        for tag in open_tags - dropped:
-            self.engine.close(tag)
-
-    def _on_pcm(self, client: Client, data: bytes) -> None:
-        if client.utterance is None:
-            raise ProtocolError("audio before 'start' (send {\"type\": \"start\", ...} first)")
-        self._queue_speech(client, client.pcm.feed(data))
-
-    def _queue_speech(self, client: Client, pcm: np.ndarray) -> None:
-        """Queue a client's speech within its caps; past one, the chunk is refused and nothing queued is lost."""
-        if client.seconds + len(pcm) / SAMPLE_RATE > self.cfg.max_utterance_seconds:
-            raise ProtocolError(f"utterance longer than {self.cfg.max_utterance_seconds:.0f} s: chunk dropped")
-        client.tags = {t for t in client.tags if t == client.utterance or self.engine.buffer.queued([t])}
-        mine, everyone = self.engine.buffer.queued(client.tags), self.engine.buffer.available
-        if mine + len(pcm) > self.cfg.max_client_queue_seconds * SAMPLE_RATE:
-            raise ProtocolError(self._full("your", mine, self.cfg.max_client_queue_seconds))
-        if everyone + len(pcm) > self.cfg.max_queue_seconds * SAMPLE_RATE:
-            raise ProtocolError(self._full("the server's", everyone, self.cfg.max_queue_seconds))
-        client.seconds += len(pcm) / SAMPLE_RATE
-        self.engine.push(pcm, client.utterance)
-
-    def _full(self, whose: str, queued: int, limit: float) -> str:
-        return (f"{whose} queue is full ({queued / SAMPLE_RATE:.1f} s of speech waiting, limit {limit:.0f} s): "
-                f"refused; send it again once some has been spoken")
-
-    def _end_utterance(self, client: Client) -> None:
-        """Close the client's open utterance, with the resampler's last samples."""
-        if client.utterance is None:
-            return
-        tail = client.pcm.flush() if client.pcm is not None else np.zeros(0, np.float32)
-        if tail.size:
-            try:
-                self._queue_speech(client, tail)
-            except ProtocolError:  # a few ms past a cap: the caps hold exactly, the tail goes
-                pass
-        self.engine.close(client.utterance)
-        client.utterance = client.pcm = None
-
-    def _queue(self) -> dict:
-        return {"queue_seconds": self.engine.buffer.available / SAMPLE_RATE,
-                "queued_utterances": len(self.engine.buffer.queued_tags)}
-
-    async def _send(self, client: Optional[Client], event: dict) -> None:
-        if client is None or client.closed or client.ws.closed:
+    @staticmethod
+    async def _send(ws, event: dict) -> None:
+        if ws.closed:
             return
         try:
-            await client.ws.send_json(event)
+            await ws.send_json(event)
         except ConnectionError:
-            client.closed = True
-
-    def _route(self, event: dict) -> None:
-        """An engine event (on the loop): to the client that queued the utterance, with the queue depth."""
-        tag = event.get("utterance")
-        client = self.utterances.owners.get(tag)
-        if event["type"] in ("speech_ended", "speech_interrupted"):
-            self.utterances.owners.pop(tag, None)
-        self.loop.create_task(self._send(client, {**event, **self._queue()}))
+            pass
 
     # --- running -------------------------------------------------------------------------------------------------
     async def _start(self) -> None:
@@ -509,9 +425,10 @@ class Server:
             raise UserError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {reason} (pick another with "
                             f"--listen HOST:PORT)") from exc
         self.port = self._runner.addresses[0][1]
-        self._engine_thread = threading.Thread(target=self.engine.run, name="engine", daemon=True)
-        self._engine_thread.start()
-        log.info("serving on http://%s:%d/ (WebSocket /ws, POST /speak, GET /status)", self.cfg.host, self.port)
+        if self._default_engine is not None:
+            self.sessions.adopt(self._default_engine, DEFAULT)
+        log.info("serving on http://%s:%d/ (POST /sessions; WebSocket /ws, POST /speak, GET /status for the "
+                 "default session)", self.cfg.host, self.port)
 
     def serve_forever(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -521,17 +438,21 @@ class Server:
             self._failure = exc
             self._ready.set()
             self.loop.run_until_complete(self._runner.cleanup())
+            self.sessions.close()
             self.loop.close()
             raise
         self._ready.set()
         try:
             self.loop.run_forever()
         finally:
-            self.engine.stop()
-            self.loop.run_until_complete(self.webrtc.close_all())
+            for sid in self.sessions.ids():
+                session = self.sessions.get(sid)
+                session.engine.stop()
+                if session.webrtc is not None:
+                    self.loop.run_until_complete(session.webrtc.close_all())
+            self.sessions.close()
+            self._loader.shutdown(wait=False)
             self.loop.run_until_complete(self._runner.cleanup())
-            if self._engine_thread:
-                self._engine_thread.join(timeout=5)
             self.loop.close()
 
     def start(self) -> "Server":
@@ -543,6 +464,11 @@ class Server:
         if self._failure is not None:
             raise self._failure
         return self
+
+    def wait(self) -> None:
+        """Until the server stops (Ctrl-C here raises KeyboardInterrupt)."""
+        while self._thread.is_alive():
+            self._thread.join(timeout=0.5)
 
     def _serve_quietly(self) -> None:
         try:

@@ -72,6 +72,20 @@ def video_encoder(codec: str, live: bool, quality: int = 18, bitrate: str = "4M"
             if live else ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(quality)])
 
 
+class NullSink:
+    """A live output that discards everything: for benchmarks, and a session whose viewers are all on WebRTC."""
+    live = True
+
+    def open(self, width: int, height: int) -> None:
+        pass
+
+    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Mp4Sink:
     live = False
 

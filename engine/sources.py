@@ -15,6 +15,7 @@ from core.timebase import SAMPLE_RATE
 
 log = logging.getLogger("engine.sources")
 MERGE_BELOW = SAMPLE_RATE // 50  # a pushed chunk joins a queued one of the same utterance shorter than 20 ms
+SPANS_KEPT = 10 * SAMPLE_RATE    # how far back interrupt() can find rendered speech: past any latency target
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class AudioBuffer:
         self._closed: set = set()
         self._marks: list[Mark] = []
         self._arrivals: list[Arrival] = []
+        self._spans: deque = deque()        # (start, end, tag): where recent input landed on the timeline
         self.ended = threading.Event()      # no more input will come (files done)
 
     def push(self, pcm: np.ndarray, tag: object = None) -> None:
@@ -112,6 +114,7 @@ class AudioBuffer:
                 used = min(n - filled, chunk.size)
                 out[filled:filled + used] = chunk[:used]
                 self._arrivals.append(Arrival(self._taken + filled, self._taken + filled + used, arrived))
+                self._spans.append((self._taken + filled, self._taken + filled + used, tag))
                 filled += used
                 self._size -= used
                 self._per_tag[tag] -= used
@@ -124,6 +127,8 @@ class AudioBuffer:
                 else:
                     self._chunks[0] = (chunk[used:], tag, arrived)
             self._taken += n
+            while self._spans and self._spans[0][1] < self._taken - SPANS_KEPT:
+                self._spans.popleft()
         return out
 
     def pop_marks(self) -> list[Mark]:
@@ -137,16 +142,28 @@ class AudioBuffer:
             arrivals, self._arrivals = self._arrivals, []
         return arrivals
 
-    def interrupt(self) -> tuple[int, list]:
-        """Drop everything queued now: (timeline position at the cut, the tags dropped or cut short)."""
+    def interrupt(self, tags: Optional[Iterable] = None) -> tuple[list, list]:
+        """Drop what is queued now, all of it or only the utterances `tags`: (the timeline spans [start, end) taken
+        lately from what was dropped, which frames already rendered may have heard; the tags dropped or cut short).
+        Other utterances keep their queued and their rendered speech."""
         with self._lock:
-            dropped = list(dict.fromkeys([t for t in self._per_tag if t is not None] + list(self._started)))
-            self._chunks.clear()
-            self._size = 0
-            self._per_tag.clear()
-            self._started.clear()
+            if tags is None:
+                hit = lambda tag: True  # noqa: E731
+            else:
+                wanted = set(tags)
+                hit = lambda tag: tag in wanted  # noqa: E731
+            dropped = list(dict.fromkeys([t for t in self._per_tag if t is not None and hit(t)]
+                                         + [t for t in self._started if hit(t)]))
+            spans = [(start, end) for start, end, tag in self._spans if hit(tag)]
+            kept = deque(c for c in self._chunks if not hit(c[1]))
+            for chunk, tag, _ in self._chunks:
+                if hit(tag):
+                    self._size -= chunk.size
+                    self._per_tag.pop(tag, None)
+            self._chunks = kept
+            self._started.difference_update(dropped)
             self._closed.difference_update(dropped)
-            return self._taken, dropped
+            return spans, dropped
 
 
 class Feeder:

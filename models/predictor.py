@@ -18,7 +18,9 @@ from torch import nn
 from core.errors import UserError
 
 from .blocks import ConvBN, Wav2Lip
-from .runtime import OpenVinoStore, TorchRunner, build_openvino, cpu_has_native_bf16, cpu_has_vnni, pick_runtime
+from .openvino_cpu import OpenVinoStore, cpu_has_native_bf16, cpu_has_vnni
+from .runtime import TorchRunner, build_openvino, pick_runtime
+from .stored import HostPredictor
 
 log = logging.getLogger("models")
 
@@ -87,37 +89,33 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-CALIBRATION_SPEECH = Path(__file__).parent / "data" / "calibration_speech.wav"
-
-
-class LipSyncPredictor:
+class LipSyncPredictor(HostPredictor):
     """Turns (mel windows, cached face crops) into new mouths, in batches, on the best device and runtime available.
 
-    `calibration_faces` (N,S,S,3) uint8 crops of the presenter are needed for int8; `store_dir` keeps converted
-    OpenVINO models between runs; `compile_batches` (torch runtime) compiles the model for those batch sizes in the
-    background while it runs eagerly (models/compiled.py)."""
+    int8 calibrates on generic face crops (models/calibration.py), or on `calibration_faces` (N,S,S,3) uint8 when
+    given; `store_dir` keeps converted OpenVINO models between runs (one conversion per checkpoint);
+    `compile_batches` (torch runtime) compiles the model for those batch sizes in the background while it runs
+    eagerly (models/compiled.py)."""
 
     def __init__(self, model: Wav2Lip, device: Union[str, torch.device, None] = None,
                  dtype: Union[str, torch.dtype, None] = None, batch_size: int = 16, fold_bn: bool = True,
                  channels_last: bool = True, runtime: Optional[str] = None,
                  calibration_faces: Optional[np.ndarray] = None, store_dir: Union[str, Path, None] = None,
-                 compile_batches: tuple[int, ...] = ()):
+                 compile_batches: tuple[int, ...] = (), progress=lambda step: None, own_model: bool = False):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.runtime = pick_runtime(self.device, runtime)
         precision = dtype if isinstance(dtype, torch.dtype) else pick_dtype(self.device, dtype, self.runtime)
-        self.size = model.spec.size
+        self.name, self.size = model.spec.name, model.spec.size
         self.tanh_head = model.spec.head == "tanh"
         self.batch_size = batch_size
-        net = copy.deepcopy(model).eval()
+        net = (model if own_model else copy.deepcopy(model)).eval()  # own_model: the caller drops it (one copy less)
         if fold_bn:
             fold_batchnorm(net)
         if self.runtime == "openvino":
-            if precision == "int8" and calibration_faces is None:
-                raise ValueError("int8 needs the presenter's face crops to calibrate on")
             self.runner, self.precision = build_openvino(
                 net, model.spec.name, self.size, precision == "int8",
                 lambda: self.calibration_batches(calibration_faces),
-                OpenVinoStore(Path(store_dir)) if store_dir else None)
+                OpenVinoStore(Path(store_dir)) if store_dir else None, progress=progress)
         else:
             self.runner = TorchRunner(net, self.device, precision, channels_last, compile_batches)
             self.precision = precision
@@ -125,40 +123,33 @@ class LipSyncPredictor:
                  str(self.precision).replace("torch.", ""), ", BatchNorm folded" if fold_bn else "",
                  ", channels-last" if channels_last and self.runtime == "torch" else "")
 
-    def calibration_batches(self, faces: np.ndarray, held_out: int = 16):
-        """Model inputs for int8 calibration: the presenter's crops with speech windows from a bundled clip;
-        the last `held_out` crops are kept apart to check the result."""
-        from audio.decode import load_audio
-        from audio.mel import frame_windows, melspectrogram
-        mels = frame_windows(melspectrogram(load_audio(CALIBRATION_SPEECH)))
-        mels = mels[np.arange(len(faces)) % len(mels)]
+    def calibration_batches(self, faces: Optional[np.ndarray] = None, held_out: int = 8, windows: int = 4):
+        """Model inputs for int8: (calibration batches, check batches, speech windows per checked face).
+
+        The faces are generic ones (models/calibration.py) unless given. Calibration pairs each face with a speech
+        window of the bundled clip; the last `held_out` faces are kept apart, and each is checked with `windows`
+        different spoken windows, so the check can see whether the output moves with speech at all."""
+        from .calibration import generic_faces, loudest_windows, speech_windows
+        faces = generic_faces(self.size) if faces is None else faces
         split = len(faces) - max(1, min(held_out, len(faces) // 4))
-
-        def batches(start: int, stop: int) -> list[tuple[np.ndarray, np.ndarray]]:
-            return [self._inputs(mels[i:min(i + 8, stop)], faces[i:min(i + 8, stop)]) for i in range(start, stop, 8)]
-        return batches(0, split), batches(split, len(faces))
-
-    def warm_up(self, batch: int = 1) -> None:
-        """One dummy batch, so the first real frame does not pay for lazy initialisation (or cuDNN autotuning)."""
-        self.predict(np.zeros((batch, 80, 16), np.float32), np.zeros((batch, self.size, self.size, 3), np.uint8))
+        mels = speech_windows()
+        mels = mels[np.arange(split) % len(mels)]
+        calibrate = [self._inputs(mels[i:i + 8], faces[i:min(i + 8, split)]) for i in range(0, split, 8)]
+        spoken = loudest_windows(windows)
+        checked = np.repeat(faces[split:], windows, axis=0)  # face-major: each face with every window in a row
+        check_mels = np.tile(spoken, (len(faces) - split, 1, 1))
+        check = [self._inputs(check_mels[i:i + 8], checked[i:i + 8]) for i in range(0, len(checked), 8)]
+        return calibrate, check, windows
 
     def predict(self, mel_windows: np.ndarray, faces_bgr, landmarks: Optional[np.ndarray] = None):
         """mel_windows (B,80,16) float; faces_bgr (B,S,S,3) uint8 -> generated faces (B,S,S,3) uint8, BGR.
 
-        Faces as a numpy array give a numpy array. Faces as a uint8 tensor on the predictor's device (the device
-        pipeline, torch runtime) give a tensor there: pre- and post-processing run on the device too, and only the
-        mel windows cross from the host. `landmarks` is accepted for the engine's common interface and not
-        needed: Wav2Lip sees only pixels."""
+        Faces as a numpy array give a numpy array (HostPredictor). Faces as a uint8 tensor on the predictor's device
+        (the device pipeline, torch runtime) give a tensor there: pre- and post-processing run on the device too,
+        and only the mel windows cross from the host."""
         if isinstance(faces_bgr, torch.Tensor):
             return self._predict_tensors(mel_windows, faces_bgr)
-        if faces_bgr.ndim != 4 or faces_bgr.shape[1:] != (self.size, self.size, 3):
-            raise ValueError(f"faces must be (B,{self.size},{self.size},3) for this {self.size}px model; got "
-                             f"{faces_bgr.shape} (preprocess the video with --face_size {self.size})")
-        if mel_windows.shape[1:] != (80, 16) or len(mel_windows) != len(faces_bgr):
-            raise ValueError(f"mel windows must be (B,80,16) with one per face; got {mel_windows.shape}")
-        out = [self._predict_batch(mel_windows[i:i + self.batch_size], faces_bgr[i:i + self.batch_size])
-               for i in range(0, len(faces_bgr), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.size, self.size, 3), np.uint8)
+        return super().predict(mel_windows, faces_bgr, landmarks)
 
     @torch.inference_mode()
     def _predict_tensors(self, mel_windows: np.ndarray, faces: torch.Tensor) -> torch.Tensor:
@@ -179,21 +170,3 @@ class LipSyncPredictor:
                 y = (y + 1) / 2
             outputs.append(y.clamp_(0, 1).mul_(255).to(torch.uint8).permute(0, 2, 3, 1))  # truncation, as numpy
         return torch.cat(outputs) if outputs else faces.new_zeros((0, self.size, self.size, 3))
-
-    def _inputs(self, mels: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The reference preprocessing: BGR /255, the target's lower half zeroed, the unmasked crop as reference.
-
-        Done in numpy: torch ops here would wake torch's spinning OpenMP threads and slow an OpenVINO model
-        that shares the same cores (measured: 19 ms model calls became 45 ms)."""
-        ref = np.ascontiguousarray(faces.transpose(0, 3, 1, 2), np.float32) / np.float32(255)  # B,3,S,S BGR
-        target = ref.copy()
-        target[:, :, self.size // 2:] = 0  # the mouth half is what the model must fill in
-        mel = np.ascontiguousarray(mels, np.float32)[:, None]
-        return mel, np.concatenate([target, ref], axis=1)
-
-    def _predict_batch(self, mels: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        y = self.runner(*self._inputs(mels, faces))
-        if self.tanh_head:
-            y = (y + 1) / 2
-        y = np.clip(y, 0, 1) * 255
-        return y.transpose(0, 2, 3, 1).astype(np.uint8)  # truncation, as the reference's astype(np.uint8)

@@ -1,27 +1,24 @@
 """Where a Wav2Lip generator runs: torch (CPU or CUDA, fp32/fp16/bf16) or OpenVINO on the CPU.
 
 OpenVINO runs the same network after a one-off conversion: in fp32 it equals torch to ~1e-6 and is ~1.6x faster
-on a 2-core Xeon; in int8 (post-training quantisation calibrated on the presenter's own face crops and a speech
+on a 2-core Xeon; in int8 (post-training quantisation calibrated on generic face crops and a speech
 clip) it is ~3.5x faster on CPUs with AVX512-VNNI/AVX-VNNI. An int8 model is only used after it has been checked
-against fp32 on crops it was not calibrated on. Converted models are stored (built in a temp folder, renamed when
-complete) so the next start takes a second, not the ~20 s a calibration costs.
+against fp32 on crops it was not calibrated on. Converted models are stored per checkpoint (built in a temp folder,
+renamed when complete) so the next start takes a second, not the ~20 s a calibration costs.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from core.scratch import make_scratch, publish, remove
+from .openvino_cpu import OpenVinoRunner, OpenVinoStore, import_openvino, no_usage_reporting, openvino_available
 
 log = logging.getLogger("models")
 RUNTIMES = ("auto", "torch", "openvino")
@@ -30,37 +27,12 @@ Batch = tuple[np.ndarray, np.ndarray]  # model inputs: mel (B,1,80,16) float32, 
 
 @dataclass(frozen=True)
 class Int8Check:
-    """How far int8 may stray from fp32 on held-out crops, in 8-bit output levels."""
+    """How far int8 may stray from fp32 on held-out crops, in 8-bit output levels; and below which spread of the
+    fp32 output (overall, and with speech alone) the check says nothing."""
     max_mean_error: float = 2.0
     max_p99_error: float = 16.0
-
-
-def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux); empty where /proc/cpuinfo cannot be read."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return frozenset()
-    return frozenset(word for line in lines if line.startswith("flags") for word in line.split(":", 1)[1].split())
-
-
-def cpu_has_vnni() -> bool:
-    """True when the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX), where int8 pays off."""
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    min_spread: float = 4.0
+    min_speech_spread: float = 0.5
 
 
 def pick_runtime(device: torch.device, requested: Optional[str] = None) -> str:
@@ -105,20 +77,6 @@ class TorchRunner:
         return self.net(mel.to(self.dtype), faces.to(self.dtype).contiguous(memory_format=self.memory_format))
 
 
-class OpenVinoRunner:
-    """A compiled OpenVINO model on the CPU: (mel (B,1,80,16), faces (B,6,S,S)) float32 -> (B,3,S,S) float32."""
-
-    def __init__(self, model, threads: Optional[int] = None):
-        import openvino as ov
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-                  "INFERENCE_PRECISION_HINT": "f32"}  # never a silent bf16 on AMX CPUs
-        self.compiled = ov.Core().compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
-
-    def __call__(self, mel: np.ndarray, faces: np.ndarray) -> np.ndarray:
-        return np.array(self.request.infer([mel, faces])[0])
-
-
 def weights_digest(net: nn.Module) -> str:
     """Identifies the weights (after any folding), so a stored conversion is never reused for other weights."""
     digest = hashlib.sha1()
@@ -130,93 +88,103 @@ def weights_digest(net: nn.Module) -> str:
 
 def convert(net: nn.Module, size: int):
     """torch -> OpenVINO model with a dynamic batch dimension."""
-    import openvino as ov
+    ov = import_openvino()
     example = (torch.zeros(2, 1, 80, 16), torch.zeros(2, 6, size, size))
-    with torch.no_grad():
+    with torch.no_grad(), no_usage_reporting():
         return ov.convert_model(net.float().cpu().eval(), example_input=example)
 
 
 def quantize_int8(model, calibration: Sequence[Batch]):
     """Post-training int8 quantisation (NNCF, per-channel weights, fast bias correction) on real inputs."""
-    import nncf
-    samples = sum(len(mel) for mel, _ in calibration)
-    return nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=samples, fast_bias_correction=True)
+    with no_usage_reporting():
+        import nncf
+        # subset_size counts dataset items, which are batches here
+        return nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
+                             fast_bias_correction=True)
 
 
-def output_error(reference: Callable, candidate: Callable, batches: Sequence[Batch]) -> dict:
-    """Mean and 99th-percentile absolute difference of two runners' outputs, in 8-bit levels."""
-    diffs = []
+def output_error(reference: Callable, candidate: Callable, batches: Sequence[Batch], windows: int = 1) -> dict:
+    """How far `candidate` is from `reference` (mean, p99, max absolute difference) and how much the reference's
+    own output varies (`spread`: its standard deviation over all checked pixels; `speech_spread`: the mean
+    per-pixel standard deviation over the `windows` consecutive rows that share a face and differ only in speech),
+    all in 8-bit levels. An error is only meaningful next to a spread well above it."""
+    diffs, outputs = [], []
     for mel, faces in batches:
-        diffs.append(np.abs(reference(mel, faces) - candidate(mel, faces)).ravel() * 255)
-    diff = np.concatenate(diffs)
-    return {"mean": float(diff.mean()), "p99": float(np.percentile(diff, 99)), "max": float(diff.max())}
-
-
-class OpenVinoStore:
-    """Converted models on disk: <folder>/<name>-<weights>-<precision>/model.xml|bin + info.json."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-
-    def load(self, key: str):
-        import openvino as ov
-        path = self.folder / key
-        if not (path / "info.json").exists():
-            return None, None
-        return ov.Core().read_model(str(path / "model.xml")), json.loads((path / "info.json").read_text())
-
-    def save(self, key: str, model, info: dict) -> None:
-        import openvino as ov
-        partial = make_scratch(self.folder, key)
-        try:
-            ov.save_model(model, str(partial / "model.xml"), compress_to_fp16=False)
-            (partial / "info.json").write_text(json.dumps(info, indent=1))
-            publish(partial, self.folder / key)
-        finally:
-            remove(partial)
+        expected = reference(mel, faces)
+        outputs.append(expected)
+        diffs.append(np.abs(expected - candidate(mel, faces)).ravel() * 255)
+    diff, out = np.concatenate(diffs), np.concatenate(outputs) * 255
+    grouped = out[: len(out) // windows * windows].reshape(-1, windows, *out.shape[1:])
+    return {"mean": float(diff.mean()), "p99": float(np.percentile(diff, 99)), "max": float(diff.max()),
+            "spread": float(out.std()), "speech_spread": float(grouped.std(axis=1).mean()) if windows > 1 else 0.0}
 
 
 def build_openvino(net: nn.Module, name: str, size: int, int8: bool,
-                   calibration: Optional[Callable[[], tuple[list[Batch], list[Batch]]]] = None,
-                   store: Optional[OpenVinoStore] = None, check: Int8Check = Int8Check()) -> tuple[OpenVinoRunner, str]:
+                   calibration: Optional[Callable[[], tuple[list[Batch], list[Batch], int]]] = None,
+                   store: Optional[OpenVinoStore] = None, check: Int8Check = Int8Check(),
+                   progress: Callable[[str], None] = lambda step: None) -> tuple[OpenVinoRunner, str]:
     """An OpenVINO runner for `net` and the precision it really got ('int8', or 'fp32' when int8 failed its check).
 
-    `calibration()` returns (calibration batches, held-out batches) of model inputs; it is only called when no
-    stored int8 model exists for these weights."""
+    `calibration()` returns (calibration batches, check batches, speech windows per checked face); it is only
+    called when no stored int8 model exists for these weights. `progress(step)` is told each step as it starts
+    (convert, calibrate, check, save)."""
     digest = weights_digest(net)
 
-    def fp32_model():
-        """Converted (or stored) fp32 model; only read or built when something needs it."""
+    def fp32_model(keep: bool):
+        """Converted (or stored) fp32 model; stored when `keep` (it is what runs)."""
         key = f"{name}-{digest}-fp32"
         model, _ = store.load(key) if store else (None, None)
-        if model is None:
+        if model is not None:
+            log.info("using the stored fp32 conversion %s", store.folder / key)
+        else:
+            progress("convert")
+            log.info("converting %s to OpenVINO (once per checkpoint)…", name)
             model = convert(net, size)
-            if store:
+            if store and keep:
                 store.save(key, model, {"precision": "fp32"})
         return model
 
     if not int8:
-        return OpenVinoRunner(fp32_model()), "fp32"
+        return keyed(OpenVinoRunner(fp32_model(keep=True)), f"{name}-{digest}-fp32"), "fp32"
     int8_key = f"{name}-{digest}-int8"
     model, info = store.load(int8_key) if store else (None, None)
     runner = None
-    if model is None:
+    if model is not None:
+        log.info("using the stored int8 conversion %s", store.folder / int8_key)
+    else:
         if calibration is None:
-            raise ValueError("int8 needs calibration data (the presenter's face crops)")
+            raise ValueError("int8 needs calibration data")
         started = time.perf_counter()
-        calibrate, held_out = calibration()
-        log.info("calibrating int8 on %d face crops (once per model and presenter)…", sum(len(m) for m, _ in calibrate))
-        reference = fp32_model()
+        calibrate, checked, windows = calibration()
+        reference = fp32_model(keep=False)
+        progress("calibrate")
+        log.info("calibrating int8 on %d face crops (once per checkpoint)…",
+                 sum(len(m) for m, _ in calibrate))
         model = quantize_int8(reference, calibrate)
+        progress("check")
         runner = OpenVinoRunner(model)
-        error = output_error(OpenVinoRunner(reference), runner, held_out)
+        error = output_error(OpenVinoRunner(reference), runner, checked, windows)
+        del reference
         info = {"precision": "int8", "error_levels": error, "calibration_seconds": time.perf_counter() - started}
         if store:
+            progress("save")
             store.save(int8_key, model, info)
     error = info["error_levels"]
     if error["mean"] > check.max_mean_error or error["p99"] > check.max_p99_error:
         log.warning("int8 strays too far from fp32 on held-out crops (mean %.2f, p99 %.1f of 255 levels; limits "
                     "%.1f / %.1f): running fp32", error["mean"], error["p99"], check.max_mean_error, check.max_p99_error)
-        return OpenVinoRunner(fp32_model()), "fp32"
-    log.info("int8 model within tolerance of fp32: mean %.2f, p99 %.1f of 255 levels", error["mean"], error["p99"])
-    return runner or OpenVinoRunner(model), "int8"
+        return keyed(OpenVinoRunner(fp32_model(keep=True)), f"{name}-{digest}-fp32"), "fp32"
+    spread, speech = error.get("spread", 0.0), error.get("speech_spread", 0.0)
+    log.info("int8 against fp32 on held-out crops: error mean %.2f, p99 %.1f of 255 levels; fp32 output spread "
+             "%.1f levels, of which speech moves %.1f", error["mean"], error["p99"], spread, speech)
+    if spread < check.min_spread or speech < check.min_speech_spread:
+        log.warning("the int8 check cannot tell anything here: the fp32 output hardly varies (spread %.1f levels, "
+                    "speech %.2f) — random or untrained weights? int8 is used, its error being within bounds",
+                    spread, speech)
+    return keyed(runner or OpenVinoRunner(model), int8_key), "int8"
+
+
+def keyed(runner: OpenVinoRunner, key: str) -> OpenVinoRunner:
+    """The runner, remembering which stored conversion it runs (models/stored.py indexes checkpoints by it)."""
+    runner.key = key
+    return runner

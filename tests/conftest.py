@@ -56,6 +56,12 @@ COVER = (2.0, 2.6)  # seconds during which a card hides the face in clip25
 CLIP30_SECONDS = 3.0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_cache(tmp_path_factory):
+    """Converted models go to a folder of this run (children inherit it), never to the user's ~/.cache."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
 @pytest.fixture(scope="session")
 def media(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("media")

@@ -123,3 +123,13 @@ def test_load_audio_decodes_any_format_rate_and_channel_count(media, tmp_path, r
     (tmp_path / "notes.wav").write_text("not audio at all")
     with pytest.raises(AudioError, match="not a readable audio file"):
         load_audio(tmp_path / "notes.wav")
+
+
+def test_the_filter_bank_is_librosas_without_loading_librosa():
+    """audio/mel.py builds the Slaney filter bank in numpy, so a render never imports librosa, scipy.signal or numba;
+    it must stay librosa's (float32) bank."""
+    import librosa
+    from audio.mel import mel_basis
+    reference = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600, htk=False, norm="slaney")
+    assert mel_basis().shape == reference.shape == (80, 401)
+    assert np.array_equal(mel_basis(), reference)  # bit for bit: a training run must not drift from the reference

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 import shutil
 import socket
@@ -113,14 +114,32 @@ def test_mask_leaves_no_box_edge():
     assert mask[67, 48] > 0.99 and mask[:29].max() == 0  # mouth replaced; brows and eyes (top 30%) never touched
 
 
-def test_mp4_from_the_command_line(checkpoint, built, talk, tmp_path):
+def test_mp4_from_the_command_line_after_one_prepare_for_every_presenter(checkpoint, built, talk, tmp_path):
     out = tmp_path / "result.mp4"
     short = tmp_path / "short.wav"  # speech, silence, speech: 5 s
     soundfile.write(str(short), talk[1][: 16000 * 5], 16000)
-    proc = subprocess.run([sys.executable, "stream_out.py", "--checkpoint_path", str(checkpoint), "--data_dir",
-                           str(built["cache"] / "clip25"), "--audio_files", str(short), "--outfile", str(out)],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    runtime = tmp_path.parent / f"{tmp_path.name}-runtime"
+    prepared = subprocess.run([sys.executable, "stream_out.py", "prepare", "--checkpoint_path", str(checkpoint),
+                               "--runtime_cache", str(runtime)], cwd=ROOT, capture_output=True, text=True)
+    assert prepared.returncode == 0 and "prepared wav2lip96" in prepared.stdout, prepared.stderr[-2000:]
+    assert "converting wav2lip96" in prepared.stderr
+    second = tmp_path.parent / f"{tmp_path.name}-second.wav"
+    soundfile.write(str(second), talk[1][: 16000], 16000)
+    renders = []
+    for cache, audio, target in (("clip25", short, out), ("clip30", second, tmp_path / "other.mp4")):
+        renders.append(subprocess.run([sys.executable, "-X", "importtime", "stream_out.py", "--checkpoint_path",
+                                       str(checkpoint),
+                                       "--data_dir", str(built["cache"] / cache), "--audio_files", str(audio),
+                                       "--outfile", str(target), "--runtime_cache", str(runtime)],
+                                      cwd=ROOT, capture_output=True, text=True))
+        assert renders[-1].returncode == 0, renders[-1].stderr[-2000:]
+    for proc in renders:  # both presenters start from the prepared conversion, found by the file's hash
+        assert "from the stored conversion" in proc.stderr and "torch not loaded" in proc.stderr
+        assert "converting" not in proc.stderr and "calibrating" not in proc.stderr
+        assert re.search(r"first frame after [\d.]+ s", proc.stderr) and "peak RSS" in proc.stderr
+        imported = set(re.findall(r"\| +([\w.]+)$", proc.stderr, re.M))
+        assert not imported & {"torch", "librosa", "numba", "scipy.signal", "mediapipe", "face_alignment"}
+    (tmp_path / "other.mp4").unlink()
     probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json",
                                        str(out)], capture_output=True, text=True).stdout)
     video = next(s for s in probe["streams"] if s["codec_type"] == "video")

@@ -21,6 +21,7 @@ import pytest
 import soundfile
 
 from conftest import CollectSink, require
+from wsclient import events_until, stream, url
 from demo.presenter import speak
 from engine.composite import Compositor
 from engine.loop import EngineConfig, LiveEngine
@@ -55,33 +56,6 @@ def voice(tmp_path_factory):
                  tmp_path_factory.mktemp("voice") / "voice.wav")
     pcm, rate = soundfile.read(path, dtype="int16")
     return pcm, rate, path
-
-
-def url(server, path: str, scheme: str = "http") -> str:
-    return f"{scheme}://127.0.0.1:{server.port}{path}"
-
-
-async def stream(ws, pcm: np.ndarray, rate: int, realtime: bool, lead: float = 0.3) -> None:
-    """20 ms chunks; in real time after a `lead` sent at once (as a TTS client keeps a little ahead)."""
-    step = rate // 50
-    start = time.monotonic()
-    for n, i in enumerate(range(0, len(pcm), step)):
-        await ws.send_bytes(pcm[i:i + step].tobytes())
-        if realtime:
-            await asyncio.sleep(max(0.0, start + n * 0.02 - lead - time.monotonic()))
-
-
-async def events_until(ws, kind: str, timeout: float = 30.0) -> list[dict]:
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        message = await ws.receive(timeout=deadline - time.monotonic())
-        if message.type != aiohttp.WSMsgType.TEXT:
-            raise AssertionError(f"socket closed while waiting for {kind}: {message}")
-        seen.append(json.loads(message.data))
-        if seen[-1]["type"] == kind:
-            return seen
-    raise AssertionError(f"no {kind} within {timeout} s: {seen}")
 
 
 def changed(sink: CollectSink, presenter: Presenter, frame_numbers) -> np.ndarray:
@@ -204,7 +178,7 @@ def test_bad_messages_get_errors_and_the_server_keeps_serving(served, voice):
     assert len(errors) == 11 and any("before 'start'" in e for e in errors) and any("NaN" in e for e in errors)
     assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
     assert [e["type"] for e in events][-1] == "speech_ended"
-    assert health == (200, {"ok": True})
+    assert health[0] == 200 and health[1]["ok"] is True and health[1]["sessions"] == 1
 
 
 def test_http_speak_status_and_health(served, voice):
@@ -541,7 +515,7 @@ def test_queued_speech_is_capped_per_client_across_starts_and_for_the_server(bui
     assert set(ended) == set(utterances)  # the third, refused whole, still starts and ends (empty)
 
 
-def test_an_interrupt_ends_every_open_utterance_and_empty_ones_end_at_once(served, voice):
+def test_an_interrupt_cuts_only_the_senders_speech_and_empty_utterances_end_at_once(served, voice):
     server, _, _ = served
     pcm, rate, _ = voice
 
@@ -552,19 +526,31 @@ def test_an_interrupt_ends_every_open_utterance_and_empty_ones_end_at_once(serve
                 await a.send_json({"type": "start", "sample_rate": rate})
                 empty = await events_until(a, "queued")
                 await a.send_json({"type": "end"})  # nothing was sent: it starts and ends at once
-                a_events = await events_until(a, "speech_ended")
+                a_empty = await events_until(a, "speech_ended")
                 await b.send_json({"type": "start", "sample_rate": rate})
-                await stream(b, pcm[: 2 * rate], rate, realtime=False)  # b keeps its utterance open
+                await stream(b, pcm[: 2 * rate], rate, realtime=False)  # b speaks, its utterance open
                 await events_until(b, "speech_started")
+                await a.send_json({"type": "start", "sample_rate": rate})
+                mine = (await events_until(a, "queued"))[-1]["utterance"]
+                await stream(a, pcm[: rate], rate, realtime=False)  # a's speech waits behind b's
                 await a.send_json({"type": "interrupt"})
-                b_events = await events_until(b, "speech_interrupted")
+                a_cut = await events_until(a, "speech_interrupted")
+                await b.send_json({"type": "end"})
+                b_events = await events_until(b, "speech_ended")  # b's speech went on to its end
+                await b.send_json({"type": "start", "sample_rate": rate})
+                await stream(b, pcm[: 2 * rate], rate, realtime=False)
+                await events_until(b, "speech_started")
+                await b.send_json({"type": "interrupt"})  # b cuts its own speech, while it plays
+                b_cut = await events_until(b, "speech_interrupted")
                 await b.send_bytes(pcm[2 * rate: 2 * rate + 320].tobytes())  # its utterance was ended for it
-                b_events += await events_until(b, "error")
-                return empty[-1]["utterance"], a_events, b_events
-    empty, a_events, b_events = asyncio.run(client())
-    assert [e["type"] for e in a_events] == ["speech_started", "speech_ended"]
-    assert all(e["utterance"] == empty for e in a_events)
-    assert "before 'start'" in b_events[-1]["message"]
+                b_cut += await events_until(b, "error")
+                return empty[-1]["utterance"], a_empty, mine, a_cut, b_events, b_cut
+    empty, a_empty, mine, a_cut, b_events, b_cut = asyncio.run(client())
+    assert [e["type"] for e in a_empty] == ["speech_started", "speech_ended"]
+    assert all(e["utterance"] == empty for e in a_empty)
+    assert a_cut[-1]["utterance"] == mine and not any(e["type"] == "speech_started" for e in a_cut)
+    assert "speech_interrupted" not in [e["type"] for e in b_events]
+    assert "before 'start'" in b_cut[-1]["message"]
 
 
 def test_wrongly_typed_fields_get_errors_and_the_socket_stays_open(served):
@@ -715,7 +701,7 @@ def test_serve_command_starts_answers_and_stops(built):
         for _ in range(300):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-                    assert json.loads(response.read()) == {"ok": True}
+                    assert json.loads(response.read()) ["ok"] is True
                     break
             except OSError:
                 time.sleep(0.1)

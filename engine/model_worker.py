@@ -1,0 +1,199 @@
+"""One model worker per (model, device): every session's due frames, batched by earliest deadline.
+
+Sessions do not each own a copy of Wav2Lip (or GFPGAN) and call it on their own: on a GPU that would be many small
+calls fighting over one card, on the CPU many thread pools fighting over two cores. Each session's model stage
+hands its batch to the worker with the time its first frame must be shown; the worker's one thread takes the most
+urgent request, fills the batch with the next most urgent ones (up to `max_batch` frames), runs the model once and
+hands every session its own rows back. Earliest deadline first means no session starves: a request waiting
+longer only becomes more urgent. A request that can no longer make its time, given what a frame has cost lately,
+is answered with None at once, and its session shows the cached frames (counted as skipped), as a single
+session's skip policy does.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger("engine.model_worker")
+
+
+@dataclass(order=True)
+class Request:
+    due: float                                   # monotonic time its first frame is shown (inf: a file, no rush)
+    order: int                                   # FIFO among equal deadlines
+    method: str = field(compare=False)
+    args: tuple = field(compare=False)           # arrays or tensors, all with the same leading batch dimension
+    rows: int = field(compare=False)
+    future: Future = field(compare=False)
+    kind: tuple = field(compare=False, default=())  # what must match to share a call: method, types, devices, shapes
+
+
+def kind_of(method: str, args: tuple) -> tuple:
+    """Requests batch together only when one concatenation can hold them: numpy rows with numpy rows of the same
+    shape and dtype, tensors with tensors on the same device."""
+    return (method, *((type(a).__name__, str(getattr(a, "device", "")), str(a.dtype), tuple(a.shape[1:]))
+                      for a in args))
+
+
+def _concat(parts: list):
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    import torch
+    return torch.cat(parts)
+
+
+class ModelWorker:
+    """The thread that owns one model. `model` has the methods sessions call (predict, enhance, ...), each taking
+    arrays or tensors with a leading batch dimension and returning one row per input row."""
+
+    def __init__(self, model, name: str, max_batch: int = 16, margin: float = 0.02):
+        self.model, self.name, self.max_batch, self.margin = model, name, max_batch, margin
+        self._queue: list[Request] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition()
+        self._costs: deque = deque(maxlen=32)    # seconds per row of the last model calls
+        self._closed = False
+        self.busy_seconds = 0.0                  # time spent in the model (for the measured capacity)
+        self.rows = 0                            # rows run through the model
+        self.batches = 0
+        self.dropped = 0                         # rows answered None because they could not make their time
+        self._thread = threading.Thread(target=self._run, name=f"worker-{name}", daemon=True)
+        self._thread.start()
+
+    def per_row(self) -> float:
+        """Median model seconds per row lately (0 before the first call)."""
+        return float(np.median(self._costs)) if self._costs else 0.0
+
+    def submit(self, method: str, args: tuple, due: float = float("inf")) -> Future:
+        rows = len(args[0])
+        if rows < 1 or any(len(a) != rows for a in args):
+            raise ValueError(f"{self.name}.{method}: every argument needs the same number of rows, at least one")
+        future: Future = Future()
+        with self._wake:
+            if self._closed:
+                raise RuntimeError(f"model worker {self.name} is closed")
+            heapq.heappush(self._queue, Request(due, next(self._order), method, args, rows, future,
+                                                kind_of(method, args)))
+            self._wake.notify()
+        return future
+
+    def call(self, method: str, *args, due: float = float("inf")):
+        """Run `method` on these rows within the next batch; None if they could not make `due`."""
+        return self.submit(method, args, due).result()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+        for request in self._queue:
+            request.future.set_exception(RuntimeError(f"model worker {self.name} closed"))
+        self._queue.clear()
+
+    def _next_batch(self) -> list[Request]:
+        """The most urgent request that can still make its time and, behind it, the next most urgent ones of the
+        same kind while the batch still lets that first one make its time. Requests found hopeless on the way are
+        answered None."""
+        with self._wake:
+            while not self._queue and not self._closed:
+                self._wake.wait()
+            if self._closed:
+                return []
+            now, per_row = time.monotonic(), self.per_row()
+
+            def hopeless(request: Request, rows: int) -> bool:
+                return now + per_row * rows > request.due + self.margin
+
+            first = None
+            while self._queue and first is None:
+                request = heapq.heappop(self._queue)
+                if hopeless(request, request.rows):  # too late whatever we do: its session shows cached frames
+                    self._answer_none(request)
+                else:
+                    first = request
+            if first is None:
+                return []
+            batch, rows, keep = [first], first.rows, []
+            while self._queue and rows < self.max_batch:
+                request = heapq.heappop(self._queue)
+                if hopeless(request, request.rows):
+                    self._answer_none(request)
+                elif (request.kind == first.kind and rows + request.rows <= self.max_batch
+                      and not hopeless(first, rows + request.rows)):
+                    batch.append(request)
+                    rows += request.rows
+                else:
+                    keep.append(request)
+            for request in keep:
+                heapq.heappush(self._queue, request)
+            return batch
+
+    def _answer_none(self, request: Request) -> None:
+        self.dropped += request.rows
+        request.future.set_result(None)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                batch = self._next_batch()
+            except Exception:  # a bug here must not strand every session waiting on this worker
+                log.exception("model worker %s: batching failed", self.name)
+                continue
+            if not batch:
+                if self._closed:
+                    return
+                continue
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[Request]) -> None:
+        try:
+            method: Callable = getattr(self.model, batch[0].method)
+            args = [_concat([r.args[i] for r in batch]) for i in range(len(batch[0].args))]
+            started = time.perf_counter()
+            out = method(*args)
+            spent = time.perf_counter() - started
+        except BaseException as exc:  # every waiting session gets the error, the worker lives on
+            for request in batch:
+                request.future.set_exception(exc)
+            return
+        rows = sum(r.rows for r in batch)
+        self._costs.append(spent / rows)
+        self.busy_seconds += spent
+        self.rows += rows
+        self.batches += 1
+        start = 0
+        for request in batch:
+            request.future.set_result(out[start:start + request.rows])
+            start += request.rows
+
+
+class SharedModel:
+    """What one session holds instead of the model: the same methods, each a request to the shared worker with the
+    session's deadline. `scheduled` tells the model stage to pass that deadline (`due`)."""
+    scheduled = True
+
+    def __init__(self, worker: ModelWorker, model):
+        self.worker, self._model = worker, model
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)  # attributes (face_size, device, runtime, realtime ...) as the model's
+
+    def predict(self, mel_windows, faces, landmarks=None, due: float = float("inf")):
+        if landmarks is None:
+            return self.worker.call("predict", mel_windows, faces, due=due)
+        return self.worker.call("predict", mel_windows, faces, landmarks, due=due)
+
+    def enhance(self, heads, due: float = float("inf")):
+        return self.worker.call("enhance", heads, due=due)
+
+    def enhance_tensors(self, heads, due: float = float("inf")):
+        return self.worker.call("enhance_tensors", heads, due=due)

@@ -1,0 +1,404 @@
+"""Sessions: many presenters speaking at once in one process, each with its own clock, audio queue, utterance events
+and outputs, all sharing the loaded presenters and one model worker per (model, device).
+
+A session is created from a JSON body whose keys are the engine's flag names (those that make sense per session,
+SESSION_FLAGS); the serve command's own flags are the defaults. Paths in a body stay inside the server's session
+root, outputs are live ones (MPEG-TS URL, or a .ts/.mp4 recording under the root), and checkpoints load only as plain
+weights: a client with the token can choose among the operator's files, not read or write others.
+
+A new session is admitted only when the measured load says the running ones stay on time (LoadMeter).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from core.errors import UserError
+from core.timebase import FPS, SAMPLE_RATE
+
+from .assemble import Parts
+from .loop import LiveEngine
+from .model_worker import ModelWorker, SharedModel
+from .protocol import SpeechDesk, SpeechLimits
+
+log = logging.getLogger("engine.sessions")
+DEFAULT = "default"  # the session `serve --data_dir` starts, on the single-session paths (/ws, /speak, /status)
+SESSION_FLAGS = ("data_dir", "checkpoint_path", "enhance", "gfpgan_path", "gfpgan_dtype", "outfile", "latency_ms",
+                 "silence_db", "color_match", "audio_delay_ms", "device", "dtype", "runtime", "pipeline")
+PATH_FLAGS = ("data_dir", "checkpoint_path", "gfpgan_path")
+STREAM_SCHEMES = ("udp://", "srt://", "rtp://", "tcp://")
+MAX_LATENCY_MS = 5000
+
+
+class BadSession(UserError):
+    """A session body the server cannot use (HTTP 400); `field` names the key."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+class SessionRefused(UserError):
+    """No capacity for another session (HTTP 503); the message says what was measured."""
+
+
+class UnknownSession(KeyError):
+    """No session with that id (HTTP 404)."""
+
+    def __str__(self) -> str:
+        return f"no session {self.args[0]!r}"
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    root: Path = Path(".")                   # API bodies' paths (presenters, checkpoints, recordings) stay inside
+    max_sessions: int = 32
+    cpu_cores: Optional[float] = None        # CPU the sessions may use (None: half this machine's cores)
+    worker_share: float = 0.8                # most of its time a model worker may be busy
+    max_batch: int = 16                      # most frames in one shared model call
+    limits: SpeechLimits = SpeechLimits()
+    max_peers: int = 4                       # WebRTC viewers per session
+    peer_connect_seconds: float = 15.0
+
+    @property
+    def cores(self) -> float:
+        """All sessions run in one Python process, whose interpreter lock lets one thread at a time run Python: on
+        two cores the first late frame came at 1.09 cores busy (bench/sessions.py), so by default half the cores."""
+        return self.cpu_cores if self.cpu_cores is not None else 0.5 * (os.cpu_count() or 1)
+
+
+def session_args(defaults: argparse.Namespace, body: object, parser: argparse.ArgumentParser,
+                 root: Path) -> argparse.Namespace:
+    """The serve command's flags with a session body's keys on top, each checked for its type, choices and, for
+    paths, that it stays inside `root`."""
+    if not isinstance(body, dict):
+        raise BadSession("body", "expected a JSON object of engine flags, e.g. {\"data_dir\": \"cache/anna\"}")
+    actions = {a.dest: a for a in parser._actions}
+    args = copy.copy(defaults)
+    args.outfile = []  # a session's outputs are only what its body asks for (plus WebRTC)
+    args.face = None   # and its presenter is a cache, never the serve command's --face video
+    for key, value in body.items():
+        if key not in SESSION_FLAGS:
+            raise BadSession(str(key)[:40], f"not a session flag (one of: {', '.join(SESSION_FLAGS)})")
+        action = actions[key]
+        if action.nargs in ("+", "*"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise BadSession(key, "must be a list of strings")
+        elif action.const is True and action.nargs == 0:  # store_true
+            if type(value) is not bool:
+                raise BadSession(key, "must be true or false")
+        elif action.type in (int, float):
+            if type(value) not in (int, float) or (action.type is int and type(value) is not int) \
+                    or not math.isfinite(value):
+                raise BadSession(key, f"must be {'an integer' if action.type is int else 'a number'}")
+        elif not isinstance(value, str):
+            raise BadSession(key, "must be a string")
+        if action.choices and value not in action.choices:
+            raise BadSession(key, f"must be one of {', '.join(action.choices)}")
+        if key in PATH_FLAGS:
+            value = str(inside(root, value, key))
+        if key == "outfile":
+            value = [output(root, v) for v in value]
+        setattr(args, key, value)
+    if not args.data_dir:
+        raise BadSession("data_dir", "missing: which presenter cache should speak")
+    args.latency_ms = float(args.latency_ms)
+    if args.latency_ms > MAX_LATENCY_MS:
+        raise BadSession("latency_ms", f"at most {MAX_LATENCY_MS} ms")
+    args.trust_checkpoint = False  # a client's choice of file loads as plain weights, whatever the server allows
+    reserve_outputs(args.outfile)
+    return args
+
+
+def reserve_outputs(outputs: list[str]) -> None:
+    """Create each recording file now, exclusively: two sessions (or one body naming a file twice) cannot both
+    write it. The encoder overwrites the empty file; release_outputs removes it if the session never starts."""
+    made = []
+    for target in outputs:
+        if target == "obs" or target.startswith(STREAM_SCHEMES):
+            continue
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            release_outputs(made)
+            raise BadSession("outfile", f"{Path(target).name!r} exists already (or is named twice)") from None
+        made.append(target)
+
+
+def release_outputs(outputs: list[str]) -> None:
+    for target in outputs:
+        path = Path(target)
+        if path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+
+
+def inside(root: Path, value: str, key: str) -> Path:
+    root = root.resolve()
+    path = (root / value).resolve()
+    if path != root and root not in path.parents:
+        raise BadSession(key, f"must lie inside the server's session root ({value[:100]!r} does not)")
+    return path
+
+
+def output(root: Path, target: str) -> str:
+    """A session output: a stream URL, 'obs', or a .ts/.mp4 recording inside the root (never overwritten)."""
+    if target == "obs" or target.startswith(STREAM_SCHEMES):
+        return target
+    if not target.endswith((".ts", ".mp4")):
+        raise BadSession("outfile", f"{target[:100]!r}: give a stream URL ({', '.join(STREAM_SCHEMES)}), 'obs', or "
+                                    f"a .ts or .mp4 file")
+    path = inside(root, target, "outfile")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+@dataclass(eq=False)
+class Session:
+    """One presenter speaking: its engine (clock, audio queue, threads), its clients and its outputs."""
+    id: str
+    engine: LiveEngine
+    desk: SpeechDesk
+    webrtc: object = None
+    thread: Optional[threading.Thread] = None
+    created_at: float = field(default_factory=time.monotonic)
+    error: Optional[str] = None              # why its engine stopped, if it failed
+
+    def status(self) -> dict:
+        """fps; latency from the input (arrival of the chunk that completed a frame's window to that frame on
+        screen, waits behind queued speech included) beside the clock's pacing offset; frames shown without the
+        model to stay on time; the queue; sinks and viewers."""
+        stats, engine = self.engine.stats, self.engine
+        running = engine.started_at is not None and time.monotonic() > engine.started_at
+        elapsed = time.monotonic() - engine.started_at if running else 0.0
+        return {"id": self.id, "fps": stats.frames / elapsed if elapsed > 1 else 0.0, "frames": stats.frames,
+                "lip_synced": stats.inferred, "speech_frames": stats.speech, "skipped": stats.skipped,
+                "late": stats.late, "latency_ms": {"target": engine.cfg.latency_ms, **stats.latency_ms()},
+                "queue": {"seconds": engine.buffer.available / SAMPLE_RATE,
+                          "utterances": len(engine.buffer.queued_tags)},
+                "sinks": [type(s).__name__ for s in engine.sinks],
+                "webrtc_peers": len(self.webrtc.peers) if self.webrtc is not None else 0, "error": self.error}
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    cpu: float                  # process CPU seconds
+    frames: int                 # frames presented by all sessions, ended ones included
+    behind: int                 # of which late or shown without the model to stay on time
+    busy: dict                  # model worker -> seconds it has spent in the model
+
+
+class LoadMeter:
+    """The measured load over the last `window` seconds: CPU cores busy, CPU seconds per presented frame, and each
+    model worker's busy share. From these, how many more sessions fit."""
+
+    def __init__(self, window: float = 10.0):
+        self.window = window
+        self._samples: deque[Sample] = deque()
+        self._lock = threading.Lock()
+
+    def sample(self, frames: int, behind: int, workers: list[ModelWorker]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._samples.append(Sample(now, time.process_time(), frames, behind,
+                                        {w: w.busy_seconds for w in workers}))
+            while len(self._samples) > 2 and now - self._samples[1].at >= self.window:
+                self._samples.popleft()
+
+    def room(self, cfg: SessionsConfig, running: int, workers: list[ModelWorker]) -> tuple[int, str]:
+        """(how many more sessions fit, why no more). Unmeasured (under 2 s or 25 frames seen), only the session
+        cap counts: nothing runs yet that a new session could make late."""
+        left, reason = cfg.max_sessions - running, f"the session cap ({cfg.max_sessions}) is reached"
+        with self._lock:
+            first, last = (self._samples[0], self._samples[-1]) if self._samples else (None, None)
+        if first is None or last.at - first.at < 2.0 or last.frames - first.frames < FPS or not running:
+            return left, reason
+        elapsed, frames = last.at - first.at, last.frames - first.frames
+        if last.behind > first.behind:  # the running sessions are not keeping up now: nothing more fits
+            return 0, (f"the running sessions had {last.behind - first.behind} late or skipped frame(s) in the last "
+                       f"{elapsed:.0f} s")
+        busy = (last.cpu - first.cpu) / elapsed
+        per_session = FPS * (last.cpu - first.cpu) / frames  # cores one more session adds at this frame cost
+        fit = math.floor((cfg.cores - busy) / per_session) if per_session > 0 else left
+        if fit < left:
+            left = fit
+            reason = (f"measured {busy:.2f} of {cfg.cores:.2f} CPU cores busy with {running} session(s) at "
+                      f"{1000 * per_session / FPS:.1f} ms of CPU per frame; another session would need "
+                      f"{per_session:.2f} more")
+        for worker in workers:
+            if worker not in first.busy or worker not in last.busy:
+                continue
+            share = (last.busy[worker] - first.busy[worker]) / elapsed
+            needs = FPS * worker.per_row()
+            fit = math.floor((cfg.worker_share - share) / needs) if needs > 0 else left
+            if fit < left:
+                left = fit
+                reason = (f"the {worker.name} model is busy {100 * share:.0f}% of the time (limit "
+                          f"{100 * cfg.worker_share:.0f}%); another talking session would add {100 * needs:.0f}%")
+        return max(0, left), reason
+
+
+class Sessions:
+    """The sessions of one server. `loop` (the transport's asyncio loop) carries their events and WebRTC; without
+    one, events are delivered from the presenting threads and there is no WebRTC."""
+
+    def __init__(self, defaults: argparse.Namespace, cfg: SessionsConfig = SessionsConfig(),
+                 loop: Optional[asyncio.AbstractEventLoop] = None, parser: Optional[argparse.ArgumentParser] = None):
+        from engine.cli import build_parser
+        self.defaults, self.cfg, self.loop = defaults, cfg, loop
+        self.parser = parser or build_parser()
+        self.workers: list[ModelWorker] = []
+        self.parts = Parts(share=self._share)
+        self.meter = LoadMeter()
+        self._sessions: dict[str, Session] = {}
+        self._ended = (0, 0)  # frames and late or skipped frames of ended sessions
+        self._starting = 0    # sessions admitted and still loading
+        self._lock = threading.RLock()  # admission and creation one at a time: two requests cannot both take
+        self._stop = threading.Event()  # the last place
+        self._sampler = threading.Thread(target=self._sample_every_second, name="load-meter", daemon=True)
+        self._sampler.start()
+
+    def _share(self, model, name: str) -> SharedModel:
+        worker = ModelWorker(model, name, self.cfg.max_batch)
+        self.workers.append(worker)
+        return SharedModel(worker, model)
+
+    def _sample_every_second(self) -> None:
+        while not self._stop.wait(1.0):
+            self.meter.sample(*self.frames(), list(self.workers))
+
+    def frames(self) -> tuple[int, int]:
+        """Frames presented by all sessions, ended ones included, and how many of them were late or skipped."""
+        with self._lock:
+            running = [s.engine.stats for s in self._sessions.values()]
+            return (self._ended[0] + sum(s.frames for s in running),
+                    self._ended[1] + sum(s.late + s.skipped for s in running))
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def ids(self) -> list[str]:
+        return list(self._sessions)
+
+    def get(self, sid: str) -> Session:
+        try:
+            return self._sessions[sid]
+        except KeyError:
+            raise UnknownSession(sid) from None
+
+    def room(self) -> tuple[int, str]:
+        return self.meter.room(self.cfg, len(self._sessions) + self._starting, list(self.workers))
+
+    def create(self, body: object, sid: Optional[str] = None,
+               on_event: Optional[Callable[[Session, dict], None]] = None) -> Session:
+        """A session from an API body: checked, admitted, built (sharing what is loaded), running."""
+        args = session_args(self.defaults, body, self.parser, self.cfg.root)
+        try:
+            return self.start(args, sid or secrets.token_hex(6), on_event)
+        except BaseException:
+            release_outputs(args.outfile)
+            raise
+
+    def start(self, args: argparse.Namespace, sid: str, on_event=None, extra_sinks: tuple = (),
+              admit: bool = True) -> Session:
+        """A session from flags (the serve command's own, or a checked body)."""
+        from engine.cli import make_sinks, use_gpu_encoder
+        with self._lock:  # the place is taken under the lock; the loading happens outside it
+            left, reason = self.room()
+            if admit and left < 1:
+                raise SessionRefused(f"no capacity for another session: {reason}")
+            self._starting += 1
+        try:
+            presenter, predictor, compositor, cfg = self.parts.build(args, live=True, user=sid)
+            sinks = [*make_sinks(args), *extra_sinks]
+            use_gpu_encoder(sinks, compositor)
+            engine = LiveEngine(presenter, predictor, compositor, sinks, cfg)
+            return self.adopt(engine, sid, on_event)
+        except BaseException:
+            self._close_workers(self.parts.release(sid))
+            raise
+        finally:
+            with self._lock:
+                self._starting -= 1
+
+    def adopt(self, engine: LiveEngine, sid: str = DEFAULT, on_event=None) -> Session:
+        """Run a built engine as a session (the single-session server and its tests build their own)."""
+        webrtc = None
+        if self.loop is not None:
+            from .webrtc import WebRtcSink
+            webrtc = WebRtcSink(self.loop, self.cfg.max_peers, self.cfg.peer_connect_seconds)
+            engine.sinks.append(webrtc)
+        session = Session(sid, engine, SpeechDesk(engine, self.cfg.limits), webrtc)
+        deliver = on_event or (lambda s, event: s.desk.route(event))
+        if self.loop is not None:
+            engine.on_event = lambda event: self.loop.call_soon_threadsafe(deliver, session, event)
+        else:
+            engine.on_event = lambda event: deliver(session, event)
+        session.thread = threading.Thread(target=self._run, args=(session,), name=f"session-{sid}", daemon=True)
+        with self._lock:
+            if sid in self._sessions:
+                raise ValueError(f"session {sid!r} exists")
+            self._sessions[sid] = session
+        session.thread.start()
+        log.info("session %s started (%d running)", sid, len(self._sessions))
+        return session
+
+    def _run(self, session: Session) -> None:
+        try:
+            session.engine.run()
+        except Exception as exc:  # its status and /health say so; the other sessions go on
+            session.error = str(exc)
+            log.exception("session %s failed", session.id)
+
+    def alive(self, sid: str) -> bool:
+        session = self._sessions.get(sid)
+        return session is not None and session.thread.is_alive()
+
+    def end(self, sid: str) -> dict:
+        """Stop a session's clock, close its outputs and release what only it used; its final status."""
+        with self._lock:
+            session = self._sessions.pop(sid, None)
+            if session is None:
+                raise UnknownSession(sid)
+        session.engine.stop()
+        session.thread.join(timeout=10)  # run() closes its outputs on the way out, WebRTC peers included
+        status = session.status()
+        stats = session.engine.stats
+        with self._lock:
+            self._ended = (self._ended[0] + stats.frames, self._ended[1] + stats.late + stats.skipped)
+        self._close_workers(self.parts.release(sid))
+        log.info("session %s ended (%d running)", sid, len(self._sessions))
+        return status
+
+    def _close_workers(self, dropped: list) -> None:
+        for obj in dropped:
+            worker = getattr(obj, "worker", None)
+            if isinstance(worker, ModelWorker):
+                worker.close()
+                self.workers.remove(worker)
+
+    def close(self) -> None:
+        for sid in list(self._sessions):
+            self.end(sid)
+        self._stop.set()
+        self._sampler.join(timeout=5)
+
+    def status(self) -> dict:
+        left, reason = self.room()
+        return {"sessions": {sid: s.status() for sid, s in list(self._sessions.items())},
+                "capacity": {"sessions_left": left, "limit": reason if left < 1 else None,
+                             "cpu_cores_allowed": self.cfg.cores},
+                "models": [{"name": w.name, "batches": w.batches, "frames": w.rows, "dropped": w.dropped,
+                            "ms_per_frame": 1000 * w.per_row(), "busy_seconds": w.busy_seconds}
+                           for w in list(self.workers)]}
