@@ -37,8 +37,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     store = Path(args.runtime_cache) if args.runtime_cache else default_runtime_cache()
     started = time.perf_counter()
+    spent: dict[str, float] = {}
+    current = ["load", time.perf_counter()]
     with tqdm(total=len(STEPS), desc="prepare", unit="step", bar_format="{desc}: {n}/{total} {postfix}") as bar:
         def step(name: str) -> None:
+            """A step starts: the one before it ends (its time is printed at the end)."""
+            now = time.perf_counter()
+            spent[current[0]] = spent.get(current[0], 0.0) + now - current[1]
+            current[:] = [name, now]
             bar.n = STEPS.index(name)
             bar.set_postfix_str(name)
             bar.refresh()
@@ -48,8 +54,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         predictor = LipSyncPredictor(generator.model, "cpu", args.dtype, runtime="openvino", store_dir=store,
                                      progress=step, own_model=True)
         remember_conversion(args.checkpoint_path, store, predictor, args.dtype)
+        step("load")  # closes the last step's time
         bar.n = len(STEPS)
         bar.set_postfix_str("done")
+    steps = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in spent.items())
     print(f"prepared {generator.spec.name} ({predictor.precision}) in {store} in "
-          f"{time.perf_counter() - started:.1f} s: renders with any presenter start from it")
+          f"{time.perf_counter() - started:.1f} s ({steps}): renders with any presenter start from it")
     return 0
