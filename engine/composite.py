@@ -115,19 +115,18 @@ class Compositor(CompositeSteps):
         return np.stack([match_colour(f, self.presenter.face(i), self.crop_mask) for i, f in zip(indices, faces)])
 
     def _paste_crop(self, index: int, face: np.ndarray) -> np.ndarray:
-        frame = self.presenter.background(index)
-        x1, y1, x2, y2 = self.presenter.box[index]
-        size = (int(x2 - x1), int(y2 - y1))
-        blend(frame[y1:y2, x1:x2], cv2.resize(face, size, interpolation=cv2.INTER_LINEAR),
-              cv2.resize(self.crop_mask, size, interpolation=cv2.INTER_LINEAR))
-        return frame
+        return self._blend_face(self.presenter.background(index), self.presenter.box[index], face)
 
     def _head_with_mouth(self, index: int, face: np.ndarray) -> np.ndarray:
-        head = self.presenter.head(index)
-        x1, y1, x2, y2 = self.presenter.head_box[index]
+        return self._blend_face(self.presenter.head(index), self.presenter.head_box[index], face)
+
+    def _blend_face(self, image: np.ndarray, box, face: np.ndarray) -> np.ndarray:
+        """The crop resized into its box of `image` under the feathered lower-face mask (in place)."""
+        x1, y1, x2, y2 = box
         size = (int(x2 - x1), int(y2 - y1))
-        blend(head[y1:y2, x1:x2], cv2.resize(face, size), cv2.resize(self.crop_mask, size))
-        return head
+        blend(image[y1:y2, x1:x2], cv2.resize(face, size, interpolation=cv2.INTER_LINEAR),
+              cv2.resize(self.crop_mask, size, interpolation=cv2.INTER_LINEAR))
+        return image
 
     def _lip_only(self, index: int, head: np.ndarray, restored: np.ndarray) -> np.ndarray:
         x1, y1, x2, y2 = self.presenter.head_box[index]

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from audio.decode import PCM_FORMATS, RATES, PcmStream
+from audio.decode import PCM_FORMATS, RATES, AudioError, AudioTooLong, PcmStream, decode_upload
 from core.timebase import SAMPLE_RATE
 
 # the JSON messages a client may send: type -> {field: exact Python type}
@@ -211,3 +211,19 @@ class SpeechDesk:
                 self.owners.pop(tag, None)
         if client is not None and client in self.clients:
             client.send({**event, **self.queue()})
+
+
+def speak_upload(desk: SpeechDesk, data: bytes, max_seconds: float) -> tuple[int, dict]:
+    """An uploaded audio file, decoded and queued in a session: (HTTP status, body), as every transport answers it.
+    Blocking (the decode): transports call it off their event loop."""
+    try:
+        pcm = decode_upload(data, max_seconds)
+    except AudioTooLong as exc:
+        return 413, {"error": str(exc)}
+    except AudioError as exc:
+        return 400, {"error": str(exc)}
+    try:
+        tag = desk.speak(pcm)
+    except QueueFull as exc:
+        return 429, {"error": str(exc)}
+    return 200, {"utterance": tag, "seconds": len(pcm) / SAMPLE_RATE}

@@ -24,8 +24,6 @@ from typing import Optional
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect  # FastAPI needs the handlers' annotations as
 from fastapi.responses import JSONResponse, Response                   # objects: no postponed annotations here
 
-from core.errors import UserError
-from core.timebase import SAMPLE_RATE
 
 log = logging.getLogger("engine.ray_serve")
 EVENT_POLL = 0.02  # s between looks at a client's events while the router waits for them
@@ -51,16 +49,9 @@ class SessionHost:
         return {"left": left, "reason": reason}
 
     def create(self, body: object, sid: str) -> dict:
-        from engine.sessions import BadSession, SessionRefused
-        try:
-            self.sessions.create(body, sid)
-        except BadSession as exc:
-            return {"http": 400, "error": str(exc), "field": exc.field}
-        except SessionRefused as exc:
-            return {"http": 503, "error": str(exc)}
-        except (UserError, ValueError) as exc:
-            return {"http": 400, "error": str(exc)}
-        return {"http": 201, "id": sid}
+        from engine.sessions import create_answer
+        status, answer = create_answer(self.sessions, body, sid)
+        return {"http": status, **answer}
 
     def end(self, sid: str) -> dict:
         from engine.sessions import UnknownSession
@@ -123,20 +114,12 @@ class SessionHost:
             self.sessions.get(sid).desk.disconnect(entry[0])
 
     def speak(self, sid: str, data: bytes) -> dict:
-        from audio.decode import AudioError, AudioTooLong, decode_upload
-        from engine.protocol import QueueFull
+        from engine.protocol import speak_upload
         if sid not in self.sessions.ids():
             return {"http": 404, "error": f"no session {sid!r}"}
-        try:
-            pcm = decode_upload(data, self.sessions.cfg.limits.max_utterance_seconds)
-            tag = self.sessions.get(sid).desk.speak(pcm)
-        except AudioTooLong as exc:
-            return {"http": 413, "error": str(exc)}
-        except AudioError as exc:
-            return {"http": 400, "error": str(exc)}
-        except QueueFull as exc:
-            return {"http": 429, "error": str(exc)}
-        return {"http": 200, "utterance": tag, "seconds": len(pcm) / SAMPLE_RATE}
+        status, answer = speak_upload(self.sessions.get(sid).desk, data,
+                                      self.sessions.cfg.limits.max_utterance_seconds)
+        return {"http": status, **answer}
 
     def offer(self, sid: str, sdp: str, kind: str) -> dict:
         if sid not in self.sessions.ids():
@@ -214,8 +197,7 @@ def router_deployment(token: Optional[str], listen: tuple[str, int]):
             result = await self.hosts[best].create.remote(body, sid)
             if result["http"] == 201:
                 self.placement[sid] = best
-                base = f"/sessions/{sid}"
-                result.update(host=best, ws=f"{base}/ws", speak=f"{base}/speak", offer=f"{base}/offer")
+                result["host"] = best
             return answer(result)
 
         async def forward(self, request: Request, sid: str, method: str, *args) -> JSONResponse:

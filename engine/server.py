@@ -31,12 +31,11 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from core.errors import UserError
-from core.timebase import SAMPLE_RATE
 
-from audio.decode import AudioError, AudioTooLong, decode_upload
+from audio.decode import AudioError
 from .loop import LiveEngine
-from .protocol import ProtocolError, QueueFull, SpeechLimits, Unauthorized, authenticate
-from .sessions import DEFAULT, BadSession, Session, SessionRefused, Sessions, SessionsConfig, UnknownSession
+from .protocol import ProtocolError, SpeechLimits, Unauthorized, authenticate, speak_upload
+from .sessions import DEFAULT, Session, Sessions, SessionsConfig, UnknownSession, create_answer
 from .webrtc import PeerLimit
 
 log = logging.getLogger("engine.server")
@@ -267,17 +266,8 @@ class Server:
             body = await request.json()
         except (ValueError, RecursionError):
             return web.json_response({"error": "expected a JSON object of engine flags"}, status=400)
-        try:  # loading a presenter or a model takes a while: off the loop
-            session = await self.loop.run_in_executor(self._loader, self.sessions.create, body)
-        except BadSession as exc:
-            return web.json_response({"error": str(exc), "field": exc.field}, status=400)
-        except SessionRefused as exc:
-            return web.json_response({"error": str(exc)}, status=503)
-        except (UserError, ValueError) as exc:  # a cache that is not one, a model file that is wrong …
-            return web.json_response({"error": str(exc)}, status=400)
-        base = f"/sessions/{session.id}"
-        return web.json_response({"id": session.id, "ws": f"{base}/ws", "speak": f"{base}/speak",
-                                  "offer": f"{base}/offer", "status": f"{base}/status"}, status=201)
+        status, answer = await self.loop.run_in_executor(self._loader, create_answer, self.sessions, body)
+        return web.json_response(answer, status=status)
 
     async def _end(self, request):
         from aiohttp import web
@@ -318,17 +308,9 @@ class Server:
             except asyncio.TimeoutError:
                 return web.json_response({"error": f"upload not received within {self.cfg.upload_seconds:.0f} s"},
                                          status=408)
-            try:
-                pcm = await self.loop.run_in_executor(None, decode_upload, data, self.cfg.max_utterance_seconds)
-            except AudioTooLong as exc:
-                return web.json_response({"error": str(exc)}, status=413)
-            except AudioError as exc:
-                return web.json_response({"error": str(exc)}, status=400)
-        try:
-            tag = session.desk.speak(pcm)
-        except QueueFull as exc:
-            return web.json_response({"error": str(exc)}, status=429)
-        return web.json_response({"utterance": tag, "seconds": len(pcm) / SAMPLE_RATE})
+            status, answer = await self.loop.run_in_executor(None, speak_upload, session.desk, data,
+                                                             self.cfg.max_utterance_seconds)
+        return web.json_response(answer, status=status)
 
     def status(self) -> dict:
         """Every session and the capacity left; with a default session, its fields at the top level too."""

@@ -402,3 +402,19 @@ class Sessions:
                 "models": [{"name": w.name, "batches": w.batches, "frames": w.rows, "dropped": w.dropped,
                             "ms_per_frame": 1000 * w.per_row(), "busy_seconds": w.busy_seconds}
                            for w in list(self.workers)]}
+
+
+def create_answer(sessions: Sessions, body: object, sid: Optional[str] = None) -> tuple[int, dict]:
+    """POST /sessions, as every transport answers it: (HTTP status, body). Blocking (loading): call it off the
+    event loop."""
+    try:
+        session = sessions.create(body, sid)
+    except BadSession as exc:
+        return 400, {"error": str(exc), "field": exc.field}
+    except SessionRefused as exc:
+        return 503, {"error": str(exc)}
+    except (UserError, ValueError) as exc:  # a cache that is not one, a model file that is wrong …
+        return 400, {"error": str(exc)}
+    base = f"/sessions/{session.id}"
+    return 201, {"id": session.id, "ws": f"{base}/ws", "speak": f"{base}/speak", "offer": f"{base}/offer",
+                 "status": f"{base}/status"}

@@ -70,16 +70,16 @@ class TorchCompositor(CompositeSteps):
         return torch.stack([match_colour(f, o, self.crop_mask) for f, o in zip(faces, originals)])
 
     def _paste_crop(self, index: int, face: torch.Tensor) -> torch.Tensor:
-        frame = self.frames.background(index).clone()
-        x1, y1, x2, y2 = (int(v) for v in self.presenter.box[index])
-        blend(frame[y1:y2, x1:x2], resize(face.float(), y2 - y1, x2 - x1), resize(self.crop_mask, y2 - y1, x2 - x1))
-        return frame
+        return self._blend_face(self.frames.background(index).clone(), self.presenter.box[index], face)
 
     def _head_with_mouth(self, index: int, face: torch.Tensor) -> torch.Tensor:
-        head = self.frames.head(index).clone()
-        x1, y1, x2, y2 = (int(v) for v in self.presenter.head_box[index])
-        blend(head[y1:y2, x1:x2], resize(face.float(), y2 - y1, x2 - x1), resize(self.crop_mask, y2 - y1, x2 - x1))
-        return head
+        return self._blend_face(self.frames.head(index).clone(), self.presenter.head_box[index], face)
+
+    def _blend_face(self, image: torch.Tensor, box, face: torch.Tensor) -> torch.Tensor:
+        """The crop resized into its box of `image` under the feathered lower-face mask (in place)."""
+        x1, y1, x2, y2 = (int(v) for v in box)
+        blend(image[y1:y2, x1:x2], resize(face.float(), y2 - y1, x2 - x1), resize(self.crop_mask, y2 - y1, x2 - x1))
+        return image
 
     def _lip_only(self, index: int, head: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         x1, y1, x2, y2 = (int(v) for v in self.presenter.head_box[index])
