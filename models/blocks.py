@@ -134,6 +134,16 @@ class GeneratorSpec:
     act: str = "relu"  # activation of every wrapper; the 2021 flavour uses prelu
     description: str = ""
 
+    @property
+    def refine(self) -> tuple[Layer, ...]:
+        """The audio_refine layers (two 1x1 1024 convs) of generators that have them, else none."""
+        return (conv(1024, 1024, 1, 1, 0), conv(1024, 1024, 1, 1, 0)) if self.audio_refine else ()
+
+    @property
+    def output(self) -> Layer:
+        """The output block's ConvBN, before its plain 1x1 conv to 3 channels and the head."""
+        return conv(self.output_cin, 32, act=self.act)
+
     def with_act(self, act: str, name: str, description: str) -> "GeneratorSpec":
         """The same topology with another activation in every wrapper (the 2021 PReLU flavour)."""
         return GeneratorSpec(name, self.size, tuple(tuple(with_act(b, act)) for b in self.encoder),
@@ -188,9 +198,9 @@ class Wav2Lip(nn.Module):
         self.face_encoder_blocks = nn.ModuleList(stack(block) for block in spec.encoder)
         self.audio_encoder = stack(spec.audio)
         if spec.audio_refine:
-            self.audio_refine = stack([conv(1024, 1024, 1, 1, 0), conv(1024, 1024, 1, 1, 0)])
+            self.audio_refine = stack(spec.refine)
         self.face_decoder_blocks = nn.ModuleList(stack(block) for block in spec.decoder)
-        self.output_block = nn.Sequential(ConvBN(conv(spec.output_cin, 32, act=spec.act)),
+        self.output_block = nn.Sequential(ConvBN(spec.output),
                                           nn.Conv2d(32, 3, 1, 1, 0),
                                           nn.Tanh() if spec.head == "tanh" else nn.Sigmoid())
 

@@ -113,7 +113,7 @@ class LipSyncPredictor(HostPredictor):
             fold_batchnorm(net)
         if self.runtime == "openvino":
             self.runner, self.precision = build_openvino(
-                net, model.spec.name, self.size, precision == "int8",
+                net, precision == "int8",
                 lambda: self.calibration_batches(calibration_faces),
                 OpenVinoStore(Path(store_dir)) if store_dir else None, progress=progress)
         else:

@@ -86,12 +86,11 @@ def weights_digest(net: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def convert(net: nn.Module, size: int):
-    """torch -> OpenVINO model with a dynamic batch dimension."""
-    ov = import_openvino()
-    example = (torch.zeros(2, 1, 80, 16), torch.zeros(2, 6, size, size))
-    with torch.no_grad(), no_usage_reporting():
-        return ov.convert_model(net.float().cpu().eval(), example_input=example)
+def convert(net: nn.Module):
+    """A Wav2Lip generator -> OpenVINO model with a dynamic batch dimension, built from its layer table and weights
+    (models/openvino_graph.py; no tracing, no usage report)."""
+    from .openvino_graph import generator_graph
+    return generator_graph(net.spec, {k: v.detach().cpu().float().numpy() for k, v in net.state_dict().items()})
 
 
 def quantize_int8(model, calibration: Sequence[Batch]):
@@ -119,7 +118,7 @@ def output_error(reference: Callable, candidate: Callable, batches: Sequence[Bat
             "spread": float(out.std()), "speech_spread": float(grouped.std(axis=1).mean()) if windows > 1 else 0.0}
 
 
-def build_openvino(net: nn.Module, name: str, size: int, int8: bool,
+def build_openvino(net: nn.Module, int8: bool,
                    calibration: Optional[Callable[[], tuple[list[Batch], list[Batch], int]]] = None,
                    store: Optional[OpenVinoStore] = None, check: Int8Check = Int8Check(),
                    progress: Callable[[str], None] = lambda step: None) -> tuple[OpenVinoRunner, str]:
@@ -128,7 +127,7 @@ def build_openvino(net: nn.Module, name: str, size: int, int8: bool,
     `calibration()` returns (calibration batches, check batches, speech windows per checked face); it is only
     called when no stored int8 model exists for these weights. `progress(step)` is told each step as it starts
     (convert, calibrate, check, save)."""
-    digest = weights_digest(net)
+    name, digest = net.spec.name, weights_digest(net)
 
     def fp32_model(keep: bool):
         """Converted (or stored) fp32 model; stored when `keep` (it is what runs)."""
@@ -139,7 +138,7 @@ def build_openvino(net: nn.Module, name: str, size: int, int8: bool,
         else:
             progress("convert")
             log.info("converting %s to OpenVINO (once per checkpoint)…", name)
-            model = convert(net, size)
+            model = convert(net)
             if store and keep:
                 store.save(key, model, {"precision": "fp32"})
         return model

@@ -12,7 +12,7 @@ import torch
 from audio.decode import load_audio
 from audio.mel import frame_windows, melspectrogram
 from engine.presenter import Presenter
-from models import wav2lip96
+from models import wav2lip96, wav2lip288, wav2lip384
 from models.blocks import Wav2Lip
 from models.predictor import LipSyncPredictor, pick_dtype
 from models.runtime import Int8Check, OpenVinoStore, build_openvino, pick_runtime, weights_digest
@@ -78,7 +78,7 @@ def test_int8_that_fails_its_check_falls_back_to_fp32(wide_generator, int8_predi
     _, store = int8_predictor
     net = fold_batchnorm(copy.deepcopy(wide_generator))
     with caplog.at_level(logging.WARNING, "models"):
-        _, precision = build_openvino(net, "wav2lip96", 96, True, None, OpenVinoStore(store), Int8Check(0.0, 0.0))
+        _, precision = build_openvino(net, True, None, OpenVinoStore(store), Int8Check(0.0, 0.0))
     assert precision == "fp32"
     assert "running fp32" in caplog.text
 
@@ -92,6 +92,23 @@ def test_stored_models_are_keyed_by_their_weights(wide_generator, int8_predictor
     # from the fallback of the test before
     other = fold_batchnorm(randomise_batchnorm(Wav2Lip(wav2lip96.GENERATOR), seed=1))
     assert weights_digest(other) != digest  # other weights never find this conversion
+
+
+@pytest.mark.parametrize("spec", [wav2lip96.GENERATOR, wav2lip288.GENERATOR, wav2lip288.GENERATOR_PRELU_2021,
+                                  wav2lip384.GENERATOR], ids=lambda s: s.name)
+def test_the_graph_built_from_the_layer_table_equals_the_torch_generator(spec):
+    """models/openvino_graph.py builds each architecture (SAM, PReLU, tanh head, audio refine included) from the
+    unfolded state dict, folding BatchNorm itself: its output equals the torch module's."""
+    from models.openvino_cpu import OpenVinoRunner
+    from models.openvino_graph import generator_graph
+    model = randomise_batchnorm(Wav2Lip(spec))
+    mel, faces = torch.randn(2, 1, 80, 16), torch.rand(2, 6, spec.size, spec.size)
+    with torch.no_grad():
+        expected = model(mel, faces).numpy()
+    got = OpenVinoRunner(generator_graph(spec, {k: v.numpy() for k, v in model.state_dict().items()}))(
+        mel.numpy(), faces.numpy())
+    assert got.shape == expected.shape and expected.std() > 0.01
+    assert np.abs(got - expected).max() < 1e-5
 
 
 def test_runtime_and_dtype_rules():
@@ -164,7 +181,7 @@ def test_an_int8_check_that_cannot_tell_anything_says_so(int8_predictor, wide_ge
         info_path.write_text(json.dumps(info))
         caplog.clear()
         with caplog.at_level(logging.INFO, "models"):
-            _, precision = build_openvino(net, "wav2lip96", 96, True, None, OpenVinoStore(copy_of_store))
+            _, precision = build_openvino(net, True, None, OpenVinoStore(copy_of_store))
         assert precision == "int8"
         logs[name] = caplog.text
     assert "spread 40.0 levels, of which speech moves 3.0" in logs["trained"] and "cannot tell" not in logs["trained"]
@@ -173,8 +190,8 @@ def test_an_int8_check_that_cannot_tell_anything_says_so(int8_predictor, wide_ge
 
 def test_conversion_and_calibration_report_no_usage(tmp_path):
     """openvino-telemetry, with no consent file (a fresh home) and no CI variable, counts silence as consent: a
-    conversion and an int8 calibration through models/runtime.py must send nothing; the same conversion called
-    straight would (the control shows the check can see a send)."""
+    conversion and an int8 calibration through models/runtime.py must send nothing; openvino's own converter
+    called straight would (the control shows the check can see a send)."""
     import subprocess
     import sys
     from conftest import ROOT
@@ -185,25 +202,19 @@ from openvino_telemetry.main import TelemetrySender
 sent = []
 TelemetrySender.send = lambda self, backend, message: sent.append(message)
 import numpy as np, torch
+from models import wav2lip96, wav2lip288, wav2lip384
+from models.blocks import Wav2Lip
 from models.runtime import convert, quantize_int8
 
-class Small(torch.nn.Module):  # Wav2Lip's call signature, a fraction of its size: the telemetry path is the same
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(6, 3, 3, padding=1)
-
-    def forward(self, mel, faces):
-        return torch.sigmoid(self.conv(faces) + mel.mean(dim=(1, 2, 3))[:, None, None, None])
-
-net = Small().eval()
+net = Wav2Lip(wav2lip96.GENERATOR).eval()
 if sys.argv[1] == "ours":
-    model = convert(net, 16)
+    model = convert(net)
     quantize_int8(model, [(np.random.rand(2, 1, 80, 16).astype(np.float32),
-                           np.random.rand(2, 6, 16, 16).astype(np.float32))])
+                           np.random.rand(2, 6, 96, 96).astype(np.float32))])
 else:
     import openvino as ov
     with torch.no_grad():
-        ov.convert_model(net, example_input=(torch.zeros(2, 1, 80, 16), torch.zeros(2, 6, 16, 16)))
+        ov.convert_model(net, example_input=(torch.zeros(2, 1, 80, 16), torch.zeros(2, 6, 96, 96)))
 print("SENT", len(sent))
 """.format(root=str(ROOT))
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
