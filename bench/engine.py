@@ -48,6 +48,7 @@ from engine.torch_composite import TorchCompositor  # noqa: E402
 from models import wav2lip96, wav2lip288, wav2lip384  # noqa: E402
 from models.blocks import Wav2Lip  # noqa: E402
 from models.mouthwarp import MouthAnimator  # noqa: E402
+from models.mouthwarp.library import library_for  # noqa: E402
 from models.predictor import LipSyncPredictor  # noqa: E402
 from preprocess.pipeline import PreprocessConfig, preprocess_video  # noqa: E402
 
@@ -110,7 +111,8 @@ def stage_ms(presenter, predictor, compositor, enhancer, count: int, work: Path)
         return result
 
     faces = timed("decode", lambda: (compositor.faces(indices), [compositor.passthrough(i) for i in indices])[0])
-    mouths = timed("model", lambda: predictor.predict(windows, faces))
+    landmarks = np.stack([presenter.crop_landmarks(i) for i in indices])  # the mouth animator needs them
+    mouths = timed("model", lambda: predictor.predict(windows, faces, landmarks))
     if enhancer is not None:
         heads = compositor.frames.heads[indices].to(compositor.device) if hasattr(compositor, "frames") \
             else np.stack([presenter.head(i) for i in indices])
@@ -160,8 +162,9 @@ def main() -> None:
         preprocess_video(clip, work / "cache", PreprocessConfig(face_size=args.size), progress=False)
         presenter = Presenter(work / "cache" / "presenter", args.size, load_heads=args.enhance != "none")
     if args.lip == "animator":
-        predictor = MouthAnimator(presenter.face_size)
-        described = "the weight-free mouth animator"
+        predictor = MouthAnimator(presenter.face_size, library=library_for(presenter))
+        described = "the weight-free mouth animator, " + ("the presenter's recorded mouths" if predictor.library
+                                                           else "drawn mouths")
     else:
         predictor = LipSyncPredictor(Wav2Lip(SPECS[args.size]).eval(), args.device, args.dtype,
                                      batch_size=args.batch_size, runtime=args.runtime,

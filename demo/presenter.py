@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -83,8 +83,9 @@ def speak(text: str, out_wav: Path, voice: str = "en-us", speed: int = 150) -> P
 
 def make_presenter_clip(out: Path, seconds: float = 4.0, fps: float = 25, path: FacePath = FacePath(),
                         cover: Optional[tuple[float, float]] = None, audio: Optional[Path] = None,
-                        crf: int = 18) -> Path:
-    """Write an H.264 mp4 of the moving presenter; `cover` = (start, end) seconds where a card hides the face.
+                        crf: int = 18, photo_at: Optional[Callable[[int], np.ndarray]] = None) -> Path:
+    """Write an H.264 mp4 of the moving presenter; `cover` = (start, end) seconds where a card hides the face;
+    `photo_at(i)` gives frame i's version of the photo (demo/talking.py opens its mouth).
 
     With `audio` the clip gets that sound (trimmed or padded with silence to the clip's length) as AAC.
     """
@@ -102,7 +103,7 @@ def make_presenter_clip(out: Path, seconds: float = 4.0, fps: float = 25, path: 
     encoder = Child(cmd, stdin=subprocess.PIPE)
     for i in range(n):
         t = i / fps
-        frame = render_frame(photo, alpha, background, path.transform_at(t))
+        frame = render_frame(photo if photo_at is None else photo_at(i), alpha, background, path.transform_at(t))
         if cover and cover[0] <= t < cover[1]:
             x1, y1, x2, y2 = path.box_at(t).astype(int)
             pad = (x2 - x1) // 2

@@ -133,14 +133,21 @@ class Parts:
 
     def _animator(self, presenter, user):
         from models.mouthwarp import MouthAnimator
+        from models.mouthwarp.library import library_for
 
         def animator():
             log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for "
                      "Wav2Lip lip sync pass --checkpoint_path wav2lip_gan.pth")
-            model = MouthAnimator(presenter.face_size)
+            model = MouthAnimator(presenter.face_size, library=library_for(presenter))
+            if model.library is not None:
+                log.info("mouths: %d recorded in the presenter's footage (openings up to %.0f%% of the mouth width)",
+                         len(model.library.openings), 100 * float(model.library.openings.max()))
+            else:
+                log.info("mouths: the footage shows no open mouth, so they are drawn; record the presenter talking "
+                         "for a few seconds to use their own")
             model.warm_up(1)
-            return self._share(model, f"animator-{presenter.face_size}")
-        return self._get(("model", "animator", presenter.face_size), user, animator)
+            return self._share(model, f"animator-{presenter.dir.name}")
+        return self._get(("model", "animator", str(presenter.dir)), user, animator)
 
     def _wav2lip(self, args, live: bool, user):
         """Wav2Lip for the flags: a conversion stored before, found by the checkpoint file's hash (no torch); else

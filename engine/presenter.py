@@ -13,6 +13,7 @@ import numpy as np
 
 from core.errors import UserError
 from preprocess import cache
+from preprocess.geometry import crop_landmarks
 
 
 class PresenterError(UserError):
@@ -89,9 +90,7 @@ class Presenter:
 
     def crop_landmarks(self, i: int) -> np.ndarray:
         """Frame i's landmarks in body_face crop pixels (the crop is the padded box resized to face_size)."""
-        x1, y1, x2, y2 = self.box[i].astype(np.float32)
-        scale = np.array([self.face_size / (x2 - x1), self.face_size / (y2 - y1)], np.float32)
-        return (self.landmarks[i] - np.array([x1, y1], np.float32)) * scale
+        return crop_landmarks(self.landmarks[i], self.box[i], self.face_size)
 
 
 def ping_pong(k: int, frames: int) -> int:

@@ -62,3 +62,10 @@ def box_in_head(box: np.ndarray, forward: np.ndarray) -> np.ndarray:
     scale = float(np.sqrt(abs(np.linalg.det(forward[:, :2]))))
     half_w, half_h = (x2 - x1) * scale / 2, (y2 - y1) * scale / 2
     return np.array([centre[0] - half_w, centre[1] - half_h, centre[0] + half_w, centre[1] + half_h], np.float32)
+
+
+def crop_landmarks(landmarks: np.ndarray, box: np.ndarray, face_size: int) -> np.ndarray:
+    """Frame landmarks in the pixels of its face crop (the padded `box` resized to face_size x face_size)."""
+    x1, y1, x2, y2 = np.asarray(box, np.float32)
+    scale = np.array([face_size / (x2 - x1), face_size / (y2 - y1)], np.float32)
+    return (np.asarray(landmarks, np.float32) - np.array([x1, y1], np.float32)) * scale

@@ -19,7 +19,7 @@ from core.timebase import FPS
 from . import cache
 from .detect import Face, make_detector
 from .export import export_training_clip, write_filelists
-from .geometry import box_in_head, head_alignment, padded_box
+from .geometry import box_in_head, crop_landmarks, head_alignment, padded_box
 from .smooth import smooth_stream
 from .video import VideoError, VideoInfo, decode_frames, extract_audio, probe
 
@@ -57,6 +57,18 @@ class VideoResult:
     faces: int = 0
     seconds: float = 0.0
     message: str = ""
+
+
+def store_library(cache_dir: Path, face_size: int) -> None:
+    """The presenter's own mouths, for the weight-free animator (models/mouthwarp/library.py), kept in the cache."""
+    from models.mouthwarp.library import LIBRARY_FILE, MouthLibrary
+    det = cache.read_face_det(cache_dir)
+    landmarks = np.stack([crop_landmarks(marks, box, face_size) if has else np.full(marks.shape, np.nan, np.float32)
+                          for marks, box, has in zip(det["landmarks"], det["box"], det["has_face"])])
+    library = MouthLibrary.build(landmarks, lambda i: cv2.imread(str(cache_dir / "body_face" / cache.frame_name(i))))
+    library.save(cache_dir / LIBRARY_FILE)
+    log.info("%s: mouth library of %d recorded mouths%s", cache_dir.name, len(library.openings),
+             "" if library.usable else " (no open mouths: the animator will draw them)")
 
 
 def file_sha256(path: Path) -> str:
@@ -160,6 +172,7 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
         raise
     finally:
         detector.close()
+    store_library(final_dir, cfg.face_size)
     return VideoResult(source, name, "done", frames, faces, time.monotonic() - start)
 
 

@@ -1,49 +1,33 @@
-"""A mouth animator that needs no learned weights: audio features -> a landmark-driven warp of lips and jaw.
+"""A mouth animator that needs no learned weights: audio features -> the presenter's own mouths, or a drawn one.
 
 Per frame, from the Wav2Lip mel window the engine already computes:
-- opening: loudness of the mel frames around the frame's time (silence is the -4 floor) -> how far the jaw drops;
+- opening: loudness of the mel frames around the frame's time (silence is the -4 floor) -> how far the mouth opens;
 - rounding: spectral tilt (energy low in the spectrum, as in "o"/"u", rounds the lips; high, as in "i"/"s", spreads
   them).
 Both go through an attack/release filter, so the mouth opens quickly, closes a little slower and does not flicker
-like a level meter. The crop is then warped with smooth radial displacements (lower lip and jaw down, upper lip
-up a little, corners in or out) split along the lip line, and the gap between the lips is painted as a dark mouth
-cavity with a hint of upper teeth, anti-aliased.
+like a level meter.
+
+When the presenter's footage has open mouths (models/mouthwarp/library.py), the frame takes the recorded mouth
+that best fits that shape. Otherwise it draws one (`draw_open_mouth`): the lips move whole, never painted over
+(the lower lip and jaw drop, the upper lip lifts a little), the opening closes toward the corners and is at most
+45% of the mouth width, and the inside is shaded from the lip colour with soft, curved teeth.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import cv2
 import numpy as np
 
-from core.masks import smoothstep
+from .geometry import (LAYOUTS, MouthLayout, along_lip, lip_contours, mouth_opening, mouth_width, polygon_mask,
+                       warp_to)
 
 # calibrated on espeak-ng speech: mel loudness near a frame is -4 in silence, about -2.9 .. -0.6 in speech
 LOUDNESS_CLOSED, LOUDNESS_OPEN = -3.2, -0.8
 TILT_SCALE = 1.3
-MAX_OPEN = 0.27      # jaw drop at full opening, as a fraction of the mouth width
-CAVITY_BGR = (30, 22, 48)
-TEETH_BGR = (196, 202, 212)
-
-
-@dataclass(frozen=True)
-class MouthLayout:
-    """Landmark indices of one detector's scheme (image-left first)."""
-    upper_inner: tuple[int, ...]
-    lower_inner: tuple[int, ...]
-    upper_outer_mid: int
-    lower_outer_mid: int
-    corners: tuple[int, int]
-    chin: int
-
-
-MEDIAPIPE_478 = MouthLayout(upper_inner=(78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308),
-                            lower_inner=(78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308),
-                            upper_outer_mid=0, lower_outer_mid=17, corners=(61, 291), chin=152)
-DLIB_68 = MouthLayout(upper_inner=(60, 61, 62, 63, 64), lower_inner=(60, 67, 66, 65, 64),
-                      upper_outer_mid=51, lower_outer_mid=57, corners=(48, 54), chin=8)
-LAYOUTS = {478: MEDIAPIPE_478, 68: DLIB_68}
+MAX_GAP = 0.45        # the lips' gap at full opening, as a fraction of the mouth width
+UPPER_SHARE = 0.15    # of the gap, the upper lip's lift (the rest is the lower lip and jaw dropping)
+TEETH_BGR = np.array([200, 212, 224], np.float32)
 
 
 def audio_features(window: np.ndarray) -> tuple[float, float]:
@@ -56,12 +40,16 @@ def audio_features(window: np.ndarray) -> tuple[float, float]:
 
 
 class MouthAnimator:
-    """Drop-in for the Wav2Lip predictor: predict(mel_windows, faces, landmarks) -> faces (BGR uint8)."""
+    """Drop-in for the Wav2Lip predictor: predict(mel_windows, faces, landmarks) -> faces (BGR uint8).
+
+    `library` (models/mouthwarp/library.py) gives the presenter's own recorded mouths; without one, or when it has
+    no open mouths, each frame's mouth is drawn."""
     name = "mouthwarp"
 
-    def __init__(self, face_size: int, attack: float = 0.7, release: float = 0.45):
+    def __init__(self, face_size: int, attack: float = 0.7, release: float = 0.45, library=None):
         self.size = face_size
         self.attack, self.release = attack, release
+        self.library = library if library is not None and library.usable else None
         self._opening = 0.0
         self._rounding = 0.0
         self.last_openings: list[float] = []
@@ -88,69 +76,128 @@ class MouthAnimator:
         return out
 
     def animate(self, face: np.ndarray, points: np.ndarray, opening: float, rounding: float) -> np.ndarray:
-        """Warp one crop to the given mouth shape. `points` are the detector's landmarks in crop pixels."""
+        """One crop with the mouth at this shape. `points` are the detector's landmarks in crop pixels."""
         layout = LAYOUTS.get(len(points))
         if layout is None or opening < 1e-3 or not np.isfinite(points).all():
             return face.copy()
-        left, right = points[layout.corners[0]], points[layout.corners[1]]
-        width = float(np.linalg.norm(right - left))
-        drop = MAX_OPEN * width * opening
-        centre = (left + right) / 2
-        h, w = face.shape[:2]
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        if self.library is not None:
+            return self.library.render(face, points, layout, opening, rounding)
+        return draw_open_mouth(face, points, layout, opening, rounding)
 
-        def bump(point, radius):
-            return np.exp(-((xs - point[0]) ** 2 + (ys - point[1]) ** 2) / (2 * radius ** 2))
 
-        # below the lip line: lower lip and jaw drop; above it: the upper lip lifts a little
-        lower_weight = np.maximum(bump(points[layout.lower_outer_mid], 0.55 * width),
-                                  0.8 * bump(points[layout.chin], 0.75 * width))
-        upper_weight = bump(points[layout.upper_outer_mid], 0.35 * width)
-        # lip line through the corners: between the corners the lips part along it (a 1.5 px split, the cavity
-        # fills the gap); beyond the corners the split widens so the cheeks stretch instead of creasing
-        direction = (right - left) / max(width, 1e-6)
-        normal = np.array([-direction[1], direction[0]], np.float32)
-        lip_y = (points[list(layout.upper_inner)] + points[list(layout.lower_inner)]).mean(axis=0) / 2
-        along = (xs - centre[0]) * direction[0] + (ys - centre[1]) * direction[1]
-        softness = 1.5 + 2.0 * np.maximum(np.abs(along) - width / 2, 0)
-        below = smoothstep(((xs - lip_y[0]) * normal[0] + (ys - lip_y[1]) * normal[1]) / softness + 0.5)
-        dy = below * lower_weight * drop - (1 - below) * upper_weight * 0.15 * drop
-        # corners: rounded lips pull in, spread lips pull out (weights fall off with distance from each corner)
-        pull = 0.12 * width * rounding
-        dx = pull * (bump(left, 0.3 * width) - bump(right, 0.3 * width))
-        dx = dx.astype(np.float32)
-        dy = dy.astype(np.float32)
-        warped = cv2.remap(face, xs - dx, ys - dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return self._paint_interior(warped, points, layout, drop, width, rounding)
+def gap_profile(count: int) -> np.ndarray:
+    """How far the lips part along a contour of `count` points, 1 in the middle: 0 at the corners, which stay
+    closed."""
+    return np.sin(np.pi * along_lip(count)) ** 1.2
 
-    def _paint_interior(self, face: np.ndarray, points: np.ndarray, layout: MouthLayout, drop: float, width: float,
-                        rounding: float) -> np.ndarray:
-        """Dark cavity between the moved inner lips, a band of upper teeth under the upper lip (4x supersampled)."""
-        upper = points[list(layout.upper_inner)].astype(np.float32).copy()
-        lower = points[list(layout.lower_inner)].astype(np.float32).copy()
-        left, right = points[layout.corners[0]], points[layout.corners[1]]
-        t = np.linspace(0, 1, len(upper))[:, None]
-        arch = np.sin(np.pi * t)  # the lips part most in the middle, not at the corners
-        upper[:, 1] -= 0.15 * drop * arch[:, 0]
-        lower[:, 1] += drop * arch[:, 0]
-        squeeze = 0.12 * width * rounding * (1 - arch)  # rounded lips narrow the opening
-        upper[:, 0] += np.where(upper[:, 0] < (left[0] + right[0]) / 2, squeeze[:, 0], -squeeze[:, 0])
-        lower[:, 0] += np.where(lower[:, 0] < (left[0] + right[0]) / 2, squeeze[:, 0], -squeeze[:, 0])
-        if float((lower[:, 1] - upper[:, 1]).max()) < 0.6:
-            return face
-        scale = 4
-        h, w = face.shape[:2]
-        cavity = np.zeros((h * scale, w * scale), np.uint8)
-        polygon = np.concatenate([upper, lower[::-1]]) * scale
-        cv2.fillPoly(cavity, [np.round(polygon).astype(np.int32)], 255, cv2.LINE_AA)
-        teeth = np.zeros_like(cavity)
-        teeth_depth = np.minimum(0.28 * (lower[:, 1] - upper[:, 1]), 0.07 * width)
-        band = np.concatenate([upper, (upper + np.stack([np.zeros_like(teeth_depth), teeth_depth], 1))[::-1]])
-        cv2.fillPoly(teeth, [np.round(band * scale).astype(np.int32)], 255, cv2.LINE_AA)
-        teeth = np.minimum(teeth, cavity)
-        cavity_mask = cv2.resize(cavity, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)[..., None] / 255
-        teeth_mask = cv2.resize(teeth, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)[..., None] / 255
-        out = face.astype(np.float32)
-        out = out * (1 - cavity_mask) + np.array(CAVITY_BGR, np.float32) * cavity_mask
-        out = out * (1 - 0.75 * teeth_mask) + np.array(TEETH_BGR, np.float32) * 0.75 * teeth_mask
-        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+def opened_lips(points: np.ndarray, layout: MouthLayout, peak_gap: float, rounding: float,
+                jaw_drop: float) -> dict[int, np.ndarray]:
+    """Target positions of the lip and jaw landmarks: the lower lip (inner and outer edge together, so it keeps its
+    thickness) down by (1 - UPPER_SHARE) of the gap, the upper lip up by UPPER_SHARE, the gap being `peak_gap` in
+    the middle (gap_profile); rounded lips narrow, spread ones widen; the jaw follows by `jaw_drop` at the chin."""
+    left, right = points[list(layout.corners)]
+    centre = (left + right) / 2
+    across = (right - left) / max(float(np.linalg.norm(right - left)), 1e-6)
+    down = np.array([-across[1], across[0]], np.float32)
+    if down[1] < 0:
+        down = -down
+    narrow = 1 - 0.15 * rounding
+    targets: dict[int, np.ndarray] = {}
+    for contour, share in ((layout.upper_inner, -UPPER_SHARE), (layout.upper_outer, -UPPER_SHARE),
+                           (layout.lower_inner, 1 - UPPER_SHARE), (layout.lower_outer, 1 - UPPER_SHARE)):
+        for index, amount in zip(contour, peak_gap * gap_profile(len(contour))):
+            p = points[index]
+            offset = p - centre
+            along = float(offset @ across)
+            targets[index] = (centre + across * along * narrow + down * float(offset @ down)
+                              + down * share * amount).astype(np.float32)
+    reach = np.sin(np.pi * along_lip(len(layout.jaw))) ** 1.5  # the chin drops most, the jaw's ends stay
+    for index, weight in zip(layout.jaw, reach):
+        targets[index] = (points[index] + down * jaw_drop * weight).astype(np.float32)
+    return targets
+
+
+def lip_colour(face: np.ndarray, points: np.ndarray, layout: MouthLayout) -> np.ndarray:
+    """Mean BGR of the lips (between the outer and inner contours) of a crop."""
+    outer = np.concatenate([points[list(layout.upper_outer)], points[list(layout.lower_outer)][::-1]])
+    inner = np.concatenate([points[list(layout.upper_inner)], points[list(layout.lower_inner)][::-1]])
+    mask = polygon_mask(face.shape[:2], outer) * (1 - polygon_mask(face.shape[:2], inner))
+    if mask.sum() < 1:
+        return np.array([90, 90, 150], np.float32)
+    return (face.reshape(-1, 3).astype(np.float32) * mask.reshape(-1, 1)).sum(0) / mask.sum()
+
+
+def draw_open_mouth(face: np.ndarray, points: np.ndarray, layout: MouthLayout, opening: float,
+                    rounding: float, fill=None) -> np.ndarray:
+    """The fallback mouth: whole lips moved apart by a warp, the gap shaded from the lip colour, with teeth.
+
+    `fill(face, upper, lower, lips_bgr, width, opening, drawn_teeth)` paints the gap between the moved inner lips
+    (default: paint_interior)."""
+    width = mouth_width(points, layout)
+    room = face.shape[0] - 4 - float(points[list(layout.lower_outer)][:, 1].max())  # the lower lip stays in the crop
+    widest = max(0.0, min(MAX_GAP * width, room / (1 - UPPER_SHARE)))
+    peak_gap = widest * opening * (1 - 0.3 * max(rounding, 0.0))
+    targets = opened_lips(points, layout, peak_gap, rounding, jaw_drop=0.8 * (1 - UPPER_SHARE) * peak_gap)
+    moved = points.astype(np.float32).copy()
+    for index, target in targets.items():
+        moved[index] = target
+    before, after = lip_contours(points, layout), lip_contours(moved, layout)
+    source = np.concatenate(before + [points[list(layout.jaw)].astype(np.float32)])
+    target = np.concatenate(after + [moved[list(layout.jaw)]])
+    still_above = min(float(points[list(layout.still)][:, 1].max()), float(target[:, 1].min()) - 2)
+    warped = warp_to(face, source, target, max(still_above, 0.0))
+    upper, lower = after[0], after[1]
+    own_teeth = mouth_opening(points, layout) >= 0.04  # the presenter shows teeth at rest: use them, not drawn ones
+    out = (fill or paint_interior)(warped, upper, lower, lip_colour(face, points, layout), width, opening,
+                                   drawn_teeth=not own_teeth)
+    if own_teeth:  # what shows between the lips at rest belongs to the upper jaw: it moves with the upper lip
+        shift = upper[len(upper) // 2] - before[0][len(upper) // 2]
+        shifted = cv2.warpAffine(face, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]), face.shape[1::-1],
+                                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        resting = np.concatenate([before[0], before[1][::-1]])
+        shape = face.shape[:2]
+        keep = (polygon_mask(shape, resting + shift, feather=0.5)
+                * polygon_mask(shape, np.concatenate([upper, lower[::-1]])))[..., None]
+        out = np.clip(out * (1 - keep) + shifted * keep + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def paint_interior(face: np.ndarray, upper: np.ndarray, lower: np.ndarray, lips_bgr: np.ndarray, width: float,
+                   opening: float, drawn_teeth: bool = True) -> np.ndarray:
+    """Fill the gap between the inner lip contours: the lip colour darkened toward the back, a tongue low in wide
+    openings and, when `drawn_teeth`, a soft curved upper row of teeth under the upper lip and a lower row at wide
+    openings."""
+    h, w = face.shape[:2]
+    gap = lower[:, 1] - upper[:, 1]
+    if float(gap.max()) < 0.6:
+        return face
+    cavity = polygon_mask((h, w), np.concatenate([upper, lower[::-1]]))
+    depth = cv2.distanceTransform((cavity > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
+    depth = np.clip(depth / max(0.35 * float(gap.max()), 1.0), 0, 1)[..., None]
+    tint = lips_bgr * np.array([0.8, 0.8, 1.2], np.float32)  # the inside of a mouth is redder than its lips
+    inside = tint * (0.5 - 0.38 * depth)  # dark at the back, lip-tinted at the edges
+    middle = len(upper) // 2
+    tongue_centre = (lower[middle, 0], lower[middle, 1] - 0.25 * gap[middle])
+    tongue = np.zeros((h, w), np.float32)
+    cv2.ellipse(tongue, (int(round(tongue_centre[0])), int(round(tongue_centre[1]))),
+                (max(1, int(0.28 * width)), max(1, int(0.22 * gap[middle]))), 0, 0, 360, 1.0, -1, cv2.LINE_AA)
+    tongue = cv2.GaussianBlur(tongue, (0, 0), max(0.6, 0.06 * width))[..., None] * min(1.0, opening * 1.4)
+    inside = inside * (1 - 0.6 * tongue) + tint * 0.6 * 0.6 * tongue
+    if not drawn_teeth:
+        return np.clip(face * (1 - cavity[..., None]) + inside * cavity[..., None] + 0.5, 0, 255).astype(np.uint8)
+    shade = np.clip(float(lips_bgr.mean()) / 120.0, 0.6, 1.1)  # teeth as lit as the face
+    along = np.sin(np.pi * along_lip(len(upper))) ** 0.5
+    teeth_depth = np.minimum(0.08 * width, 0.45 * gap) * along
+    top_row = np.concatenate([upper, (upper + np.stack([np.zeros_like(teeth_depth), teeth_depth], 1))[::-1]])
+    teeth = polygon_mask((h, w), top_row, feather=max(0.4, 0.01 * width)) * 0.95
+    if opening > 0.6:
+        low_depth = 0.06 * width * (opening - 0.6) / 0.4 * along
+        bottom_row = np.concatenate([lower, (lower - np.stack([np.zeros_like(low_depth), low_depth], 1))[::-1]])
+        teeth = np.maximum(teeth, polygon_mask((h, w), bottom_row, feather=max(0.4, 0.015 * width)) * 0.7)
+    side_shade = np.clip(1 - np.abs(np.arange(w, dtype=np.float32) - upper[middle, 0]) / max(width, 1), 0.7, 1)
+    under_lip = np.clip((np.arange(h, dtype=np.float32) - upper[middle, 1]) / max(0.08 * width, 1), 0, 1)
+    teeth_bgr = TEETH_BGR * shade * side_shade[None, :, None] * (0.82 + 0.18 * under_lip)[:, None, None]
+    inside = inside * (1 - teeth[..., None]) + teeth_bgr * teeth[..., None]
+    out = face.astype(np.float32) * (1 - cavity[..., None]) + inside * cavity[..., None]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
