@@ -132,22 +132,28 @@ class Parts:
         return Presenter(cache, face_size, load_heads=heads)
 
     def _animator(self, presenter, user):
+        """One drawn-mouth animator for every presenter of a face size; one per presenter that has recorded mouths
+        (its library is its own)."""
         from models.mouthwarp import MouthAnimator
         from models.mouthwarp.library import library_for
+
+        library = self._get(("mouths", str(presenter.dir)), user, lambda: library_for(presenter))
+        own = library.usable
 
         def animator():
             log.info("no --checkpoint_path: using the weight-free mouth animator (models/mouthwarp); for "
                      "Wav2Lip lip sync pass --checkpoint_path wav2lip_gan.pth")
-            model = MouthAnimator(presenter.face_size, library=library_for(presenter))
-            if model.library is not None:
+            if own:
                 log.info("mouths: %d recorded in the presenter's footage (openings up to %.0f%% of the mouth width)",
-                         len(model.library.openings), 100 * float(model.library.openings.max()))
+                         len(library.openings), 100 * float(library.openings.max()))
             else:
                 log.info("mouths: the footage shows no open mouth, so they are drawn; record the presenter talking "
                          "for a few seconds to use their own")
+            model = MouthAnimator(presenter.face_size, library=library if own else None)
             model.warm_up(1)
-            return self._share(model, f"animator-{presenter.dir.name}")
-        return self._get(("model", "animator", str(presenter.dir)), user, animator)
+            return self._share(model, f"animator-{presenter.dir.name if own else presenter.face_size}")
+        key = str(presenter.dir) if own else presenter.face_size
+        return self._get(("model", "animator", key), user, animator)
 
     def _wav2lip(self, args, live: bool, user):
         """Wav2Lip for the flags: a conversion stored before, found by the checkpoint file's hash (no torch); else

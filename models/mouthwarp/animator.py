@@ -19,7 +19,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .geometry import (LAYOUTS, MouthLayout, along_lip, lip_contours, mouth_opening, mouth_width, polygon_mask,
+from .geometry import (BORDER_POINTS, LAYOUTS, MouthLayout, along_lip, lip_contours, mouth_opening, mouth_width, polygon_mask,
                        warp_to)
 
 # calibrated on espeak-ng speech: mel loudness near a frame is -4 in silence, about -2.9 .. -0.6 in speech
@@ -55,7 +55,8 @@ class MouthAnimator:
         self.last_openings: list[float] = []
 
     def warm_up(self, batch: int = 1) -> None:
-        """Nothing to warm: kept for the engine's predictor interface."""
+        """Import the warp's interpolator now (about 0.6 s), not on the first spoken frame of a live stream."""
+        import scipy.interpolate  # noqa: F401
 
     def _smooth(self, opening: float, rounding: float) -> tuple[float, float]:
         rate = self.attack if opening > self._opening else self.release
@@ -118,6 +119,15 @@ def opened_lips(points: np.ndarray, layout: MouthLayout, peak_gap: float, roundi
     return targets
 
 
+def chin_below(face: np.ndarray, points: np.ndarray, layout: MouthLayout, jaw_drop: float) -> np.ndarray:
+    """How far the crop's bottom edge moves down at each of its BORDER_POINTS: the jaw's drop under the mouth,
+    fading out sideways, so a chin below the crop slides out of it instead of being squeezed."""
+    w = face.shape[1]
+    centre = float(points[list(layout.corners)][:, 0].mean())
+    xs = np.linspace(0, w - 1, BORDER_POINTS)
+    return jaw_drop * np.exp(-0.5 * ((xs - centre) / max(0.6 * mouth_width(points, layout), 1.0)) ** 2)
+
+
 def lip_colour(face: np.ndarray, points: np.ndarray, layout: MouthLayout) -> np.ndarray:
     """Mean BGR of the lips (between the outer and inner contours) of a crop."""
     outer = np.concatenate([points[list(layout.upper_outer)], points[list(layout.lower_outer)][::-1]])
@@ -135,10 +145,11 @@ def draw_open_mouth(face: np.ndarray, points: np.ndarray, layout: MouthLayout, o
     `fill(face, upper, lower, lips_bgr, width, opening, drawn_teeth)` paints the gap between the moved inner lips
     (default: paint_interior)."""
     width = mouth_width(points, layout)
-    room = face.shape[0] - 4 - float(points[list(layout.lower_outer)][:, 1].max())  # the lower lip stays in the crop
+    room = face.shape[0] - 3 - float(points[list(layout.lower_inner)][:, 1].max())  # the lip's edge stays in the crop
     widest = max(0.0, min(MAX_GAP * width, room / (1 - UPPER_SHARE)))
     peak_gap = widest * opening * (1 - 0.3 * max(rounding, 0.0))
-    targets = opened_lips(points, layout, peak_gap, rounding, jaw_drop=0.8 * (1 - UPPER_SHARE) * peak_gap)
+    jaw_drop = 0.8 * (1 - UPPER_SHARE) * peak_gap
+    targets = opened_lips(points, layout, peak_gap, rounding, jaw_drop)
     moved = points.astype(np.float32).copy()
     for index, target in targets.items():
         moved[index] = target
@@ -146,7 +157,7 @@ def draw_open_mouth(face: np.ndarray, points: np.ndarray, layout: MouthLayout, o
     source = np.concatenate(before + [points[list(layout.jaw)].astype(np.float32)])
     target = np.concatenate(after + [moved[list(layout.jaw)]])
     still_above = min(float(points[list(layout.still)][:, 1].max()), float(target[:, 1].min()) - 2)
-    warped = warp_to(face, source, target, max(still_above, 0.0))
+    warped = warp_to(face, source, target, max(still_above, 0.0), chin_below(face, points, layout, jaw_drop))
     upper, lower = after[0], after[1]
     own_teeth = mouth_opening(points, layout) >= 0.04  # the presenter shows teeth at rest: use them, not drawn ones
     out = (fill or paint_interior)(warped, upper, lower, lip_colour(face, points, layout), width, opening,

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
+from .animator import chin_below
 from .geometry import (LAYOUTS, MouthLayout, along_lip, lip_contours, mouth_opening, mouth_width, polygon_mask,
                        warp_to)
 
@@ -142,7 +143,8 @@ class MouthLibrary:
         source = np.concatenate(before + [jaw])
         target = np.concatenate(after + [jaw + np.outer(reach, down).astype(np.float32) * 0.8])
         still_above = min(float(points[list(layout.still)][:, 1].max()), float(target[:, 1].min()) - 2)
-        warped = warp_to(face, source, target, max(still_above, 0.0)).astype(np.float32)
+        warped = warp_to(face, source, target, max(still_above, 0.0),
+                         chin_below(face, points, layout, 0.8 * float(down[1]))).astype(np.float32)
         recorded = cv2.warpAffine(self.crops[entry], back, face.shape[1::-1], flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         outer = np.concatenate([after[2], after[3][::-1]])
