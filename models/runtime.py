@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .openvino_cpu import OpenVinoRunner, OpenVinoStore, import_openvino, no_usage_reporting, openvino_available
+from .openvino_cpu import OpenVinoRunner, OpenVinoStore, no_usage_reporting, openvino_available
 
 log = logging.getLogger("models")
 RUNTIMES = ("auto", "torch", "openvino")

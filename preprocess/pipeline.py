@@ -65,8 +65,13 @@ def store_library(cache_dir: Path, face_size: int) -> None:
     det = cache.read_face_det(cache_dir)
     landmarks = np.stack([crop_landmarks(marks, box, face_size) if has else np.full(marks.shape, np.nan, np.float32)
                           for marks, box, has in zip(det["landmarks"], det["box"], det["has_face"])])
-    library = MouthLibrary.build(landmarks, lambda i: cv2.imread(str(cache_dir / "body_face" / cache.frame_name(i))))
-    library.save(cache_dir / LIBRARY_FILE)
+    try:
+        library = MouthLibrary.build(landmarks, lambda i: cv2.imread(str(cache_dir / "body_face" / cache.frame_name(i))))
+        library.save(cache_dir / LIBRARY_FILE)
+    except (OSError, ValueError, cv2.error) as exc:  # the cache itself is complete; the engine builds it later
+        log.warning("%s: the mouth library could not be kept (%s); the engine will build it on first use",
+                    cache_dir.name, exc)
+        return
     log.info("%s: mouth library of %d recorded mouths%s", cache_dir.name, len(library.openings),
              "" if library.usable else " (no open mouths: the animator will draw them)")
 

@@ -35,7 +35,7 @@ def mouth_tiles(presenter: Presenter, animator: MouthAnimator, index: int) -> li
     tiles = []
     for _, opening in OPENINGS:
         if animator.library is not None:
-            animator.library._current = None  # each column chooses afresh
+            animator.library.reset()  # each column chooses afresh
         out = animator.animate(face, points, opening, 0.0)
         tiles.append(cv2.resize(out[size * 2 // 5:, size // 8: size * 7 // 8], (300, 240), interpolation=cv2.INTER_AREA))
     return tiles
@@ -51,7 +51,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "mouthwarp_sheet.png")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="mouthwarp-sheet-"))
+    with tempfile.TemporaryDirectory(prefix="mouthwarp-sheet-") as folder:
+        draw(Path(folder), args.out)
+    print(f"wrote {args.out}")
+
+
+def draw(work: Path, out: Path) -> None:
+    """Make both presenters in `work` and write the sheet to `out`."""
     cfg = PreprocessConfig(face_size=288)
     still = make_presenter_clip(work / "still.mp4", 2.0)
     talking = make_talking_clip(work / "talking.mp4", known_openings(125))
@@ -69,8 +75,7 @@ def main() -> None:
     header = np.concatenate([label(np.zeros((0, 300, 3), np.uint8), f"{name} (audio opening {value:.1f})")
                              for name, value in OPENINGS], 1)
     sheet = [header] + [label(np.concatenate(tiles, 1), text) for text, tiles in rows]
-    cv2.imwrite(str(args.out), np.concatenate(sheet))
-    print(f"wrote {args.out}")
+    cv2.imwrite(str(out), np.concatenate(sheet))
 
 
 if __name__ == "__main__":

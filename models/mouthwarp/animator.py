@@ -19,8 +19,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .geometry import (BORDER_POINTS, LAYOUTS, MouthLayout, along_lip, lip_contours, mouth_opening, mouth_width, polygon_mask,
-                       warp_to)
+from .geometry import (LAYOUTS, MouthLayout, along_lip, jaw_reach, lip_contours, lip_polygons, mouth_opening,
+                       mouth_width, polygon_mask, warp_mouth)
 
 # calibrated on espeak-ng speech: mel loudness near a frame is -4 in silence, about -2.9 .. -0.6 in speech
 LOUDNESS_CLOSED, LOUDNESS_OPEN = -3.2, -0.8
@@ -52,7 +52,6 @@ class MouthAnimator:
         self.library = library if library is not None and library.usable else None
         self._opening = 0.0
         self._rounding = 0.0
-        self.last_openings: list[float] = []
 
     def warm_up(self, batch: int = 1) -> None:
         """Import the warp's interpolator now (about 0.6 s), not on the first spoken frame of a live stream."""
@@ -68,12 +67,12 @@ class MouthAnimator:
                 landmarks: Optional[np.ndarray] = None) -> np.ndarray:
         if landmarks is None:
             raise ValueError("the mouth animator needs each crop's landmarks (from the preprocess cache)")
+        if not len(mel_windows) == len(faces_bgr) == len(landmarks):
+            raise ValueError(f"{len(mel_windows)} mel windows, {len(faces_bgr)} faces and {len(landmarks)} landmark "
+                             f"sets: one of each per frame")
         out = np.empty_like(faces_bgr)
-        self.last_openings = []
         for i, (window, face, points) in enumerate(zip(mel_windows, faces_bgr, landmarks)):
-            opening, rounding = self._smooth(*audio_features(window))
-            self.last_openings.append(opening)
-            out[i] = self.animate(face, points, opening, rounding)
+            out[i] = self.animate(face, points, *self._smooth(*audio_features(window)))
         return out
 
     def animate(self, face: np.ndarray, points: np.ndarray, opening: float, rounding: float) -> np.ndarray:
@@ -81,7 +80,7 @@ class MouthAnimator:
         layout = LAYOUTS.get(len(points))
         if layout is None or opening < 1e-3 or not np.isfinite(points).all():
             return face.copy()
-        if self.library is not None:
+        if self.library is not None and self.library.points.shape[1] == len(points):
             return self.library.render(face, points, layout, opening, rounding)
         return draw_open_mouth(face, points, layout, opening, rounding)
 
@@ -113,25 +112,14 @@ def opened_lips(points: np.ndarray, layout: MouthLayout, peak_gap: float, roundi
             along = float(offset @ across)
             targets[index] = (centre + across * along * narrow + down * float(offset @ down)
                               + down * share * amount).astype(np.float32)
-    reach = np.sin(np.pi * along_lip(len(layout.jaw))) ** 1.5  # the chin drops most, the jaw's ends stay
-    for index, weight in zip(layout.jaw, reach):
+    for index, weight in zip(layout.jaw, jaw_reach(layout)):
         targets[index] = (points[index] + down * jaw_drop * weight).astype(np.float32)
     return targets
 
 
-def chin_below(face: np.ndarray, points: np.ndarray, layout: MouthLayout, jaw_drop: float) -> np.ndarray:
-    """How far the crop's bottom edge moves down at each of its BORDER_POINTS: the jaw's drop under the mouth,
-    fading out sideways, so a chin below the crop slides out of it instead of being squeezed."""
-    w = face.shape[1]
-    centre = float(points[list(layout.corners)][:, 0].mean())
-    xs = np.linspace(0, w - 1, BORDER_POINTS)
-    return jaw_drop * np.exp(-0.5 * ((xs - centre) / max(0.6 * mouth_width(points, layout), 1.0)) ** 2)
-
-
 def lip_colour(face: np.ndarray, points: np.ndarray, layout: MouthLayout) -> np.ndarray:
     """Mean BGR of the lips (between the outer and inner contours) of a crop."""
-    outer = np.concatenate([points[list(layout.upper_outer)], points[list(layout.lower_outer)][::-1]])
-    inner = np.concatenate([points[list(layout.upper_inner)], points[list(layout.lower_inner)][::-1]])
+    outer, inner = lip_polygons(lip_contours(points, layout))
     mask = polygon_mask(face.shape[:2], outer) * (1 - polygon_mask(face.shape[:2], inner))
     if mask.sum() < 1:
         return np.array([90, 90, 150], np.float32)
@@ -153,11 +141,7 @@ def draw_open_mouth(face: np.ndarray, points: np.ndarray, layout: MouthLayout, o
     moved = points.astype(np.float32).copy()
     for index, target in targets.items():
         moved[index] = target
-    before, after = lip_contours(points, layout), lip_contours(moved, layout)
-    source = np.concatenate(before + [points[list(layout.jaw)].astype(np.float32)])
-    target = np.concatenate(after + [moved[list(layout.jaw)]])
-    still_above = min(float(points[list(layout.still)][:, 1].max()), float(target[:, 1].min()) - 2)
-    warped = warp_to(face, source, target, max(still_above, 0.0), chin_below(face, points, layout, jaw_drop))
+    warped, before, after = warp_mouth(face, points, moved, layout, jaw_drop)
     upper, lower = after[0], after[1]
     own_teeth = mouth_opening(points, layout) >= 0.04  # the presenter shows teeth at rest: use them, not drawn ones
     out = (fill or paint_interior)(warped, upper, lower, lip_colour(face, points, layout), width, opening,
@@ -166,10 +150,9 @@ def draw_open_mouth(face: np.ndarray, points: np.ndarray, layout: MouthLayout, o
         shift = upper[len(upper) // 2] - before[0][len(upper) // 2]
         shifted = cv2.warpAffine(face, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]), face.shape[1::-1],
                                  flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        resting = np.concatenate([before[0], before[1][::-1]])
         shape = face.shape[:2]
-        keep = (polygon_mask(shape, resting + shift, feather=0.5)
-                * polygon_mask(shape, np.concatenate([upper, lower[::-1]])))[..., None]
+        keep = (polygon_mask(shape, lip_polygons(before)[1] + shift, feather=0.5)
+                * polygon_mask(shape, lip_polygons(after)[1]))[..., None]
         out = np.clip(out * (1 - keep) + shifted * keep + 0.5, 0, 255).astype(np.uint8)
     return out
 
@@ -183,7 +166,7 @@ def paint_interior(face: np.ndarray, upper: np.ndarray, lower: np.ndarray, lips_
     gap = lower[:, 1] - upper[:, 1]
     if float(gap.max()) < 0.6:
         return face
-    cavity = polygon_mask((h, w), np.concatenate([upper, lower[::-1]]))
+    cavity = polygon_mask((h, w), np.concatenate([upper, lower[::-1]]))  # upper/lower: any two inner contours
     depth = cv2.distanceTransform((cavity > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
     depth = np.clip(depth / max(0.35 * float(gap.max()), 1.0), 0, 1)[..., None]
     tint = lips_bgr * np.array([0.8, 0.8, 1.2], np.float32)  # the inside of a mouth is redder than its lips

@@ -39,7 +39,7 @@ MEDIAPIPE_478 = MouthLayout(
     still=(1, 2, 98, 327, 205, 425, 50, 280))
 DLIB_68 = MouthLayout(upper_inner=(60, 61, 62, 63, 64), lower_inner=(60, 67, 66, 65, 64),
                       upper_outer=(48, 49, 50, 51, 52, 53, 54), lower_outer=(48, 59, 58, 57, 56, 55, 54),
-                      jaw=(4, 5, 6, 7, 8, 9, 10, 11, 12), still=(30, 31, 33, 35, 2, 14))
+                      jaw=(4, 5, 6, 7, 8, 9, 10, 11, 12), still=(30, 31, 33, 35))
 LAYOUTS = {478: MEDIAPIPE_478, 68: DLIB_68}
 BORDER_POINTS = 9  # fixed points along each side of the crop
 
@@ -83,6 +83,41 @@ def lip_contours(points: np.ndarray, layout: MouthLayout) -> list[np.ndarray]:
     """The four lip contours (upper inner, lower inner, upper outer, lower outer), smoothed."""
     return [smooth_contour(points[list(c)]) for c in (layout.upper_inner, layout.lower_inner, layout.upper_outer,
                                                         layout.lower_outer)]
+
+
+def lip_polygons(contours: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(outer, inner) closed polygons of the lips from lip_contours' four contours."""
+    return np.concatenate([contours[2], contours[3][::-1]]), np.concatenate([contours[0], contours[1][::-1]])
+
+
+def jaw_reach(layout: MouthLayout) -> np.ndarray:
+    """How much of the chin's drop each jaw point takes: all at the chin, none at the jaw's ends."""
+    return np.sin(np.pi * along_lip(len(layout.jaw))) ** 1.5
+
+
+def chin_below(face: np.ndarray, points: np.ndarray, layout: MouthLayout, jaw_drop: float) -> np.ndarray:
+    """How far the crop's bottom edge moves down at each of its BORDER_POINTS: the jaw's drop under the mouth,
+    fading out sideways, so a chin below the crop slides out of it instead of being squeezed (never up)."""
+    centre = float(points[list(layout.corners)][:, 0].mean())
+    xs = np.linspace(0, face.shape[1] - 1, BORDER_POINTS)
+    spread = max(0.6 * mouth_width(points, layout), 1.0)
+    return max(jaw_drop, 0.0) * np.exp(-0.5 * ((xs - centre) / spread) ** 2)
+
+
+def warp_mouth(face: np.ndarray, points: np.ndarray, moved: np.ndarray, layout: MouthLayout,
+               jaw_drop: float) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """`face` with its lips and jaw warped from `points` to `moved` (both every landmark; only lips and jaw are
+    read), the chin's drop being `jaw_drop`. Returns the warped crop and the smoothed lip contours before and
+    after. Everything above the nose stays; a mouth the crop cannot hold comes back unwarped."""
+    before, after = lip_contours(points, layout), lip_contours(moved, layout)
+    jaw = list(layout.jaw)
+    source = np.concatenate(before + [points[jaw].astype(np.float32)])
+    target = np.concatenate(after + [moved[jaw].astype(np.float32)])
+    still_above = min(float(points[list(layout.still)][:, 1].max()), float(target[:, 1].min()) - 2)
+    if still_above >= face.shape[0] - 2:
+        return face.copy(), before, after
+    warped = warp_to(face, source, target, max(still_above, 0.0), chin_below(face, points, layout, jaw_drop))
+    return warped, before, after
 
 
 def along_lip(count: int) -> np.ndarray:

@@ -21,9 +21,8 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from .animator import chin_below
-from .geometry import (LAYOUTS, MouthLayout, along_lip, lip_contours, mouth_opening, mouth_width, polygon_mask,
-                       warp_to)
+from .geometry import (LAYOUTS, MouthLayout, jaw_reach, lip_contours, lip_polygons, mouth_opening, mouth_width,
+                       polygon_mask, warp_mouth)
 
 log = logging.getLogger("mouthwarp")
 LIBRARY_FILE = "mouths.npz"
@@ -52,7 +51,7 @@ def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def teeth_brightness(face: np.ndarray, points: np.ndarray, layout: MouthLayout) -> float:
     """Mean grey level between the inner lips (0 when closed): teeth make it bright, a dark mouth low."""
-    inner = np.concatenate([points[list(layout.upper_inner)], points[list(layout.lower_inner)][::-1]])
+    inner = lip_polygons(lip_contours(points, layout))[1]
     mask = polygon_mask(face.shape[:2], inner)
     if mask.sum() < 1:
         return 0.0
@@ -116,10 +115,16 @@ class MouthLibrary:
         with np.load(path) as data:
             return cls(data["crops"], data["points"], data["openings"], data["roundings"], data["teeth"])
 
+    def reset(self) -> None:
+        """Forget the current entry: the next choice is made afresh."""
+        self._current = None
+
     def choose(self, opening: float, rounding: float) -> int:
         """The entry for an audio-driven (opening 0..1, rounding -1..1): the library's own range of openings (its
         most closed to its widest) is mapped onto 0..1, and staying on the current entry is favoured by
         SWITCH_COST."""
+        if not len(self.openings):
+            raise ValueError("an empty mouth library has nothing to choose from")
         low = float(self.openings.min())
         span = max(float(self.openings.max()) - low, 1e-6)
         cost = np.abs((self.openings - low) / span - opening) + 0.3 * np.abs(self.roundings - rounding)
@@ -137,18 +142,15 @@ class MouthLibrary:
         shape = apply(back, self.points[entry])  # the entry's landmarks on this frame's mouth
         chin_side = layout.lower_outer[len(layout.lower_outer) // 2]
         down = shape[chin_side] - points[chin_side]  # how far the entry's lower lip sits below this one's
-        reach = np.sin(np.pi * along_lip(len(layout.jaw))) ** 1.5
-        jaw = points[list(layout.jaw)].astype(np.float32)
-        before, after = lip_contours(points, layout), lip_contours(shape, layout)
-        source = np.concatenate(before + [jaw])
-        target = np.concatenate(after + [jaw + np.outer(reach, down).astype(np.float32) * 0.8])
-        still_above = min(float(points[list(layout.still)][:, 1].max()), float(target[:, 1].min()) - 2)
-        warped = warp_to(face, source, target, max(still_above, 0.0),
-                         chin_below(face, points, layout, 0.8 * float(down[1]))).astype(np.float32)
+        moved = points.astype(np.float32).copy()
+        lips = list(layout.lips)
+        moved[lips] = shape[lips]
+        moved[list(layout.jaw)] += 0.8 * np.outer(jaw_reach(layout), down).astype(np.float32)
+        warped, _, after = warp_mouth(face, points, moved, layout, 0.8 * float(down[1]))
+        warped = warped.astype(np.float32)
         recorded = cv2.warpAffine(self.crops[entry], back, face.shape[1::-1], flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        outer = np.concatenate([after[2], after[3][::-1]])
-        inner = np.concatenate([after[0], after[1][::-1]])
+        outer, inner = lip_polygons(after)
         width = mouth_width(points, layout)
         mask = polygon_mask(face.shape[:2], outer, feather=max(0.8, 0.06 * width))
         lips = (polygon_mask(face.shape[:2], outer) - polygon_mask(face.shape[:2], inner)) > 0.5
@@ -181,4 +183,9 @@ def library_for(presenter) -> MouthLibrary:
     nowhere = np.full_like(presenter.crop_landmarks(0), np.nan)
     landmarks = np.stack([presenter.crop_landmarks(i) if presenter.has_face[i] else nowhere
                           for i in range(presenter.frames)])
-    return MouthLibrary.build(landmarks, presenter.face)
+    library = MouthLibrary.build(landmarks, presenter.face)
+    try:
+        library.save(path)  # kept for the next start
+    except OSError as exc:
+        log.info("could not keep it in %s (%s): it is built again at the next start", presenter.dir, exc)
+    return library
