@@ -93,13 +93,15 @@ class CheckpointIndex:
     def __init__(self, folder: Union[str, Path]):
         self.folder = Path(folder) / "checkpoints"
 
-    def find(self, checkpoint: Union[str, Path], wanted: str) -> Optional[dict]:
+    def find(self, checkpoint: Union[str, Path], *wanted: str) -> Optional[dict]:
+        """The stored conversion of the first of the `wanted` precisions that has one (the file hashed once)."""
         path = self.folder / f"{file_digest(checkpoint)}.json"
         try:
             entry = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return {**entry, "key": entry["runs"][wanted]} if wanted in entry.get("runs", {}) else None
+        runs = entry.get("runs", {})
+        return next(({**entry, "key": runs[w]} for w in wanted if w in runs), None)
 
     def remember(self, checkpoint: Union[str, Path], name: str, size: int, tanh_head: bool, wanted: str,
                  key: str) -> None:
@@ -144,9 +146,13 @@ def wanted_precision(dtype: Optional[str]) -> Optional[str]:
 
 def stored_predictor(checkpoint: Union[str, Path], store_folder: Union[str, Path], dtype: Optional[str],
                      batch_size: int) -> Optional[StoredPredictor]:
-    """The predictor for a checkpoint converted before for this precision, or None (then: convert)."""
+    """The predictor for a checkpoint converted before for this precision, or None (then: convert). Under 'auto'
+    an int8 conversion made before (`prepare --dtype int8`, checked against fp32 then) is taken first, on any
+    CPU: where int8 is not the default, it exists only because the user asked for it once."""
     wanted = wanted_precision(dtype)
-    entry = CheckpointIndex(store_folder).find(checkpoint, wanted) if wanted else None
+    if wanted is None:
+        return None
+    entry = CheckpointIndex(store_folder).find(checkpoint, *(["int8"] if dtype in (None, "", "auto") else []), wanted)
     if entry is None:
         return None
     try:
