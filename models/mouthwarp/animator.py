@@ -19,7 +19,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from .geometry import (LAYOUTS, MouthLayout, along_lip, jaw_reach, lip_contours, lip_polygons, mouth_opening,
+from .geometry import (LAYOUTS, MouthLayout, along_lip, jaw_reach, lip_polygons, mouth_opening,
                        mouth_width, polygon_mask, warp_mouth)
 
 # calibrated on espeak-ng speech: mel loudness near a frame is -4 in silence, about -2.9 .. -0.6 in speech
@@ -92,8 +92,8 @@ def gap_profile(count: int) -> np.ndarray:
 
 
 def opened_lips(points: np.ndarray, layout: MouthLayout, peak_gap: float, rounding: float,
-                jaw_drop: float) -> dict[int, np.ndarray]:
-    """Target positions of the lip and jaw landmarks: the lower lip (inner and outer edge together, so it keeps its
+                jaw_drop: float) -> np.ndarray:
+    """The landmarks with the lips and jaw moved (the others as they were): the lower lip (inner and outer edge together, so it keeps its
     thickness) down by (1 - UPPER_SHARE) of the gap, the upper lip up by UPPER_SHARE, the gap being `peak_gap` in
     the middle (gap_profile); rounded lips narrow, spread ones widen; the jaw follows by `jaw_drop` at the chin."""
     left, right = points[list(layout.corners)]
@@ -103,23 +103,21 @@ def opened_lips(points: np.ndarray, layout: MouthLayout, peak_gap: float, roundi
     if down[1] < 0:
         down = -down
     narrow = 1 - 0.15 * rounding
-    targets: dict[int, np.ndarray] = {}
+    moved = points.astype(np.float32).copy()
     for contour, share in ((layout.upper_inner, -UPPER_SHARE), (layout.upper_outer, -UPPER_SHARE),
                            (layout.lower_inner, 1 - UPPER_SHARE), (layout.lower_outer, 1 - UPPER_SHARE)):
         for index, amount in zip(contour, peak_gap * gap_profile(len(contour))):
             p = points[index]
             offset = p - centre
             along = float(offset @ across)
-            targets[index] = (centre + across * along * narrow + down * float(offset @ down)
-                              + down * share * amount).astype(np.float32)
-    for index, weight in zip(layout.jaw, jaw_reach(layout)):
-        targets[index] = (points[index] + down * jaw_drop * weight).astype(np.float32)
-    return targets
+            moved[index] = centre + across * along * narrow + down * float(offset @ down) + down * share * amount
+    moved[list(layout.jaw)] += np.outer(jaw_reach(layout), down * jaw_drop).astype(np.float32)
+    return moved
 
 
-def lip_colour(face: np.ndarray, points: np.ndarray, layout: MouthLayout) -> np.ndarray:
-    """Mean BGR of the lips (between the outer and inner contours) of a crop."""
-    outer, inner = lip_polygons(lip_contours(points, layout))
+def lip_colour(face: np.ndarray, contours: list[np.ndarray]) -> np.ndarray:
+    """Mean BGR of the lips (between the outer and inner contours of lip_contours) of a crop."""
+    outer, inner = lip_polygons(contours)
     mask = polygon_mask(face.shape[:2], outer) * (1 - polygon_mask(face.shape[:2], inner))
     if mask.sum() < 1:
         return np.array([90, 90, 150], np.float32)
@@ -137,14 +135,11 @@ def draw_open_mouth(face: np.ndarray, points: np.ndarray, layout: MouthLayout, o
     widest = max(0.0, min(MAX_GAP * width, room / (1 - UPPER_SHARE)))
     peak_gap = widest * opening * (1 - 0.3 * max(rounding, 0.0))
     jaw_drop = 0.8 * (1 - UPPER_SHARE) * peak_gap
-    targets = opened_lips(points, layout, peak_gap, rounding, jaw_drop)
-    moved = points.astype(np.float32).copy()
-    for index, target in targets.items():
-        moved[index] = target
+    moved = opened_lips(points, layout, peak_gap, rounding, jaw_drop)
     warped, before, after = warp_mouth(face, points, moved, layout, jaw_drop)
     upper, lower = after[0], after[1]
     own_teeth = mouth_opening(points, layout) >= 0.04  # the presenter shows teeth at rest: use them, not drawn ones
-    out = (fill or paint_interior)(warped, upper, lower, lip_colour(face, points, layout), width, opening,
+    out = (fill or paint_interior)(warped, upper, lower, lip_colour(face, before), width, opening,
                                    drawn_teeth=not own_teeth)
     if own_teeth:  # what shows between the lips at rest belongs to the upper jaw: it moves with the upper lip
         shift = upper[len(upper) // 2] - before[0][len(upper) // 2]
@@ -178,8 +173,18 @@ def paint_interior(face: np.ndarray, upper: np.ndarray, lower: np.ndarray, lips_
                 (max(1, int(0.28 * width)), max(1, int(0.22 * gap[middle]))), 0, 0, 360, 1.0, -1, cv2.LINE_AA)
     tongue = cv2.GaussianBlur(tongue, (0, 0), max(0.6, 0.06 * width))[..., None] * min(1.0, opening * 1.4)
     inside = inside * (1 - 0.6 * tongue) + tint * 0.6 * 0.6 * tongue
-    if not drawn_teeth:
-        return np.clip(face * (1 - cavity[..., None]) + inside * cavity[..., None] + 0.5, 0, 255).astype(np.uint8)
+    if drawn_teeth:
+        inside = with_teeth(inside, upper, lower, gap, lips_bgr, width, opening)
+    out = face.astype(np.float32) * (1 - cavity[..., None]) + inside * cavity[..., None]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def with_teeth(inside: np.ndarray, upper: np.ndarray, lower: np.ndarray, gap: np.ndarray, lips_bgr: np.ndarray,
+               width: float, opening: float) -> np.ndarray:
+    """The shaded inside with drawn teeth: a soft, curved upper row under the upper lip, shaded toward the
+    corners, and a lower row at wide openings."""
+    h, w = inside.shape[:2]
+    middle = len(upper) // 2
     shade = np.clip(float(lips_bgr.mean()) / 120.0, 0.6, 1.1)  # teeth as lit as the face
     along = np.sin(np.pi * along_lip(len(upper))) ** 0.5
     teeth_depth = np.minimum(0.08 * width, 0.45 * gap) * along
@@ -192,6 +197,4 @@ def paint_interior(face: np.ndarray, upper: np.ndarray, lower: np.ndarray, lips_
     side_shade = np.clip(1 - np.abs(np.arange(w, dtype=np.float32) - upper[middle, 0]) / max(width, 1), 0.7, 1)
     under_lip = np.clip((np.arange(h, dtype=np.float32) - upper[middle, 1]) / max(0.08 * width, 1), 0, 1)
     teeth_bgr = TEETH_BGR * shade * side_shade[None, :, None] * (0.82 + 0.18 * under_lip)[:, None, None]
-    inside = inside * (1 - teeth[..., None]) + teeth_bgr * teeth[..., None]
-    out = face.astype(np.float32) * (1 - cavity[..., None]) + inside * cavity[..., None]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return inside * (1 - teeth[..., None]) + teeth_bgr * teeth[..., None]

@@ -4,7 +4,6 @@ anti-aliased polygon masks."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 from functools import lru_cache
 
 import cv2
@@ -126,32 +125,30 @@ def along_lip(count: int) -> np.ndarray:
 
 
 def warp_to(face: np.ndarray, source: np.ndarray, target: np.ndarray, still_above: float,
-            bottom_drop: Optional[np.ndarray] = None) -> np.ndarray:
+            bottom_drop: np.ndarray) -> np.ndarray:
     """`face` warped so each source point lands on its target point, piecewise affine between them.
 
-    The crop's border and a row of points at height `still_above` stay where they are, so nothing above that row
-    (eyes, brows, nose) moves at all. `bottom_drop` (BORDER_POINTS values) instead moves the bottom border down by
-    that much at each of its points: a jaw that drops below the crop slides the chin out of it rather than
-    squeezing it. Other points that start or land within 2 px of the border are left out: the border would fold
-    the image against them."""
+    The crop's top and sides and a row of points at height `still_above` stay where they are, so nothing above that
+    row (eyes, brows, nose) moves at all. The bottom edge moves down by `bottom_drop` at each of its BORDER_POINTS
+    (its corners stay): a jaw that drops below the crop slides the chin out of it rather than squeezing it. Other
+    points that start or land within 2 px of the border are left out: the border would fold the image against
+    them."""
     from scipy.interpolate import LinearNDInterpolator
     h, w = face.shape[:2]
     inside = np.all((np.minimum(source, target) >= 2) & (np.maximum(source, target)[:, ::-1] <= (h - 3, w - 3)), axis=1)
     source, target = source[inside], target[inside]
     xs = np.linspace(0, w - 1, BORDER_POINTS)
-    ys = np.linspace(0, h - 1, BORDER_POINTS)
-    fixed = [(x, 0) for x in xs] + [(0, y) for y in ys] + [(w - 1, y) for y in ys] + [(x, still_above) for x in xs]
+    side_ys = np.linspace(0, h - 1, BORDER_POINTS)[1:-1]
+    fixed = np.array([(x, 0) for x in xs] + [(x, still_above) for x in xs] + [(0, y) for y in side_ys]
+                     + [(w - 1, y) for y in side_ys], np.float32)
     bottom = np.stack([xs, np.full(BORDER_POINTS, h - 1.0)], 1).astype(np.float32)
-    drop = np.zeros(BORDER_POINTS, np.float32) if bottom_drop is None else np.asarray(bottom_drop, np.float32)
-    drop[[0, -1]] = 0  # the crop's corners stay
-    fixed = np.unique(np.array(fixed, np.float32), axis=0)
-    fixed = fixed[~np.isin(fixed[:, 1], [h - 1]) | np.isin(fixed[:, 0], [0, w - 1])]
+    drop = np.array(bottom_drop, np.float32)
+    drop[[0, -1]] = 0
     moved_to = np.concatenate([target, fixed, bottom + np.stack([np.zeros_like(drop), drop], 1)])
     came_from = np.concatenate([source, fixed, bottom])
     lowest = int(max(0, np.floor(still_above)))
     grid_y, grid_x = np.mgrid[lowest:h, 0:w].astype(np.float32)
     back = LinearNDInterpolator(moved_to, came_from - moved_to, fill_value=0.0)(grid_x, grid_y).astype(np.float32)
-    back = np.nan_to_num(back)
     map_x, map_y = np.mgrid[0:h, 0:w][::-1].astype(np.float32)
     map_x[lowest:] += back[..., 0]
     map_y[lowest:] += back[..., 1]

@@ -13,13 +13,14 @@ no open mouths, so the library says it is not usable and the drawn mouth is used
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import cv2
 import numpy as np
+
+from core.scratch import publish, remove, scratch_file
 
 from .geometry import (LAYOUTS, MouthLayout, jaw_reach, lip_contours, lip_polygons, mouth_opening, mouth_width,
                        polygon_mask, warp_mouth)
@@ -103,12 +104,16 @@ class MouthLibrary:
                    np.zeros(0), np.zeros(0), np.zeros(0))
 
     def save(self, path: Path) -> None:
-        """Written to a temp file and renamed: never half-written."""
+        """Written to a scratch file and published (core/scratch.py): never half-written, nothing left behind."""
         path = Path(path)
-        partial = path.with_name(f".{path.name}.partial.npz")
-        np.savez_compressed(partial, crops=self.crops, points=self.points, openings=self.openings,
-                            roundings=self.roundings, teeth=self.teeth)
-        os.replace(partial, path)
+        partial = scratch_file(path.parent, path.name)
+        try:
+            with open(partial, "wb") as file:
+                np.savez_compressed(file, crops=self.crops, points=self.points, openings=self.openings,
+                                    roundings=self.roundings, teeth=self.teeth)
+            publish(partial, path)
+        finally:
+            remove(partial)
 
     @classmethod
     def load(cls, path: Path) -> "MouthLibrary":
