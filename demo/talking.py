@@ -79,11 +79,4 @@ def known_openings(frames: int, seed: int = 0) -> np.ndarray:
 
 def make_talking_clip(out: Path, openings: np.ndarray, fps: int = 25, path: FacePath = FacePath()) -> Path:
     """An mp4 of the moving presenter whose mouth opens by `openings[i]` in frame i."""
-    photos = {}
-
-    def photo_at(i: int) -> np.ndarray:
-        key = round(float(openings[i]), 3)
-        if key not in photos:
-            photos[key] = opened_photo(key)
-        return photos[key]
-    return make_presenter_clip(out, len(openings) / fps, fps, path, photo_at=photo_at)
+    return make_presenter_clip(out, len(openings) / fps, fps, path, photo_at=lambda i: opened_photo(float(openings[i])))
