@@ -206,7 +206,7 @@ from openvino_telemetry.main import TelemetrySender
 sent = []
 TelemetrySender.send = lambda self, backend, message: sent.append(message)
 import numpy as np, torch
-from models import wav2lip96, wav2lip288, wav2lip384
+from models import wav2lip96
 from models.blocks import Wav2Lip
 from models.runtime import convert, quantize_int8
 
