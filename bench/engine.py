@@ -3,7 +3,7 @@
 python bench/engine.py [--size 96|288|384] [--enhance none|lip|face] [--device auto|cpu|cuda] [--pipeline auto|host|
                        device] [--resolution 720p|1080p] [--data_dir CACHE] [--seconds 20] [--live_seconds 20]
                        [--stages 32] [--runtime auto] [--dtype auto] [--latency_ms 300] [--batch_size 16]
-                       [--live_batch_size 1] [--lip wav2lip|animator]
+                       [--live_batch_size 1] [--lip wav2lip|animator] [--speech WAV] [--profile]
 Random weights (speed does not depend on them); a measurement given 0 seconds (or 0 frames) is skipped.
 - per-stage ms per frame on `stages` frames: decode (cached images to what the model and composite read), model,
   enhance (GFPGAN), composite (paste-back, enhancement included), download (device to host), encode (x264/NVENC
@@ -58,8 +58,9 @@ TEXT = ("Welcome back to the stream. Today we look at how a lip sync engine keep
         "frame by frame, while the presenter loops quietly in the background.")
 
 
-def speech(work: Path, seconds: float) -> np.ndarray:
-    one = load_audio(speak(TEXT, work / "speech.wav"))
+def speech(work: Path, seconds: float, wav: str | None = None) -> np.ndarray:
+    """`seconds` of speech: the given file, else espeak-ng reading TEXT, repeated to length."""
+    one = load_audio(wav or speak(TEXT, work / "speech.wav"))
     return np.tile(one, int(np.ceil(seconds * SAMPLE_RATE / len(one))))[: int(seconds * SAMPLE_RATE)]
 
 
@@ -90,6 +91,39 @@ class GpuUtilisation:
 
     def __str__(self) -> str:
         return f"{np.mean(self.samples):.0f}%" if self.samples else "n/a"
+
+
+class ThreadProfiles:
+    """cProfile in every thread started inside the block (and this one); on exit, each thread's busiest functions.
+    Says where a render's wall time goes when the stages alone add up to less than it."""
+
+    def __init__(self, enabled: bool, top: int = 12):
+        self.enabled, self.top, self.profiles = enabled, top, {}
+
+    def _start(self) -> None:
+        import cProfile
+        profile = self.profiles[threading.current_thread().name] = cProfile.Profile()
+        profile.enable()
+
+    def __enter__(self):
+        if self.enabled:
+            if sys.version_info < (3, 12):  # from 3.12 cProfile sees every thread, and only one may run
+                threading.setprofile(lambda *_: (sys.setprofile(None), self._start()))
+            self._start()
+        return self
+
+    def __exit__(self, *exc):
+        if not self.enabled:
+            return
+        threading.setprofile(None)
+        import io
+        import pstats
+        for name, profile in self.profiles.items():
+            profile.disable()
+            text = io.StringIO()
+            pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(self.top)
+            body = text.getvalue()
+            print(f"-- thread {name if sys.version_info < (3, 12) else 'all threads'}: functions by own time\n" + body[body.find("   ncalls"):].rstrip())
 
 
 def stage_ms(presenter, predictor, compositor, enhancer, count: int, work: Path) -> dict[str, float]:
@@ -149,6 +183,9 @@ def main() -> None:
     parser.add_argument("--latency_ms", type=float, default=300.0)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--live_batch_size", type=int, default=1)
+    parser.add_argument("--profile", action="store_true",
+                        help="profile the file render to the null sink: each thread's busiest functions")
+    parser.add_argument("--speech", help="a speech file to use (default: espeak-ng, which a GPU machine may lack)")
     parser.add_argument("--lip", default="wav2lip", choices=["wav2lip", "animator"],
                         help="the lip model: Wav2Lip at --size (random weights) or the weight-free mouth animator")
     args = parser.parse_args()
@@ -193,12 +230,12 @@ def main() -> None:
         costs = stage_ms(presenter, predictor, compositor, enhancer, args.stages, work)
         print("per-stage ms per frame: " + ", ".join(f"{name} {ms:.2f}" for name, ms in costs.items()))
 
-    audio = speech(work, max(args.seconds, args.live_seconds))
+    audio = speech(work, max(args.seconds, args.live_seconds), args.speech)
     if args.seconds > 0:
         clip_audio = audio[: int(args.seconds * SAMPLE_RATE)]
         for label, sinks in (("null sink", [NullSink()]), ("mp4", [Mp4Sink(work / "out.mp4")])):
             use_gpu_encoder(sinks, compositor)
-            with GpuUtilisation() as gpu:
+            with GpuUtilisation() as gpu, ThreadProfiles(args.profile and label == "null sink"):
                 start = time.perf_counter()
                 stats = render_file(clip_audio, presenter, predictor, compositor, sinks,
                                     EngineConfig(batch_size=args.batch_size), progress=False)

@@ -75,18 +75,24 @@ class SkipPolicy:
 
     It keeps the cost per frame of the last `window` model calls and skips a frame when, batched behind `pending`
     others at the median cost, it would be presented later than `margin` past its deadline. After `retry_after`
-    skips in a row one frame is tried anyway, so one slow call (a cold start, a busy moment) cannot switch the
-    model off for good. Owned by the model stage."""
+    skips in a row one frame is tried anyway, so one slow call (a busy moment) cannot switch the model off for good.
+    The first `cold_calls` calls are not counted: the first model call in a new thread pays one-off costs (on an H200,
+    Wav2Lip-288 at batch 1 took 95-134 ms there against 4-6 ms after), and counted it made a live run skip its first
+    second of speech. Owned by the model stage."""
     window: int = 16
     margin: float = 0.5 / FPS
     retry_after: int = FPS
+    cold_calls: int = 1
 
     def __post_init__(self):
         self._costs: deque = deque(maxlen=self.window)
         self._skipped_in_a_row = 0
+        self._calls = 0
 
     def record(self, seconds: float, frames: int) -> None:
-        self._costs.extend([seconds / frames] * frames)
+        self._calls += 1
+        if self._calls > self.cold_calls:
+            self._costs.extend([seconds / frames] * frames)
 
     def skip(self, now: float, deadline: float, pending: int) -> bool:
         per_frame = float(np.median(self._costs)) if self._costs and self._skipped_in_a_row < self.retry_after \

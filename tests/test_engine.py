@@ -197,7 +197,9 @@ def test_live_pacing_holds_for_20_seconds_of_streamed_speech_without_drift(rig, 
     it: every input sample comes out in order, the mouth is driven, and the clock neither drifts nor slips."""
     presenter, _, compositor = rig
     sink = CollectSink(live=True)
-    engine = LiveEngine(presenter, MouthAnimator(presenter.face_size), compositor, [sink], EngineConfig())
+    animator = MouthAnimator(presenter.face_size)
+    animator.warm_up(1)  # as the command line does: the first call imports scipy, and alone this test would pay it
+    engine = LiveEngine(presenter, animator, compositor, [sink], EngineConfig())
     speech = np.tile(talk[1], 3)[: 20 * 16000]
     Feeder(engine.buffer, (speech[i:i + 320] for i in range(0, len(speech), 320)), ahead_seconds=0.1).start()
     stats = engine.run()
@@ -535,6 +537,8 @@ def test_skip_policy_skips_only_frames_the_model_would_make_late_and_retries():
     assert not policy.skip(now=10.0, deadline=10.05, pending=0)  # no cost known yet: only a frame already due
     assert policy.skip(now=10.04, deadline=10.05, pending=0)     # inside the margin: too late whatever the cost
     policy = SkipPolicy(window=4, margin=0.02, retry_after=3)
+    policy.record(seconds=1.0, frames=1)                         # the first call, cold: not counted
+    assert not policy.skip(now=10.0, deadline=10.1, pending=1)
     policy.record(seconds=0.1, frames=2)                         # 50 ms a frame
     assert not policy.skip(now=10.0, deadline=10.1, pending=0)   # 50 ms fits in the 80 ms left
     assert policy.skip(now=10.0, deadline=10.1, pending=1)       # behind one pending frame it would not
