@@ -5,7 +5,8 @@ One aiohttp server hosting any number of sessions (engine/protocol.py is the spe
   DELETE /sessions/{id}         end it                    GET /sessions/{id}/status   its fps, latency, queue
   GET    /sessions/{id}/ws      WebSocket: start / PCM chunks / end / interrupt in; speech and queue events out
   POST   /sessions/{id}/speak   an audio file (wav, mp3, flac, ogg/opus, m4a/mp4/mov, webm/mkv, aac) to speak
-  POST   /sessions/{id}/offer   WebRTC: a browser's SDP offer -> our answer (the session's video and audio)
+  POST   /sessions/{id}/offer   WebRTC: a browser's SDP offer -> our answer (the session's video and audio; an
+                                offer that sends audio talks: its microphone is speech, one talker at a time, 409)
   GET    /status                every session, the capacity left, the shared models   GET /metrics  Prometheus
   GET    /                      the WebRTC preview page   GET /health  liveness
 The session `serve --data_dir` starts is "default", also on the single-session paths /ws, /speak, /offer and
@@ -36,6 +37,7 @@ from audio.decode import AudioError
 from .loop import LiveEngine
 from .protocol import ProtocolError, SpeechLimits, Unauthorized, authenticate, speak_upload
 from .sessions import DEFAULT, Session, Sessions, SessionsConfig, UnknownSession, create_answer
+from .talk import TalkerBusy
 from .webrtc import PeerLimit
 
 log = logging.getLogger("engine.server")
@@ -292,9 +294,11 @@ class Server:
         except (ValueError, KeyError, TypeError, RecursionError):
             return web.json_response({"error": "expected JSON {sdp, type} with string values"}, status=400)
         try:
-            sdp, kind = await session.webrtc.answer(sdp, kind)
+            sdp, kind = await session.webrtc.answer(sdp, kind, session.desk)
         except PeerLimit as exc:
             return web.json_response({"error": str(exc)}, status=503)
+        except TalkerBusy as exc:
+            return web.json_response({"error": str(exc)}, status=409)
         except Exception as exc:  # aiortc raises several types for a bad SDP; the peer is already closed
             return web.json_response({"error": f"bad offer: {str(exc)[:200]}"}, status=400)
         return web.json_response({"sdp": sdp, "type": kind})

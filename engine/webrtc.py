@@ -7,6 +7,7 @@ same audio as OBS or the virtual camera.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from fractions import Fraction
 from typing import Optional
@@ -46,6 +47,16 @@ class PeerLimit(RuntimeError):
     """As many viewers as allowed are connected."""
 
 
+def offers_microphone(sdp: str) -> bool:
+    """Does this offer send audio (a page that talks), not only receive it? An audio section without a direction
+    attribute is sendrecv."""
+    sections = sdp.replace("\r\n", "\n").split("\nm=")
+    for section in sections[1:]:
+        if section.startswith("audio"):
+            return not any(f"a={d}" in section.split("\n") for d in ("recvonly", "inactive"))
+    return False
+
+
 class WebRtcSink:
     live = True
 
@@ -54,6 +65,7 @@ class WebRtcSink:
         self.max_peers = max_peers
         self.connect_seconds = connect_seconds  # a peer not connected by then is dropped: it would hold a slot
         self.peers: dict = {}  # RTCPeerConnection -> (video track, audio track)
+        self.talker: Optional[tuple] = None  # (peer, engine.talk.Talker): the one page whose microphone is heard
         self.size: Optional[tuple[int, int]] = None
         self.last_frame: Optional[np.ndarray] = None
 
@@ -87,18 +99,27 @@ class WebRtcSink:
                 video_track.offer(video)
             audio_track.offer(sound)
 
-    async def answer(self, sdp: str, kind: str) -> tuple[str, str]:
+    async def answer(self, sdp: str, kind: str, desk=None) -> tuple[str, str]:
         """Take a browser's offer; return our answer (SDP, type). The peer gets the live video and audio.
 
-        Raises PeerLimit when max_peers viewers are connected; an offer that fails closes its peer at once, and a
-        peer that has not connected within connect_seconds is closed then."""
+        An offer that sends audio is a page that talks: its microphone becomes speech on `desk` (engine/talk.py).
+        Raises PeerLimit when max_peers viewers are connected, TalkerBusy when another page is talking; an offer
+        that fails closes its peer at once, and a peer that has not connected within connect_seconds is closed
+        then."""
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+        from .talk import TalkerBusy
         if len(self.peers) >= self.max_peers:
             raise PeerLimit(f"{len(self.peers)} viewers are connected, the most allowed (--max_peers)")
+        talks = desk is not None and offers_microphone(sdp)
+        if talks and self.talker is not None:
+            raise TalkerBusy("another page is talking to this presenter (one talker at a time): watch, or talk "
+                             "once it has stopped")
         track = _track_class()
         peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # same machine or LAN: never ask a STUN server
         tracks = (track("video"), track("audio"))
         self.peers[peer] = tracks
+        if talks:
+            self._hear(peer, desk)
 
         @peer.on("connectionstatechange")
         async def on_state() -> None:
@@ -120,8 +141,34 @@ class WebRtcSink:
         if peer in self.peers and peer.connectionState != "connected":
             self.loop.create_task(self._drop(peer))
 
+    def _hear(self, peer, desk) -> None:
+        """Make `peer` the talker: its audio track is speech on `desk`, its 'talk' data channel says when."""
+        from .talk import Talker, listen
+        channels: list = []
+
+        def to_page(event: dict) -> None:
+            if channels and channels[0].readyState == "open":
+                channels[0].send(json.dumps(event))
+
+        talker = Talker(desk, lambda event: self.loop.call_soon_threadsafe(to_page, event))
+        self.talker = (peer, talker)
+
+        @peer.on("track")
+        def on_track(track) -> None:
+            if track.kind == "audio":
+                self.loop.create_task(listen(track, talker))
+
+        @peer.on("datachannel")
+        def on_channel(channel) -> None:
+            channels[:] = [channel]
+            channel.on("message", lambda message: talker.on_message(message) if isinstance(message, str)
+                       else None)
+
     async def _drop(self, peer) -> None:
         self.peers.pop(peer, None)
+        if self.talker is not None and self.talker[0] is peer:
+            self.talker[1].close()
+            self.talker = None
         await peer.close()
 
     async def close_all(self) -> None:

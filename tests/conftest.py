@@ -107,3 +107,13 @@ def obs_studio(tmp_path_factory):
         yield studio
     finally:
         studio.close()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium (installed on first use where apt can), or the test is skipped with the reason."""
+    from chromium import find_chromium
+    found = find_chromium()
+    if found is None:
+        pytest.skip("Debian's chromium cannot be installed here")
+    return found

@@ -1,0 +1,81 @@
+"""Talking to the presenter from a browser (engine/talk.py, the page's talk controls), in Debian's headless Chromium
+with a fake microphone. A module of its own: with another live engine beside it, two cores would be too busy for
+the talk engine to keep up, and it would rightly show cached frames to stay on time."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from chromium import Chromium, mouth_box, mouth_series, talk_wav
+from conftest import require
+from wsclient import url
+from audio.decode import load_audio
+from demo.presenter import speak
+from engine.composite import Compositor
+from engine.loop import EngineConfig, LiveEngine
+from engine.presenter import Presenter
+from engine.server import Server, ServerConfig
+from models.mouthwarp import MouthAnimator
+
+require("aiohttp")
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    """2 s of espeak-ng speech, 16 kHz."""
+    path = speak("Hello from the network. This sentence arrives in small pieces.",
+                 tmp_path_factory.mktemp("talk") / "speech.wav")
+    return load_audio(path)[:32000]
+
+
+@pytest.fixture(scope="module")
+def still(tmp_path_factory) -> Presenter:
+    """A presenter who holds still, so that the page can watch the mouth in one fixed box."""
+    from demo.presenter import FacePath, make_presenter_clip
+    from preprocess.pipeline import PreprocessConfig, preprocess_video
+    root = tmp_path_factory.mktemp("still")
+    clip = make_presenter_clip(root / "still.mp4", 2.0, 25, path=FacePath(sway=0, bob=0, zoom=0, tilt=0))
+    return Presenter(root / "cache" / preprocess_video(clip, root / "cache", PreprocessConfig(), progress=False).name)
+
+
+def test_a_page_talks_push_to_talk_and_a_second_talker_is_refused(still, chromium, speech, tmp_path):
+    """Headless Chromium's fake microphone plays [room noise, 2 s speech] twice: the first speech, with talk not
+    held, leaves the mouth closed; the second, held, moves it, and the noise after it does not (the input gate).
+    A second page asking to talk is told why not and still watches."""
+    animator, compositor = MouthAnimator(still.face_size), Compositor(still)
+    animator.warm_up()
+    server = Server(LiveEngine(still, animator, compositor, [], EngineConfig(latency_ms=300)),
+                    ServerConfig(port=0)).start()
+    wav = talk_wav(speech, tmp_path / "microphone.wav")
+    box = mouth_box(still, animator, compositor)
+    try:
+        with Chromium(chromium, wav) as page:
+            page.goto(url(server, "/#talk=push"))
+            page.wait_for("preview.connected")
+            page.evaluate(f"preview.mouthBox = {box}")
+            page.wait_for("preview.onsets.length >= 1")
+            time.sleep(2.4)                      # the first speech is over, talk not held
+            page.evaluate("say(true)")           # as a held button does
+            page.wait_for("preview.onsets.length >= 2")
+            time.sleep(3.4)                      # the second speech and the noise after it
+            record = page.evaluate("({frames: preview.frames, onsets: preview.onsets, events: preview.events})")
+            with Chromium(chromium, wav) as second:
+                second.goto(url(server, "/#talk=always"))
+                second.wait_for("preview.refused")
+                refused = second.evaluate("preview.refused")
+                second.wait_for("preview.connected")
+    finally:
+        server.stop()
+    shown, darkness, threshold = mouth_series(record)
+    first, second_onset = record["onsets"][:2]
+
+    def open_share(start_s: float, end_s: float, onset: float) -> float:
+        inside = (shown >= onset + 1000 * start_s) & (shown <= onset + 1000 * end_s)
+        assert inside.sum() >= 10, "the page showed too few frames"
+        return float((darkness[inside] > threshold).mean())
+    assert open_share(0.3, 2.0, first) <= 0.05           # speech, talk not held: not heard
+    assert open_share(0.6, 1.9, second_onset) >= 0.4     # talk held: the presenter speaks it
+    assert open_share(2.7, 3.4, second_onset) <= 0.05    # room noise under --silence_db
+    assert any(e["type"] == "speech_started" for e in record["events"])
+    assert "one talker at a time" in refused
