@@ -106,15 +106,16 @@ class Parts:
         from engine.composite import Compositor
         from engine.loop import EngineConfig
 
-        wav2lip = self._wav2lip(args, live, user) if args.checkpoint_path else None
+        only_weights = getattr(args, "blendshapes_only", False)  # no lip model, no pixels
+        wav2lip = self._wav2lip(args, live, user) if args.checkpoint_path and not only_weights else None
         face_size = wav2lip.size if wav2lip is not None else None
         cache = resolve_cache(args, face_size or 96).resolve()
         heads = args.enhance != "none"
         presenter = self._get(("presenter", str(cache), face_size, heads), user, lambda: self._presenter(
             cache, face_size, heads))
         enhancer = self._enhancer(args, live, user) if heads else None
-        predictor = wav2lip if wav2lip is not None else self._animator(presenter, user)
-        if pick_pipeline(args.pipeline, predictor) == "device":
+        predictor = wav2lip if wav2lip is not None else None if only_weights else self._animator(presenter, user)
+        if predictor is not None and pick_pipeline(args.pipeline, predictor) == "device":
             from engine.resident import load_resident
             from engine.torch_composite import TorchCompositor
             frames = self._get(("resident", str(cache), face_size, heads, str(predictor.device)), user,
@@ -193,3 +194,13 @@ class Parts:
             return self._share(enhancer, f"gfpgan@{enhancer.device}/{enhancer.dtype}/b{batch}")
         path = str(Path(args.gfpgan_path).resolve())
         return self._get(("model", path, args.device, args.gfpgan_dtype, batch), user, gfpgan)
+
+
+def blendshape_meter(args: argparse.Namespace, presenter, predictor):
+    """A BlendshapeMeter when the flags ask for weights (--blendshapes, --blendshapes_only, --blendshapes_csv), else
+    None. It follows the animator in use (with Wav2Lip, the presenter's own animator for the same audio)."""
+    if not (getattr(args, "blendshapes", False) or getattr(args, "blendshapes_csv", None)):
+        return None
+    from engine.blendshapes import BlendshapeMeter
+    from models.mouthwarp import MouthAnimator
+    return BlendshapeMeter(presenter, predictor if isinstance(predictor, MouthAnimator) else None)

@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve: CPU cores the sessions may use; a new session is refused when the measured load "
                         "says it would not fit (default: half this machine's cores: one Python process)")
     p.add_argument("--trust_checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
+    p.add_argument("--blendshapes_csv", metavar="FILE.csv",
+                   help="with a file render: also write each frame's ARKit-52 mouth and jaw weights, in the column "
+                        "layout of Live Link Face's CSV exports")
+    p.add_argument("--blendshapes", action="store_true",
+                   help="serve: compute ARKit weights per frame; a WebSocket client asks for them with "
+                        '{"type": "blendshapes", "on": true}')
+    p.add_argument("--blendshapes_only", action="store_true",
+                   help="audio to ARKit weights, no lip model and no video: into --blendshapes_csv, or, serving, "
+                        "as WebSocket events")
     return p
 
 
@@ -141,37 +150,52 @@ def run(args: argparse.Namespace) -> int:
     files = check_files(args.audio_files, args.allow_truncated) if args.audio_files else []
     if files and max(f.level for f in files) < 10 ** (args.silence_db / 20):
         log.warning("the audio is silent (below %.0f dB): the presenter will keep a still mouth", args.silence_db)
+    if args.blendshapes_only:
+        if args.mic and not serving:
+            raise ValueError("--blendshapes_only with --mic is live: serve the weights (--listen HOST:PORT)")
+        if not serving and not args.blendshapes_csv:
+            raise ValueError("--blendshapes_only needs somewhere to put the weights: --blendshapes_csv FILE.csv, "
+                             "or serve them (--listen HOST:PORT)")
+        args.outfile, args.preview, args.blendshapes = [], False, True  # no video at all
     if serving and args.outfile == DEFAULT_OUTFILE:
         args.outfile = []  # serving: the WebRTC preview, plus any live outputs asked for
     sinks = make_sinks(args)
     live = serving or any(s.live for s in sinks)
     if live and any(not s.live for s in sinks):
         raise ValueError("mix of a file and a live output: run them separately (a file renders faster than live)")
+    if args.blendshapes_csv and live:
+        raise ValueError("--blendshapes_csv goes with a file render (--outfile x.mp4, or --blendshapes_only); "
+                         "live, serve with --blendshapes and read the WebSocket events")
     if serving:
         server_cfg = server_config(args)  # refused before any model loads
         if args.obs_control:
             obs_control(args)
         return serve(args, server_cfg, files)
-    from engine.assemble import Parts
+    from engine.assemble import Parts, blendshape_meter
     presenter, predictor, compositor, cfg = Parts().build(args, live)
+    meter = blendshape_meter(args, presenter, predictor)
     use_gpu_encoder(sinks, compositor)
     audio = stream_files(args.audio_files)
     if not live:
-        stats = Stats()
+        stats, weights = Stats(), [] if meter is not None else None
         try:
             render_file(audio, presenter, predictor, compositor, sinks, cfg, stats=stats,
-                        total_samples=sum(f.samples for f in files))
+                        total_samples=sum(f.samples for f in files), meter=meter, blendshapes=weights)
         except KeyboardInterrupt:  # the sinks were closed on the way out: the file holds what was rendered
-            print(f"interrupted: wrote {', '.join(args.outfile)} with the first {stats.frames} frames",
+            print(f"interrupted: wrote {', '.join(args.outfile) or 'nothing'} with the first {stats.frames} frames",
                   file=sys.stderr)
             return 130
-        print(f"wrote {', '.join(args.outfile)}: {stats.frames} frames ({stats.frames / FPS:.2f} s), "
-              f"{stats.inferred} lip-synced")
+        written = list(args.outfile)
+        if weights is not None:
+            from models.mouthwarp.blendshapes import write_live_link_csv
+            written.append(str(write_live_link_csv(args.blendshapes_csv, weights)))
+        print(f"wrote {', '.join(written)}: {stats.frames} frames ({stats.frames / FPS:.2f} s), "
+              f"{stats.inferred} {'measured' if predictor is None else 'lip-synced'}")
         log_start_up(stats)
         return 0
     if args.obs_control:
         obs_control(args)
-    engine = LiveEngine(presenter, predictor, compositor, sinks, cfg)
+    engine = LiveEngine(presenter, predictor, compositor, sinks, cfg, meter)
     microphone = feeder = None
     if args.mic:
         microphone = Microphone(engine.buffer, None if args.mic == "default" else args.mic)

@@ -113,8 +113,8 @@ class Mouths:
 
 def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_size: int, start_frame: int = 0,
              stats: Optional[Stats] = None, deadline: Optional[Callable[[FrameUnit], float]] = None,
-             policy: Optional[SkipPolicy] = None, faces: Optional[Callable[[list[int]], object]] = None
-             ) -> Iterator[Mouths]:
+             policy: Optional[SkipPolicy] = None, faces: Optional[Callable[[list[int]], object]] = None,
+             meter=None) -> Iterator[Mouths]:
     """The model stage, in frame order. Speech on a frame with a face goes through the model in batches;
     everything else passes as None.
 
@@ -122,7 +122,9 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
     pixels) -> faces: models.predictor.LipSyncPredictor (Wav2Lip) or models.mouthwarp.MouthAnimator.
     A live run gives each frame's presentation `deadline` (monotonic) and a SkipPolicy: a frame the model would
     make late is shown as the cached frame instead, and counted in stats.skipped. `faces(indices)` gives the
-    cached crops the model starts from: numpy from the presenter, or device tensors from the device pipeline."""
+    cached crops the model starts from: numpy from the presenter, or device tensors from the device pipeline.
+    A BlendshapeMeter (`meter`) gives each unit the ARKit weights of the mouth it will show; with no `lipsync`
+    (blendshapes only) no pixel is made and the weights are those of the mouth the animator would show."""
     stats = stats or Stats()
     policy = policy or SkipPolicy()
     faces = faces or (lambda indices: np.stack([presenter.face(i) for i in indices]))
@@ -135,21 +137,31 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
         indices = [i for _, i in batch]
         landmarks = np.stack([presenter.crop_landmarks(i) for i in indices])
         windows = np.stack([u.window for u, _ in batch])
-        if getattr(lipsync, "scheduled", False):  # a model shared between sessions: it batches by deadline
+        if lipsync is None:
+            mouths = None
+        elif getattr(lipsync, "scheduled", False):  # a model shared between sessions: it batches by deadline
             due = min(deadline(u) for u, _ in batch) if deadline is not None else float("inf")
             mouths = lipsync.predict(windows, faces(indices), landmarks, due=due)
         else:
             mouths = lipsync.predict(windows, faces(indices), landmarks)
         spent = time.perf_counter() - started
         policy.record(spent, len(batch))
-        if mouths is None:  # the shared model could not make their time: the cached frames, as a skip
-            stats.skipped += len(batch)
+        if mouths is None and lipsync is not None:  # the shared model could not make their time: the cached
+            stats.skipped += len(batch)                 # frames, as a skip
+            for unit, index in batch:
+                measure(unit, index, driven=False)
             yield from (Mouths([u], [i], None) for u, i in batch)
         else:
             stats.infer_seconds += spent
             stats.inferred += len(batch)
+            for unit, index in batch:
+                measure(unit, index, driven=True)
             yield Mouths([u for u, _ in batch], indices, mouths)
         batch.clear()
+
+    def measure(unit: FrameUnit, index: int, driven: bool) -> None:
+        if meter is not None:
+            unit.blendshapes = meter.driven(unit.window, index) if driven else meter.still(index)
 
     for unit in units:
         index = ping_pong(unit.index + start_frame, presenter.frames)
@@ -163,6 +175,7 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
                 yield from flush()
             continue
         yield from flush()
+        measure(unit, index, driven=False)
         yield Mouths([unit], [index], None)
     yield from flush()
 
@@ -177,20 +190,20 @@ def composite(stream: Iterable[Mouths], compositor: Compositor, watched: Callabl
         if not watched():
             yield from ((unit, None) for unit in item.units)
         elif item.faces is None:
-            yield item.units[0], compositor.passthrough(item.indices[0])
+            yield from ((unit, compositor.passthrough(index)) for unit, index in zip(item.units, item.indices))
         else:
             yield from zip(item.units, compositor.compose(item.indices, item.faces))
 
 
 def render(units: Iterable[FrameUnit], presenter: Presenter, lipsync, compositor: Compositor, batch_size: int,
            start_frame: int = 0, stats: Optional[Stats] = None, stop: Optional[threading.Event] = None,
-           deadline: Optional[Callable[[FrameUnit], float]] = None, watched: Callable[[], bool] = lambda: True
-           ) -> Iterator[tuple[FrameUnit, Optional[np.ndarray]]]:
+           deadline: Optional[Callable[[FrameUnit], float]] = None, watched: Callable[[], bool] = lambda: True,
+           meter=None) -> Iterator[tuple[FrameUnit, Optional[np.ndarray]]]:
     """Yield (unit, frame) in order: the model stage and the composite stage overlapped in two threads; with a
     device compositor a third stage brings each finished frame to the host (one copy, into pinned memory)."""
     stop = stop or threading.Event()
     mouths = threaded(lip_sync(units, presenter, lipsync, batch_size, start_frame, stats, deadline,
-                               faces=compositor.faces), 4, "model", stop)
+                               faces=compositor.faces, meter=meter), 4, "model", stop)
     frames = threaded(composite(mouths, compositor, watched), 8, "composite", stop)
     if getattr(compositor, "on_device", False):
         frames = threaded(((unit, to_host(frame)) for unit, frame in frames), 8, "download", stop)
@@ -222,12 +235,15 @@ def _copy_stream(device):
 
 def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, lipsync, compositor: Compositor,
                 sinks: list[Sink], cfg: EngineConfig = EngineConfig(), progress: bool = True,
-                stats: Optional[Stats] = None, total_samples: Optional[int] = None) -> Stats:
+                stats: Optional[Stats] = None, total_samples: Optional[int] = None, meter=None,
+                blendshapes: Optional[list] = None) -> Stats:
     """Whole audio known in advance (an array, or a stream of chunks with `total_samples` for the progress bar):
     ceil(samples/640) frames, as fast as possible, to non-live sinks (mp4). A stream is consumed as it renders,
     so an hour of audio takes the memory of a minute.
 
-    Interrupted (Ctrl-C, SIGTERM), the sinks are still closed: the mp4 is finished with the frames rendered so far."""
+    Interrupted (Ctrl-C, SIGTERM), the sinks are still closed: the mp4 is finished with the frames rendered so far.
+    With a BlendshapeMeter each frame's weights are appended to `blendshapes`, in frame order; with no sink wanting
+    pixels (blendshapes only) no frame is composited."""
     from tqdm import tqdm
 
     stats = stats if stats is not None else Stats()
@@ -240,9 +256,12 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
     try:
         with tqdm(total=total, unit="frame", desc="render", disable=not progress) as bar:
             for unit, frame in render(frame_units(audio, cfg.silence_db), presenter, lipsync, compositor,
-                                      cfg.batch_size, cfg.start_frame, stats, stop=stop):
+                                      cfg.batch_size, cfg.start_frame, stats, stop=stop, meter=meter,
+                                      watched=lambda: bool(sinks)):
                 for sink in sinks:
                     sink.write(frame, unit.audio, unit.pts)
+                if blendshapes is not None:
+                    blendshapes.append(unit.blendshapes)
                 if stats.first_frame_at is None:
                     stats.first_frame_at = time.monotonic()
                 stats.frames += 1
@@ -326,11 +345,12 @@ class LiveEngine:
     from the timeline; interrupt() sends it a message; nothing else is shared but the input buffer and Stats."""
 
     def __init__(self, presenter: Presenter, lipsync, compositor: Compositor, sinks: list[Sink],
-                 cfg: EngineConfig = EngineConfig()):
+                 cfg: EngineConfig = EngineConfig(), meter=None):
         floor_ms = 1000 * (LOOKAHEAD + SAMPLES) / SAMPLE_RATE
         if cfg.latency_ms < floor_ms:
             raise ValueError(f"latency_ms must be at least {floor_ms:.0f} (mel lookahead + a frame)")
         self.presenter, self.lipsync, self.compositor, self.sinks, self.cfg = presenter, lipsync, compositor, sinks, cfg
+        self.meter = meter  # a BlendshapeMeter: a `blendshapes` event per presented frame
         self.buffer = AudioBuffer()
         self.stats = Stats()
         self.on_event: Optional[Callable[[dict], None]] = None  # called from the presenting thread
@@ -418,7 +438,8 @@ class LiveEngine:
         stats = self.stats
         units = threaded(self._timeline_units(t0), 8, "timeline", self._stop)
         frames = render(units, self.presenter, self.lipsync, self.compositor, self.cfg.live_batch_size,
-                        self.cfg.start_frame, stats, self._stop, lambda unit: t0 + unit.pts + latency, self._watched)
+                        self.cfg.start_frame, stats, self._stop, lambda unit: t0 + unit.pts + latency, self._watched,
+                        self.meter)
         muted: list = []       # timeline spans [start, end) of speech interrupt() dropped after it was rendered
         dropped: set = set()   # utterances interrupt() dropped: their marks are not announced
         try:
@@ -448,6 +469,10 @@ class LiveEngine:
                 for sink in self.sinks:
                     sink.write(frame, audio, unit.pts)
                 shown_at, shown = time.time(), time.monotonic()
+                if unit.blendshapes is not None:  # muted after an interrupt: the cached mouth is what shows
+                    weights = self.meter.still(ping_pong(unit.index + self.cfg.start_frame, self.presenter.frames)) \
+                        if heard else unit.blendshapes
+                    self._emit({"type": "blendshapes", "frame": unit.index, "pts": unit.pts, "weights": weights})
                 for kind, tag in unit.marks:
                     if tag not in dropped:
                         self._emit({"type": f"speech_{'started' if kind == 'start' else 'ended'}",

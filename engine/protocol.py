@@ -19,7 +19,8 @@ from core.timebase import SAMPLE_RATE
 
 # the JSON messages a client may send: type -> {field: exact Python type}
 MESSAGES = {"auth": {"token": str}, "start": {"sample_rate": int, "format": str, "channels": int},
-            "end": {}, "interrupt": {}}
+            "end": {}, "interrupt": {}, "blendshapes": {"on": bool}}
+TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false"}
 
 
 class ProtocolError(ValueError):
@@ -60,8 +61,7 @@ def parse_message(text: str) -> dict:
                             f"(allowed: {allowed})")
     for name, wanted in fields.items():
         if name in message and type(message[name]) is not wanted:
-            raise ProtocolError(f"'{name}' must be {'an integer' if wanted is int else 'a string'}, not "
-                                f"{type(message[name]).__name__}")
+            raise ProtocolError(f"'{name}' must be {TYPE_NAMES[wanted]}, not {type(message[name]).__name__}")
     return message
 
 
@@ -86,6 +86,7 @@ class Client:
     pcm: Optional[PcmStream] = None
     seconds: float = 0.0
     tags: set = field(default_factory=set)
+    blendshapes: bool = False  # wants a `blendshapes` event per presented frame
 
 
 class SpeechDesk:
@@ -141,6 +142,11 @@ class SpeechDesk:
             self.end_utterance(client)
         elif kind == "interrupt":
             self.interrupt(client)
+        elif kind == "blendshapes":
+            if getattr(self.engine, "meter", None) is None:
+                raise ProtocolError("this session computes no blendshapes (serve with --blendshapes)")
+            client.blendshapes = message.get("on", True)
+            return [{"type": "subscription", "blendshapes": client.blendshapes}]
         return []
 
     def on_pcm(self, client: Client, data: bytes) -> None:
@@ -203,7 +209,12 @@ class SpeechDesk:
                 "queued_utterances": len(self.engine.buffer.queued_tags)}
 
     def route(self, event: dict) -> None:
-        """An engine event: to the client that queued the utterance (uploads have none), with the queue depth."""
+        """An engine event: blendshapes to every client that asked for them; the others to the client that queued
+        the utterance (uploads have none), with the queue depth."""
+        if event["type"] == "blendshapes":
+            for client in [c for c in self.clients if c.blendshapes]:
+                client.send(event)
+            return
         tag = event.get("utterance")
         with self._lock:
             client = self.owners.get(tag)

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 from core.errors import UserError
 from core.timebase import FPS, SAMPLE_RATE
 
-from .assemble import Parts
+from .assemble import Parts, blendshape_meter
 from .loop import LiveEngine
 from .model_worker import ModelWorker, SharedModel
 from .protocol import SpeechDesk, SpeechLimits
@@ -323,7 +323,8 @@ class Sessions:
             presenter, predictor, compositor, cfg = self.parts.build(args, live=True, user=sid)
             sinks = [*make_sinks(args), *extra_sinks]
             use_gpu_encoder(sinks, compositor)
-            engine = LiveEngine(presenter, predictor, compositor, sinks, cfg)
+            engine = LiveEngine(presenter, predictor, compositor, sinks, cfg,
+                                blendshape_meter(args, presenter, predictor))
             return self.adopt(engine, sid, on_event)
         except BaseException:
             self._close_workers(self.parts.release(sid))

@@ -21,6 +21,7 @@ class FrameUnit:
     # live runs only, set by the timeline stage and carried with the frame to the presenting thread:
     heard_at: Optional[float] = None   # monotonic arrival of the input chunk holding the window's last sample
     marks: list = field(default_factory=list)  # (kind, utterance) that start or end on this frame
+    blendshapes: Optional[dict] = None  # ARKit weights of the mouth shown, when a BlendshapeMeter is on (model stage)
 
     @property
     def pts(self) -> float:

@@ -24,6 +24,7 @@ from chromium import Chromium
 from conftest import CollectSink, require
 from wsclient import events_until, stream, url
 from demo.presenter import speak
+from engine.blendshapes import BlendshapeMeter
 from engine.composite import Compositor
 from engine.loop import EngineConfig, LiveEngine
 from engine.presenter import Presenter, ping_pong
@@ -40,7 +41,8 @@ def make_server(built, cfg: ServerConfig):
     sink = CollectSink(live=True)
     animator = MouthAnimator(presenter.face_size)
     animator.warm_up()  # as the command line does (the first call imports scipy)
-    engine = LiveEngine(presenter, animator, Compositor(presenter), [sink], EngineConfig(latency_ms=300))
+    engine = LiveEngine(presenter, animator, Compositor(presenter), [sink], EngineConfig(latency_ms=300),
+                        BlendshapeMeter(presenter, animator))
     return Server(engine, cfg).start(), sink, presenter
 
 
@@ -84,6 +86,7 @@ def test_streamed_speech_moves_the_mouth_and_events_come_in_order(served, voice)
     events = asyncio.run(client())
     kinds = [e["type"] for e in events]
     assert kinds[0] == "queued" and kinds.index("speech_started") < kinds.index("speech_ended")
+    assert "blendshapes" not in kinds  # not asked for
     started, ended = events[kinds.index("speech_started")], events[kinds.index("speech_ended")]
     assert started["utterance"] == ended["utterance"] == events[0]["utterance"]
     assert abs((ended["frame"] - started["frame"]) - len(pcm) / rate * 25) <= 3
@@ -92,6 +95,31 @@ def test_streamed_speech_moves_the_mouth_and_events_come_in_order(served, voice)
     before = changed(sink, presenter, range(started["frame"] - 15, started["frame"] - 5))
     assert (speech > 0.05).mean() > 0.5  # the mouth moves while the speech is shown
     assert len(before) == 10 and np.all(before == 0)  # and the frames before it are the cached ones, untouched
+
+
+def test_a_client_that_asks_gets_the_weights_of_every_frame(served, voice):
+    server, _, _ = served
+    pcm, rate, _ = voice
+
+    async def client():
+        async with aiohttp.ClientSession() as session, session.ws_connect(url(server, "/ws", "ws")) as ws:
+            await ws.send_json({"type": "blendshapes", "on": "yes"})
+            refused = await ws.receive_json()
+            await ws.send_json({"type": "blendshapes", "on": True})
+            await ws.send_json({"type": "start", "sample_rate": rate, "format": "int16", "channels": 1})
+            await stream(ws, pcm, rate, realtime=True)
+            await ws.send_json({"type": "end"})
+            return refused, await events_until(ws, "speech_ended")
+
+    refused, events = asyncio.run(client())
+    assert refused["type"] == "error" and "'on' must be true or false" in refused["message"]
+    assert {"type": "subscription", "blendshapes": True} in events
+    weights = [e for e in events if e["type"] == "blendshapes"]
+    frames = [e["frame"] for e in weights]
+    assert len(frames) > 100 and frames == list(range(frames[0], frames[0] + len(frames)))  # every frame, in order
+    assert all(len(e["weights"]) == 52 and 0 <= min(e["weights"].values()) <= max(e["weights"].values()) <= 1
+               for e in weights)
+    assert max(e["weights"]["jawOpen"] for e in weights) > 0.2  # the speech opened the mouth
 
 
 def test_utterances_queue_in_order(served, voice):

@@ -39,6 +39,22 @@ def audio_features(window: np.ndarray) -> tuple[float, float]:
     return opening, rounding
 
 
+class MouthSmoother:
+    """The attack/release filter on (opening, rounding), frame after frame: the mouth opens quickly, closes a little
+    slower. The animator and the blendshape meter each own one, fed the same frames."""
+
+    def __init__(self, attack: float = 0.7, release: float = 0.45):
+        self.attack, self.release = attack, release
+        self._opening = 0.0
+        self._rounding = 0.0
+
+    def __call__(self, opening: float, rounding: float) -> tuple[float, float]:
+        rate = self.attack if opening > self._opening else self.release
+        self._opening += rate * (opening - self._opening)
+        self._rounding += 0.5 * (rounding - self._rounding)
+        return self._opening, self._rounding
+
+
 class MouthAnimator:
     """Drop-in for the Wav2Lip predictor: predict(mel_windows, faces, landmarks) -> faces (BGR uint8).
 
@@ -50,18 +66,11 @@ class MouthAnimator:
         self.size = face_size
         self.attack, self.release = attack, release
         self.library = library if library is not None and library.usable else None
-        self._opening = 0.0
-        self._rounding = 0.0
+        self._smooth = MouthSmoother(attack, release)
 
     def warm_up(self, batch: int = 1) -> None:
         """Import the warp's interpolator now (about 0.6 s), not on the first spoken frame of a live stream."""
         import scipy.interpolate  # noqa: F401
-
-    def _smooth(self, opening: float, rounding: float) -> tuple[float, float]:
-        rate = self.attack if opening > self._opening else self.release
-        self._opening += rate * (opening - self._opening)
-        self._rounding += 0.5 * (rounding - self._rounding)
-        return self._opening, self._rounding
 
     def predict(self, mel_windows: np.ndarray, faces_bgr: np.ndarray,
                 landmarks: Optional[np.ndarray] = None) -> np.ndarray:
@@ -80,9 +89,22 @@ class MouthAnimator:
         layout = LAYOUTS.get(len(points))
         if layout is None or opening < 1e-3 or not np.isfinite(points).all():
             return face.copy()
-        if self.library is not None and self.library.points.shape[1] == len(points):
+        if self._recorded(points):
             return self.library.render(face, points, layout, opening, rounding)
         return draw_open_mouth(face, points, layout, opening, rounding)
+
+    def shape(self, points: np.ndarray, opening: float, rounding: float) -> np.ndarray:
+        """The landmarks of the mouth `animate` shows at this shape, without drawing it (blendshapes). The library's
+        choice is made as `animate` makes it, so call one or the other per frame, not both."""
+        layout = LAYOUTS.get(len(points))
+        if layout is None or opening < 1e-3 or not np.isfinite(points).all():
+            return points
+        if self._recorded(points):
+            return self.library.shape(points, layout, opening, rounding)[0]
+        return opened_lips(points, layout, *drawn_gap(self.size, points, layout, opening, rounding))[0]
+
+    def _recorded(self, points: np.ndarray) -> bool:
+        return self.library is not None and self.library.points.shape[1] == len(points)
 
 
 def gap_profile(count: int) -> np.ndarray:
@@ -91,11 +113,23 @@ def gap_profile(count: int) -> np.ndarray:
     return np.sin(np.pi * along_lip(count)) ** 1.2
 
 
+def drawn_gap(crop_size: int, points: np.ndarray, layout: MouthLayout, opening: float,
+              rounding: float) -> tuple[float, float]:
+    """(peak gap px, rounding) of the drawn mouth at this shape: at most MAX_GAP of the mouth width, the lower lip's
+    edge kept inside the crop, rounded lips opening less."""
+    room = crop_size - 3 - float(points[list(layout.lower_inner)][:, 1].max())
+    widest = max(0.0, min(MAX_GAP * mouth_width(points, layout), room / (1 - UPPER_SHARE)))
+    return widest * opening * (1 - 0.3 * max(rounding, 0.0)), rounding
+
+
 def opened_lips(points: np.ndarray, layout: MouthLayout, peak_gap: float, rounding: float,
-                jaw_drop: float) -> np.ndarray:
+                jaw_drop: Optional[float] = None) -> tuple[np.ndarray, float]:
     """The landmarks with the lips and jaw moved (the others as they were): the lower lip (inner and outer edge together, so it keeps its
     thickness) down by (1 - UPPER_SHARE) of the gap, the upper lip up by UPPER_SHARE, the gap being `peak_gap` in
-    the middle (gap_profile); rounded lips narrow, spread ones widen; the jaw follows by `jaw_drop` at the chin."""
+    the middle (gap_profile); rounded lips narrow, spread ones widen; the jaw follows by `jaw_drop` at the chin
+    (default: 0.8 of the lower lip's share of the gap). Returns (moved landmarks, jaw_drop)."""
+    if jaw_drop is None:
+        jaw_drop = 0.8 * (1 - UPPER_SHARE) * peak_gap
     left, right = points[list(layout.corners)]
     centre = (left + right) / 2
     across = (right - left) / max(float(np.linalg.norm(right - left)), 1e-6)
@@ -112,7 +146,7 @@ def opened_lips(points: np.ndarray, layout: MouthLayout, peak_gap: float, roundi
             along = float(offset @ across)
             moved[index] = centre + across * along * narrow + down * float(offset @ down) + down * share * amount
     moved[list(layout.jaw)] += np.outer(jaw_reach(layout), down * jaw_drop).astype(np.float32)
-    return moved
+    return moved, jaw_drop
 
 
 def lip_colour(face: np.ndarray, contours: list[np.ndarray]) -> np.ndarray:
@@ -131,11 +165,7 @@ def draw_open_mouth(face: np.ndarray, points: np.ndarray, layout: MouthLayout, o
     `fill(face, upper, lower, lips_bgr, width, opening, drawn_teeth)` paints the gap between the moved inner lips
     (default: paint_interior)."""
     width = mouth_width(points, layout)
-    room = face.shape[0] - 3 - float(points[list(layout.lower_inner)][:, 1].max())  # the lip's edge stays in the crop
-    widest = max(0.0, min(MAX_GAP * width, room / (1 - UPPER_SHARE)))
-    peak_gap = widest * opening * (1 - 0.3 * max(rounding, 0.0))
-    jaw_drop = 0.8 * (1 - UPPER_SHARE) * peak_gap
-    moved = opened_lips(points, layout, peak_gap, rounding, jaw_drop)
+    moved, jaw_drop = opened_lips(points, layout, *drawn_gap(face.shape[0], points, layout, opening, rounding))
     warped, before, after = warp_mouth(face, points, moved, layout, jaw_drop)
     upper, lower = after[0], after[1]
     own_teeth = mouth_opening(points, layout) >= 0.04  # the presenter shows teeth at rest: use them, not drawn ones

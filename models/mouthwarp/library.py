@@ -139,9 +139,10 @@ class MouthLibrary:
         self._current = int(np.argmin(cost))
         return self._current
 
-    def render(self, face: np.ndarray, points: np.ndarray, layout: MouthLayout, opening: float,
-               rounding: float) -> np.ndarray:
-        """`face` with the chosen recorded mouth: lips and jaw warped to its shape, its lips and inside pasted."""
+    def shape(self, points: np.ndarray, layout: MouthLayout, opening: float,
+              rounding: float) -> tuple[np.ndarray, int, np.ndarray, float]:
+        """(this frame's landmarks with the chosen entry's lips and the jaw following, the entry, the affine from
+        the canonical frame to this crop, the jaw's drop px)."""
         entry = self.choose(opening, rounding)
         back = cv2.invertAffineTransform(to_canonical(points, layout))
         shape = apply(back, self.points[entry])  # the entry's landmarks on this frame's mouth
@@ -151,7 +152,13 @@ class MouthLibrary:
         lips = list(layout.lips)
         moved[lips] = shape[lips]
         moved[list(layout.jaw)] += 0.8 * np.outer(jaw_reach(layout), down).astype(np.float32)
-        warped, _, after = warp_mouth(face, points, moved, layout, 0.8 * float(down[1]))
+        return moved, entry, back, 0.8 * float(down[1])
+
+    def render(self, face: np.ndarray, points: np.ndarray, layout: MouthLayout, opening: float,
+               rounding: float) -> np.ndarray:
+        """`face` with the chosen recorded mouth: lips and jaw warped to its shape, its lips and inside pasted."""
+        moved, entry, back, jaw_drop = self.shape(points, layout, opening, rounding)
+        warped, _, after = warp_mouth(face, points, moved, layout, jaw_drop)
         warped = warped.astype(np.float32)
         recorded = cv2.warpAffine(self.crops[entry], back, face.shape[1::-1], flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
