@@ -17,7 +17,9 @@ import re
 import shutil
 import socket
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger("scratch")
 MARK = re.compile(r"^\.(?P<label>.+)\.swl-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.(?P<kind>partial|old)$")
@@ -49,6 +51,19 @@ def scratch_file(parent: Path | str, label: str) -> Path:
     path = scratch_path(parent, label)
     _live.add(path)
     return path
+
+
+@contextmanager
+def written(final: Path | str) -> Iterator[Path]:
+    """The scratch path to write `final` through: published as `final` when the block ends, removed if it fails,
+    so a killed or failed writer never leaves a half file."""
+    final = Path(final)
+    scratch = scratch_file(final.parent, final.name)
+    try:
+        yield scratch
+        publish(scratch, final)
+    finally:
+        remove(scratch)
 
 
 def owner(path: Path) -> int | None:

@@ -106,7 +106,7 @@ class Parts:
         from engine.composite import Compositor
         from engine.loop import EngineConfig
 
-        only_weights = getattr(args, "blendshapes_only", False)  # no lip model, no pixels
+        only_weights = args.blendshapes_only  # no lip model, no pixels
         wav2lip = self._wav2lip(args, live, user) if args.checkpoint_path and not only_weights else None
         face_size = wav2lip.size if wav2lip is not None else None
         cache = resolve_cache(args, face_size or 96).resolve()
@@ -199,7 +199,7 @@ class Parts:
 def blendshape_meter(args: argparse.Namespace, presenter, predictor):
     """A BlendshapeMeter when the flags ask for weights (--blendshapes, --blendshapes_only, --blendshapes_csv), else
     None. It follows the animator in use (with Wav2Lip, the presenter's own animator for the same audio)."""
-    if not (getattr(args, "blendshapes", False) or getattr(args, "blendshapes_csv", None)):
+    if not (args.blendshapes or args.blendshapes_csv):
         return None
     from engine.blendshapes import BlendshapeMeter
     from models.mouthwarp import MouthAnimator

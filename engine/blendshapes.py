@@ -19,6 +19,7 @@ import numpy as np
 
 from models.mouthwarp.animator import MouthAnimator, MouthSmoother, audio_features
 from models.mouthwarp.blendshapes import mouth_weights, rest_mouth
+from models.mouthwarp.library import every_frames_landmarks, library_for
 
 
 class BlendshapeMeter:
@@ -26,7 +27,6 @@ class BlendshapeMeter:
 
     def __init__(self, presenter, animator: Optional[MouthAnimator] = None):
         if animator is None:
-            from models.mouthwarp.library import library_for
             animator = MouthAnimator(presenter.face_size, library=library_for(presenter))
         self.presenter = presenter
         self.shaper = MouthAnimator(animator.size, animator.attack, animator.release,
@@ -34,9 +34,7 @@ class BlendshapeMeter:
         if self.shaper.library is not None:
             self.shaper.library.reset()
         self._smooth = MouthSmoother(animator.attack, animator.release)
-        nowhere = np.full_like(presenter.crop_landmarks(0), np.nan)
-        self.rest = rest_mouth(np.stack([presenter.crop_landmarks(i) if presenter.has_face[i] else nowhere
-                                         for i in range(presenter.frames)]))
+        self.rest = rest_mouth(every_frames_landmarks(presenter))
 
     def driven(self, window: np.ndarray, index: int) -> dict[str, float]:
         """A frame the lip model drove, from its (80, 16) mel window; call in frame order."""

@@ -19,7 +19,7 @@ from typing import Optional, Union
 import torch
 
 from core.errors import UserError
-from core.scratch import publish, remove, scratch_file
+from core.scratch import written
 
 from . import wav2lip96, wav2lip288, wav2lip384
 from .blocks import GeneratorSpec, SyncNet, SyncNetSpec, Wav2Lip
@@ -249,10 +249,6 @@ def save_checkpoint(model: torch.nn.Module, path: Union[str, Path], optimizer: O
     state = {f"{prefix}{k}": v for k, v in model.state_dict().items()}
     payload = {"state_dict": state, "optimizer": optimizer.state_dict() if optimizer else None,
                "global_step": global_step, "global_epoch": global_epoch}
-    path = Path(path)
-    tmp = scratch_file(path.parent, path.name)
-    try:
-        torch.save(payload, tmp)
-        return publish(tmp, path)
-    finally:
-        remove(tmp)
+    with written(path) as scratch:
+        torch.save(payload, scratch)
+    return Path(path)

@@ -11,6 +11,7 @@ from engine.presenter import Presenter
 from models.mouthwarp.animator import MAX_GAP, opened_lips
 from models.mouthwarp.blendshapes import (ARKIT_NAMES, LIVE_LINK_COLUMNS, mouth_weights, rest_mouth,
                                           write_live_link_csv)
+from models.mouthwarp.library import every_frames_landmarks
 from models.mouthwarp.geometry import MEDIAPIPE_478, mouth_opening, mouth_width
 
 MOUTH = tuple(name for name in ARKIT_NAMES if name.startswith(("jaw", "mouth")))
@@ -22,8 +23,7 @@ def clip(built):
     """Every frame's landmarks (NaN where no face), the resting mouth, and frames the landmarker has tracked for a
     while (the clip is a still photo moved around: its mouth never moves)."""
     presenter = Presenter(built["cache"] / "clip25", 96)
-    landmarks = np.stack([presenter.crop_landmarks(i) if presenter.has_face[i] else np.full((478, 2), np.nan)
-                          for i in range(presenter.frames)])
+    landmarks = every_frames_landmarks(presenter)
     has = presenter.has_face
     steady = [i for i in range(SETTLE, presenter.frames) if has[i - SETTLE:i + 1].all()]
     assert len(steady) >= 40

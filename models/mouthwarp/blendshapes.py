@@ -18,7 +18,7 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from core.scratch import publish, remove, scratch_file
+from core.scratch import written
 
 from .geometry import LAYOUTS, MouthLayout, mouth_opening
 
@@ -263,22 +263,16 @@ def write_live_link_csv(path: Path | str, rows: Iterable[dict[str, float]], fps:
     """A Live Link Face CSV, one row per frame from 00:00:00:00.000: each row's ARKit weights in their columns by
     name, head and eye rotations 0. Written to a scratch file and published (core/scratch.py), so a killed writer
     leaves no half file; a row with a name ARKit does not have is an error, not a silently empty column."""
-    path = Path(path)
     arkit = {live_link_name(name): name for name in ARKIT_NAMES}
     names = [arkit.get(column) for column in LIVE_LINK_COLUMNS[2:]]  # None: a head or eye rotation
     known = set(ARKIT_NAMES)
-    partial = scratch_file(path.parent, path.name)
-    try:
-        with open(partial, "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(LIVE_LINK_COLUMNS)
-            for frame, row in enumerate(rows):
-                unknown = set(row) - known
-                if unknown:
-                    raise ValueError(f"frame {frame}: {', '.join(sorted(unknown))} not ARKit blendshape names")
-                values = [f"{0.0 if name is None else float(row.get(name, 0.0)):.10f}" for name in names]
-                writer.writerow([live_link_timecode(frame, fps), LIVE_LINK_VALUES, *values])
-        publish(partial, path)
-    finally:
-        remove(partial)
-    return path
+    with written(path) as scratch, open(scratch, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(LIVE_LINK_COLUMNS)
+        for frame, row in enumerate(rows):
+            unknown = set(row) - known
+            if unknown:
+                raise ValueError(f"frame {frame}: {', '.join(sorted(unknown))} not ARKit blendshape names")
+            values = [f"{0.0 if name is None else float(row.get(name, 0.0)):.10f}" for name in names]
+            writer.writerow([live_link_timecode(frame, fps), LIVE_LINK_VALUES, *values])
+    return Path(path)

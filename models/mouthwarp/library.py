@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from core.scratch import publish, remove, scratch_file
+from core.scratch import written
 
 from .geometry import (LAYOUTS, MouthLayout, jaw_reach, lip_contours, lip_polygons, mouth_opening, mouth_width,
                        polygon_mask, warp_mouth)
@@ -105,15 +105,9 @@ class MouthLibrary:
 
     def save(self, path: Path) -> None:
         """Written to a scratch file and published (core/scratch.py): never half-written, nothing left behind."""
-        path = Path(path)
-        partial = scratch_file(path.parent, path.name)
-        try:
-            with open(partial, "wb") as file:
-                np.savez_compressed(file, crops=self.crops, points=self.points, openings=self.openings,
-                                    roundings=self.roundings, teeth=self.teeth)
-            publish(partial, path)
-        finally:
-            remove(partial)
+        with written(path) as scratch, open(scratch, "wb") as file:
+            np.savez_compressed(file, crops=self.crops, points=self.points, openings=self.openings,
+                                roundings=self.roundings, teeth=self.teeth)
 
     @classmethod
     def load(cls, path: Path) -> "MouthLibrary":
@@ -185,6 +179,13 @@ def select_frames(openings: np.ndarray, roundings: np.ndarray) -> list[int]:
     return chosen
 
 
+def every_frames_landmarks(presenter) -> np.ndarray:
+    """(N, K, 2) crop landmarks of every cached frame, NaN where it has no face."""
+    nowhere = np.full_like(presenter.crop_landmarks(0), np.nan)
+    return np.stack([presenter.crop_landmarks(i) if presenter.has_face[i] else nowhere
+                     for i in range(presenter.frames)])
+
+
 def library_for(presenter) -> MouthLibrary:
     """The presenter cache's library (`mouths.npz`, written by preprocess); built from the cache when missing.
     `presenter` is an engine Presenter (dir, frames, has_face, face(i), crop_landmarks(i))."""
@@ -192,10 +193,7 @@ def library_for(presenter) -> MouthLibrary:
     if path.is_file():
         return MouthLibrary.load(path)
     log.info("%s has no %s (made before the mouth library): building it from the cache", presenter.dir, LIBRARY_FILE)
-    nowhere = np.full_like(presenter.crop_landmarks(0), np.nan)
-    landmarks = np.stack([presenter.crop_landmarks(i) if presenter.has_face[i] else nowhere
-                          for i in range(presenter.frames)])
-    library = MouthLibrary.build(landmarks, presenter.face)
+    library = MouthLibrary.build(every_frames_landmarks(presenter), presenter.face)
     try:
         library.save(path)  # kept for the next start
     except OSError as exc:
