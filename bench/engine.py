@@ -123,7 +123,8 @@ class ThreadProfiles:
             text = io.StringIO()
             pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(self.top)
             body = text.getvalue()
-            print(f"-- thread {name if sys.version_info < (3, 12) else 'all threads'}: functions by own time\n" + body[body.find("   ncalls"):].rstrip())
+            whose = name if sys.version_info < (3, 12) else "all threads"
+            print(f"-- thread {whose}: functions by own time\n" + body[body.find("   ncalls"):].rstrip())
 
 
 def stage_ms(presenter, predictor, compositor, enhancer, count: int, work: Path) -> dict[str, float]:

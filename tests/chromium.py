@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+import soundfile
+
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--mute-audio",
          "--autoplay-policy=no-user-gesture-required", "--remote-debugging-port=0",
@@ -118,8 +121,6 @@ class Chromium:
 def talk_wav(speech, path: Path, gap_seconds: float = 1.5, noise_db: float = -55.0) -> Path:
     """What the fake microphone plays (looped): [room noise, speech] twice, then room noise; the noise (white, at
     `noise_db` dBFS) is what the input gate must keep from moving the mouth."""
-    import numpy as np
-    import soundfile
     rng = np.random.default_rng(0)
     gap = lambda: (rng.standard_normal(int(gap_seconds * 16000)) * 10 ** (noise_db / 20)).astype(np.float32)
     soundfile.write(str(path), np.concatenate([gap(), speech, gap(), speech, gap()]), 16000, subtype="PCM_16")
@@ -128,7 +129,6 @@ def talk_wav(speech, path: Path, gap_seconds: float = 1.5, noise_db: float = -55
 
 def mouth_box(presenter, animator, compositor) -> list[int]:
     """[x, y, w, h] in frame pixels: where a wide-open mouth changes any frame of the loop."""
-    import numpy as np
     changed = np.zeros((presenter.height, presenter.width), bool)
     for i in np.flatnonzero(presenter.has_face):
         opened = animator.animate(presenter.face(i), presenter.crop_landmarks(i), 1.0, 0.0)
@@ -142,7 +142,6 @@ def mouth_series(page_record: dict):
     """(display times ms, mouth darkness, threshold) of the frames the page showed; open = darkness > threshold,
     5 levels above the darkness of the closed mouth (the 10th percentile: at least that share of frames is
     closed)."""
-    import numpy as np
     frames = [f for f in page_record["frames"] if f["darkness"] is not None]
     shown = np.array([f["shown"] for f in frames])
     darkness = np.array([f["darkness"] for f in frames])
@@ -152,7 +151,6 @@ def mouth_series(page_record: dict):
 def round_trips_ms(page_record: dict) -> list[float]:
     """Per microphone sound onset after the page began to watch the mouth: ms until the first frame shown with the
     mouth open."""
-    import numpy as np
     shown, darkness, threshold = mouth_series(page_record)
     trips = []
     for onset in (t for t in page_record["onsets"] if t > shown[0]):
