@@ -3,6 +3,8 @@
 python bench/blendshapes.py --data_dir CACHE [--seconds 60] [--live_seconds 20]
 CPU per second of audio for a file (render_file with a BlendshapeMeter and no sink), and the CPU share of a live
 engine fed espeak-ng speech in real time (20 ms chunks kept 0.1 s ahead), as `serve --blendshapes_only` runs it.
+Then what `--blendshapes_from pixels` (the default with Wav2Lip) adds to each lip-synced frame: the face mesh read
+on the generated crops (here the mouth animator's, for the same speech).
 """
 from __future__ import annotations
 
@@ -24,9 +26,13 @@ from core.timebase import SAMPLE_RATE  # noqa: E402
 from demo.presenter import speak  # noqa: E402
 from engine.blendshapes import BlendshapeMeter  # noqa: E402
 from engine.composite import Compositor  # noqa: E402
-from engine.loop import EngineConfig, LiveEngine, render_file  # noqa: E402
+from engine.loop import EngineConfig, LiveEngine, lip_sync, render_file  # noqa: E402
 from engine.presenter import Presenter  # noqa: E402
 from engine.sources import Feeder  # noqa: E402
+from engine.timeline import frame_units  # noqa: E402
+from models.mouthwarp import MouthAnimator  # noqa: E402
+from models.mouthwarp.library import library_for  # noqa: E402
+from preprocess.detect import CropMesh  # noqa: E402
 
 
 def cpu() -> float:
@@ -64,6 +70,21 @@ def main() -> None:
     weights = sum(e["type"] == "blendshapes" for e in events)
     print(f"live: {stats.frames} frames in {wall:.1f} s, {weights} blendshape events, {stats.late} late; CPU "
           f"{100 * spent / wall:.1f}% of one core")
+    read_pixels(presenter, audio)
+
+
+def read_pixels(presenter: Presenter, audio: np.ndarray) -> None:
+    animator = MouthAnimator(presenter.face_size, library=library_for(presenter))
+    meter = BlendshapeMeter(presenter, read_pixels=CropMesh())
+    crops = [(u.window, i, face) for m in lip_sync(frame_units(audio), presenter, animator, 16)
+             if m.faces is not None for u, i, face in zip(m.units, m.indices, m.faces)]
+    meter.driven(*crops[0])  # mediapipe loads on the first crop
+    started, wall = cpu(), time.perf_counter()
+    for crop in crops[1:]:
+        meter.driven(*crop)
+    spent, wall = cpu() - started, time.perf_counter() - wall
+    print(f"pixels: {len(crops) - 1} generated {presenter.face_size} px crops read by the face mesh in {wall:.2f} s, "
+          f"{1000 * spent / (len(crops) - 1):.1f} ms of CPU a frame; no face found on {meter.unread}")
 
 
 if __name__ == "__main__":

@@ -198,9 +198,17 @@ class Parts:
 
 def blendshape_meter(args: argparse.Namespace, presenter, predictor):
     """A BlendshapeMeter when the flags ask for weights (--blendshapes, --blendshapes_only, --blendshapes_csv), else
-    None. It follows the animator in use (with Wav2Lip, the presenter's own animator for the same audio)."""
+    None. It reads the generated pixels or follows the animator, as --blendshapes_from says (auto: pixels for
+    Wav2Lip, whose mouth only its pixels show; the animator's own shape for the animator)."""
     if not (args.blendshapes or args.blendshapes_csv):
         return None
     from engine.blendshapes import BlendshapeMeter
     from models.mouthwarp import MouthAnimator
-    return BlendshapeMeter(presenter, predictor if isinstance(predictor, MouthAnimator) else None)
+    # the animator itself, or a session's SharedModel of it (which passes its attributes through)
+    animator = predictor if getattr(predictor, "name", None) == MouthAnimator.name else None
+    pixels = predictor is not None and (args.blendshapes_from == "pixels" or
+                                        (args.blendshapes_from == "auto" and animator is None))
+    if not pixels:
+        return BlendshapeMeter(presenter, animator)
+    from preprocess.detect import CropMesh
+    return BlendshapeMeter(presenter, read_pixels=CropMesh())

@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blendshapes_only", action="store_true",
                    help="audio to ARKit weights, no lip model and no video: into --blendshapes_csv, or, serving, "
                         "as WebSocket events")
+    p.add_argument("--blendshapes_from", choices=("auto", "pixels", "animator"), default="auto",
+                   help="how a lip-synced frame's weights are measured: 'pixels' reads the face mesh on the generated "
+                        "mouth (what the viewer sees; a mesh run per frame), 'animator' takes the mouth animator's "
+                        "shape for the same audio (exact for the animator, cheap); auto: pixels with a Wav2Lip "
+                        "checkpoint, animator otherwise")
     return p
 
 
@@ -156,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         if not serving and not args.blendshapes_csv:
             raise ValueError("--blendshapes_only needs somewhere to put the weights: --blendshapes_csv FILE.csv, "
                              "or serve them (--listen HOST:PORT)")
+        if args.blendshapes_from == "pixels":
+            raise ValueError("--blendshapes_only makes no pixels to read: leave out --blendshapes_from pixels")
         args.outfile, args.preview, args.blendshapes = [], False, True  # no video at all
     if serving and args.outfile == DEFAULT_OUTFILE:
         args.outfile = []  # serving: the WebRTC preview, plus any live outputs asked for

@@ -154,14 +154,14 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
         else:
             stats.infer_seconds += spent
             stats.inferred += len(batch)
-            for unit, index in batch:
-                measure(unit, index, driven=True)
+            for k, (unit, index) in enumerate(batch):
+                measure(unit, index, driven=True, face=mouths[k] if mouths is not None else None)
             yield Mouths([u for u, _ in batch], indices, mouths)
         batch.clear()
 
-    def measure(unit: FrameUnit, index: int, driven: bool) -> None:
+    def measure(unit: FrameUnit, index: int, driven: bool, face=None) -> None:
         if meter is not None:
-            unit.blendshapes = meter.driven(unit.window, index) if driven else meter.still(index)
+            unit.blendshapes = meter.driven(unit.window, index, face) if driven else meter.still(index)
 
     for unit in units:
         index = ping_pong(unit.index + start_frame, presenter.frames)

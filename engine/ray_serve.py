@@ -122,14 +122,19 @@ class SessionHost:
         return {"http": status, **answer}
 
     def offer(self, sid: str, sdp: str, kind: str) -> dict:
+        """A browser's offer: a viewer, or a page that talks (its microphone becomes speech on the session's desk)."""
         if sid not in self.sessions.ids():
             return {"http": 404, "error": f"no session {sid!r}"}
+        from engine.talk import TalkerBusy
         from engine.webrtc import PeerLimit
-        future = asyncio.run_coroutine_threadsafe(self.sessions.get(sid).webrtc.answer(sdp, kind), self.loop)
+        session = self.sessions.get(sid)
+        future = asyncio.run_coroutine_threadsafe(session.webrtc.answer(sdp, kind, session.desk), self.loop)
         try:
             sdp, kind = future.result(timeout=30)
         except PeerLimit as exc:
             return {"http": 503, "error": str(exc)}
+        except TalkerBusy as exc:
+            return {"http": 409, "error": str(exc)}
         except Exception as exc:
             return {"http": 400, "error": f"bad offer: {str(exc)[:200]}"}
         return {"http": 200, "sdp": sdp, "type": kind}

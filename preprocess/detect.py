@@ -119,18 +119,52 @@ class MediaPipeDetector:
     def _mesh_in_roi(self, frame_bgr: np.ndarray) -> Optional[np.ndarray]:
         cx, cy, side = self._roi
         scale = self.ROI_SIZE / side
-        to_roi = np.array([[scale, 0, self.ROI_SIZE / 2 - scale * cx], [0, scale, self.ROI_SIZE / 2 - scale * cy]])
-        crop = cv2.warpAffine(frame_bgr, to_roi, (self.ROI_SIZE, self.ROI_SIZE), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT)
-        result = self._mesh.process(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
-        if not result.multi_face_landmarks:
-            return None
-        points = np.array([(p.x, p.y) for p in result.multi_face_landmarks[0].landmark], np.float32) * self.ROI_SIZE
-        return ((points - to_roi[:, 2]) / scale).astype(np.float32)
+        return mesh_in(self._mesh, frame_bgr, scale, (self.ROI_SIZE / 2 - scale * cx, self.ROI_SIZE / 2 - scale * cy),
+                       self.ROI_SIZE, cv2.BORDER_CONSTANT)
 
     def close(self) -> None:
         self._mesh.close()
         self._finder.close()
+
+
+def mesh_in(mesh, image_bgr: np.ndarray, scale: float, shift: tuple[float, float], size: int,
+            border: int) -> Optional[np.ndarray]:
+    """The face mesh's 478 landmarks, in `image_bgr` pixels, read on the size x size view of it scaled by `scale`
+    and moved by `shift`; None when the mesh finds no face there."""
+    to_view = np.array([[scale, 0, shift[0]], [0, scale, shift[1]]])
+    view = cv2.warpAffine(image_bgr, to_view, (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
+    result = mesh.process(cv2.cvtColor(view, cv2.COLOR_BGR2RGB))
+    if not result.multi_face_landmarks:
+        return None
+    points = np.array([(p.x, p.y) for p in result.multi_face_landmarks[0].landmark], np.float32) * size
+    return ((points - to_view[:, 2]) / scale).astype(np.float32)
+
+
+class CropMesh:
+    """The face mesh on a stream of face crops (a lip model's output), in crop pixels: what a viewer sees of the
+    mouth, for the blendshape weights.
+
+    A crop is cut close around the face, where the mesh's own detector can miss it, so it is read with a margin
+    (its edges repeated) at the mesh's working size; in tracking mode the mesh then follows the face from crop to
+    crop. Mediapipe loads on the first crop."""
+    SIZE = 256
+    MARGIN = 0.3  # of the crop's side, on every edge
+
+    def __init__(self, min_confidence: float = 0.5):
+        self.min_confidence = min_confidence
+        self._mesh = None
+
+    def __call__(self, crop_bgr: np.ndarray) -> Optional[np.ndarray]:
+        if self._mesh is None:
+            os.environ.setdefault("GLOG_minloglevel", "2")
+            from mediapipe.python.solutions import face_mesh
+            self._mesh = face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+                                            min_detection_confidence=self.min_confidence,
+                                            min_tracking_confidence=self.min_confidence)
+        side = crop_bgr.shape[0]
+        scale = self.SIZE / (side * (1 + 2 * self.MARGIN))
+        offset = scale * side * self.MARGIN
+        return mesh_in(self._mesh, crop_bgr, scale, (offset, offset), self.SIZE, cv2.BORDER_REPLICATE)
 
 
 SFD_FILES = {"s3fd": "s3fd-619a316812.pth", "fan": "2DFAN4-11f355bf06.pth.tar"}

@@ -203,3 +203,40 @@ def test_a_render_writes_weights_that_follow_the_mouth_it_shows(built, media, tm
     assert jaw[silent].max() <= 0.05
     values = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
     assert values.min() >= 0 and values.max() <= 1
+
+
+def test_weights_read_on_the_generated_pixels_follow_the_mouth_drawn(built, media):
+    """--blendshapes_from pixels (the default with a Wav2Lip checkpoint): the face mesh reads every generated crop.
+    On the mouth animator's crops, whose shape is known, the jawOpen read on the pixels follows the shape drawn
+    (r >= 0.7), and auto picks pixels for any lip model but the animator."""
+    import argparse
+
+    from audio.decode import load_audio
+    from engine.assemble import blendshape_meter
+    from engine.blendshapes import BlendshapeMeter
+    from engine.loop import lip_sync
+    from engine.model_worker import SharedModel
+    from engine.timeline import frame_units
+    from models.mouthwarp import MouthAnimator
+    from models.mouthwarp.library import library_for
+    from preprocess.detect import CropMesh
+    presenter = Presenter(built["cache"] / "clip25", 96)
+    animator = MouthAnimator(96, library=library_for(presenter))
+    drawn, read = BlendshapeMeter(presenter, animator), BlendshapeMeter(presenter, read_pixels=CropMesh())
+    speech = load_audio(media["speech"])[:16000 * 3]
+    pairs = []
+    for mouths in lip_sync(frame_units(np.concatenate([np.zeros(8000, np.float32), speech])), presenter, animator,
+                           8, meter=read):
+        if mouths.faces is not None:
+            pairs += [(drawn.driven(u.window, i)["jawOpen"], u.blendshapes) for u, i in zip(mouths.units, mouths.indices)]
+    shape = np.array([p[0] for p in pairs])
+    seen = np.array([p[1]["jawOpen"] for p in pairs])
+    assert len(pairs) >= 40 and read.unread <= 0.1 * len(pairs)
+    assert np.corrcoef(shape, seen)[0, 1] >= 0.7 and seen.max() >= 0.2
+    assert all(0.0 <= v <= 1.0 for _, w in pairs for v in w.values())
+
+    flags = argparse.Namespace(blendshapes=True, blendshapes_csv=None, blendshapes_from="auto")
+    assert isinstance(blendshape_meter(flags, presenter, object()).read_pixels, CropMesh)  # any other lip model
+    assert blendshape_meter(flags, presenter, animator).read_pixels is None
+    assert blendshape_meter(flags, presenter, SharedModel(None, animator)).read_pixels is None  # a session's
+    assert blendshape_meter(flags, presenter, None).read_pixels is None  # --blendshapes_only: no pixels
