@@ -161,6 +161,30 @@ async def server_attacks(served: Served, files: dict[str, Path], bomb_hours: flo
             async with http.get(served.base + "/status") as response:
                 return f"{(await response.json())['webrtc_peers']} peers left"
 
+        async def talk_offer(origin: str | None = None) -> str:
+            """A page's offer that sends its microphone (an aiortc peer, closed once answered)."""
+            from aiortc import RTCPeerConnection
+            peer = RTCPeerConnection()
+            try:
+                peer.addTransceiver("audio", direction="sendrecv")
+                peer.addTransceiver("video", direction="recvonly")
+                await peer.setLocalDescription(await peer.createOffer())
+                headers = {"Origin": origin} if origin else {}
+                async with http.post(served.base + "/offer", json={"sdp": peer.localDescription.sdp, "type": "offer"},
+                                     headers=headers) as response:
+                    return f"{response.status}"
+            finally:
+                await peer.close()
+
+        async def bad_talk_offers():
+            talks = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\n"  # sends audio, but is no offer
+            for _ in range(321):
+                async with http.post(served.base + "/offer", json={"sdp": talks, "type": "offer"}) as r:
+                    await r.read()
+            async with http.get(served.base + "/status") as response:
+                peers = (await response.json())["webrtc_peers"]
+            return f"{peers} peers left; then a real talker {await talk_offer()}, a second one {await talk_offer()}"
+
         speech = files["speech"].read_bytes()
         attacks = [
             ("WebSocket from another origin", cross_origin_socket),
@@ -174,6 +198,8 @@ async def server_attacks(served: Served, files: dict[str, Path], bomb_hours: flo
             ("channels 1.0 / true, format [], deep JSON", bad_fields),
             ("321 POST /offer with a bad SDP", bad_offers),
             ("321 more (the first round loads aiortc)", bad_offers),
+            ("talk offer (microphone) from another origin", lambda: talk_offer(EVIL)),
+            ("321 POST /offer that talk, with a bad SDP", bad_talk_offers),
         ]
         for name, work in attacks:
             rows.append(await attack(served, name, work))
