@@ -68,10 +68,10 @@ class OpenVinoRunner:
 
 @contextmanager
 def no_usage_reporting():
-    """openvino.convert_model and nncf send usage events to an analytics service unless the user opted out (with no
-    consent file present, openvino-telemetry counts it as consent). Both turn it off in CI (`disable_in_ci`): we say
-    CI=true in our own process's environment while they set their telemetry up, so nothing is reported, and the
-    user's consent file and other tools are left alone."""
+    """`import openvino` and openvino.convert_model send usage events to an analytics service unless the user opted
+    out (with no consent file present, openvino-telemetry counts it as consent). It is off in CI (`disable_in_ci`):
+    we say CI=true in our own process's environment while openvino sets its telemetry up, so nothing is reported,
+    and the user's consent file and other tools are left alone."""
     previous = os.environ.get("CI")
     os.environ["CI"] = "true"
     try:

@@ -1,10 +1,10 @@
 """Where a Wav2Lip generator runs: torch (CPU or CUDA, fp32/fp16/bf16) or OpenVINO on the CPU.
 
 OpenVINO runs the same network after a one-off conversion: in fp32 it equals torch to ~1e-6 and is ~1.6x faster
-on a 2-core Xeon; in int8 (post-training quantisation calibrated on generic face crops and a speech
-clip) it is ~3.5x faster on CPUs with AVX512-VNNI/AVX-VNNI. An int8 model is only used after it has been checked
-against fp32 on crops it was not calibrated on. Converted models are stored per checkpoint (built in a temp folder,
-renamed when complete) so the next start takes a second, not the ~20 s a calibration costs.
+on a 2-core Xeon; in int8 (post-training quantisation calibrated on generic face crops and a speech clip, in about
+3 s) it is ~1.5x faster than fp32 on a CPU without VNNI and more on CPUs with AVX512-VNNI/AVX-VNNI. An int8 model
+is only used after it has been checked against fp32 on crops it was not calibrated on. Converted models are stored
+per checkpoint (built in a temp folder, renamed when complete) so the next start skips both.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .openvino_cpu import OpenVinoRunner, OpenVinoStore, no_usage_reporting, openvino_available
+from .openvino_cpu import OpenVinoRunner, OpenVinoStore, openvino_available
 
 log = logging.getLogger("models")
 RUNTIMES = ("auto", "torch", "openvino")
@@ -86,20 +86,22 @@ def weights_digest(net: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def numpy_weights(net: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().float().numpy() for k, v in net.state_dict().items()}
+
+
 def convert(net: nn.Module):
     """A Wav2Lip generator -> OpenVINO model with a dynamic batch dimension, built from its layer table and weights
     (models/openvino_graph.py; no tracing, no usage report)."""
     from .openvino_graph import generator_graph
-    return generator_graph(net.spec, {k: v.detach().cpu().float().numpy() for k, v in net.state_dict().items()})
+    return generator_graph(net.spec, numpy_weights(net))
 
 
-def quantize_int8(model, calibration: Sequence[Batch]):
-    """Post-training int8 quantisation (NNCF, per-channel weights, fast bias correction) on real inputs."""
-    with no_usage_reporting():
-        import nncf
-        # subset_size counts dataset items, which are batches here
-        return nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
-                             fast_bias_correction=True)
+def quantize_int8(net: nn.Module, calibration: Sequence[Batch], checked: Sequence[Batch] = ()):
+    """Post-training int8 (per-tensor activations, per-channel weights) calibrated on real inputs: (an OpenVINO
+    model built from the layer table (models/openvino_graph.py), the fp32 outputs of the `checked` batches)."""
+    from .openvino_graph import int8_generator_graph
+    return int8_generator_graph(net.spec, numpy_weights(net), calibration, checked)
 
 
 def output_error(reference: Callable, candidate: Callable, batches: Sequence[Batch], windows: int = 1) -> dict:
@@ -129,8 +131,8 @@ def build_openvino(net: nn.Module, int8: bool,
     (convert, calibrate, check, save)."""
     name, digest = net.spec.name, weights_digest(net)
 
-    def fp32_model(keep: bool):
-        """Converted (or stored) fp32 model; stored when `keep` (it is what runs)."""
+    def fp32_model():
+        """The converted fp32 model, stored (it is what runs), or the one stored before."""
         key = f"{name}-{digest}-fp32"
         model, _ = store.load(key) if store else (None, None)
         if model is not None:
@@ -139,12 +141,12 @@ def build_openvino(net: nn.Module, int8: bool,
             progress("convert")
             log.info("converting %s to OpenVINO (once per checkpoint)…", name)
             model = convert(net)
-            if store and keep:
+            if store:
                 store.save(key, model, {"precision": "fp32"})
         return model
 
     if not int8:
-        return keyed(OpenVinoRunner(fp32_model(keep=True)), f"{name}-{digest}-fp32"), "fp32"
+        return keyed(OpenVinoRunner(fp32_model()), f"{name}-{digest}-fp32"), "fp32"
     int8_key = f"{name}-{digest}-int8"
     model, info = store.load(int8_key) if store else (None, None)
     runner = None
@@ -155,15 +157,14 @@ def build_openvino(net: nn.Module, int8: bool,
             raise ValueError("int8 needs calibration data")
         started = time.perf_counter()
         calibrate, checked, windows = calibration()
-        reference = fp32_model(keep=False)
         progress("calibrate")
         log.info("calibrating int8 on %d face crops (once per checkpoint)…",
                  sum(len(m) for m, _ in calibrate))
-        model = quantize_int8(reference, calibrate)
+        model, expected = quantize_int8(net, calibrate, checked)
         progress("check")
         runner = OpenVinoRunner(model)
-        error = output_error(OpenVinoRunner(reference), runner, checked, windows)
-        del reference
+        fp32_outputs = iter(expected)  # recorded in batch order by the calibration's fp32 pass
+        error = output_error(lambda mel, faces: next(fp32_outputs), runner, checked, windows)
         info = {"precision": "int8", "error_levels": error, "calibration_seconds": time.perf_counter() - started}
         if store:
             progress("save")
@@ -172,7 +173,7 @@ def build_openvino(net: nn.Module, int8: bool,
     if error["mean"] > check.max_mean_error or error["p99"] > check.max_p99_error:
         log.warning("int8 strays too far from fp32 on held-out crops (mean %.2f, p99 %.1f of 255 levels; limits "
                     "%.1f / %.1f): running fp32", error["mean"], error["p99"], check.max_mean_error, check.max_p99_error)
-        return keyed(OpenVinoRunner(fp32_model(keep=True)), f"{name}-{digest}-fp32"), "fp32"
+        return keyed(OpenVinoRunner(fp32_model()), f"{name}-{digest}-fp32"), "fp32"
     spread, speech = error.get("spread", 0.0), error.get("speech_spread", 0.0)
     log.info("int8 against fp32 on held-out crops: error mean %.2f, p99 %.1f of 255 levels; fp32 output spread "
              "%.1f levels, of which speech moves %.1f", error["mean"], error["p99"], spread, speech)

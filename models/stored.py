@@ -20,7 +20,7 @@ import numpy as np
 
 from core.scratch import make_scratch, remove
 
-from .openvino_cpu import OpenVinoRunner, OpenVinoStore, cpu_has_vnni
+from .openvino_cpu import OpenVinoRunner, OpenVinoStore
 
 log = logging.getLogger("models")
 
@@ -138,21 +138,21 @@ class StoredPredictor(HostPredictor):
 
 
 def wanted_precision(dtype: Optional[str]) -> Optional[str]:
-    """The OpenVINO precision a CPU render asks for (auto: int8 on CPUs with VNNI), None if not an OpenVINO one."""
+    """The OpenVINO precision a CPU render asks for (auto: int8, as models/predictor.pick_dtype), None if not an
+    OpenVINO one."""
     if dtype in (None, "", "auto"):
-        return "int8" if cpu_has_vnni() else "fp32"
+        return "int8"
     return dtype if dtype in ("int8", "fp32") else None
 
 
 def stored_predictor(checkpoint: Union[str, Path], store_folder: Union[str, Path], dtype: Optional[str],
                      batch_size: int) -> Optional[StoredPredictor]:
-    """The predictor for a checkpoint converted before for this precision, or None (then: convert). Under 'auto'
-    an int8 conversion made before (`prepare --dtype int8`, checked against fp32 then) is taken first, on any
-    CPU: where int8 is not the default, it exists only because the user asked for it once."""
+    """The predictor for a checkpoint converted before for this precision, or None (then: convert). An int8 request
+    finds what ran for it: the int8 model, or fp32 where int8 failed its check."""
     wanted = wanted_precision(dtype)
     if wanted is None:
         return None
-    entry = CheckpointIndex(store_folder).find(checkpoint, *(["int8"] if dtype in (None, "", "auto") else []), wanted)
+    entry = CheckpointIndex(store_folder).find(checkpoint, wanted)
     if entry is None:
         return None
     try:
