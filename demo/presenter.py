@@ -9,6 +9,7 @@ import math
 import shutil
 import subprocess
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -65,6 +66,20 @@ def studio_background(width: int, height: int) -> np.ndarray:
     return np.broadcast_to(top * (1 - ramp) + bottom * ramp, (height, width, 3)).astype(np.uint8)
 
 
+@lru_cache(maxsize=1)
+def photo_layers() -> tuple[np.ndarray, np.ndarray]:
+    """The astronaut photo and its alpha, soft at the edge."""
+    photo = astronaut_bgr()
+    alpha = np.ones(photo.shape[:2], np.float32)
+    return photo, cv2.GaussianBlur(np.pad(alpha[4:-4, 4:-4], 4), (9, 9), 3)
+
+
+def frame_at(path: FacePath, t: float) -> np.ndarray:
+    """The presenter frame at time t of `path`, as make_presenter_clip draws it (no encode)."""
+    photo, alpha = photo_layers()
+    return render_frame(photo, alpha, studio_background(path.width, path.height), path.transform_at(t))
+
+
 def render_frame(photo: np.ndarray, alpha: np.ndarray, background: np.ndarray, m: np.ndarray) -> np.ndarray:
     h, w = background.shape[:2]
     warped = cv2.warpAffine(photo, m, (w, h), flags=cv2.INTER_LINEAR)
@@ -89,9 +104,7 @@ def make_presenter_clip(out: Path, seconds: float = 4.0, fps: float = 25, path: 
 
     With `audio` the clip gets that sound (trimmed or padded with silence to the clip's length) as AAC.
     """
-    photo = astronaut_bgr()
-    alpha = np.ones(photo.shape[:2], np.float32)
-    alpha = cv2.GaussianBlur(np.pad(alpha[4:-4, 4:-4], 4), (9, 9), 3)  # soft photo edge
+    photo, alpha = photo_layers()
     background = studio_background(path.width, path.height)
     n = int(round(seconds * fps))
     cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{path.width}x{path.height}",

@@ -123,7 +123,7 @@ class Parts:
             compositor = TorchCompositor(presenter, frames, args.enhance, enhancer, args.color_match)
         else:
             compositor = Compositor(presenter, args.enhance, enhancer, args.color_match)
-        cfg = EngineConfig(batch_size=args.batch_size, live_batch_size=args.live_batch_size,
+        cfg = EngineConfig(batch_size=args.batch_size, live_batch_size=args.live_batch_size, fps=args.fps,
                            silence_db=args.silence_db, latency_ms=args.latency_ms)
         return presenter, predictor, compositor, cfg
 

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blendshapes_only", action="store_true",
                    help="audio to ARKit weights, no lip model and no video: into --blendshapes_csv, or, serving, "
                         "as WebSocket events")
+    p.add_argument("--fps", type=int, choices=(25, 50), default=25,
+                   help="output frames/s: 50 puts an optical-flow frame (OpenCV DIS) between each pair the lip model "
+                        "makes at 25; the audio is unchanged (file renders)")
     p.add_argument("--blendshapes_from", choices=("auto", "pixels", "animator"), default="auto",
                    help="how a lip-synced frame's weights are measured: 'pixels' reads the face mesh on the generated "
                         "mouth (what the viewer sees; a mesh run per frame), 'animator' takes the mouth animator's "
@@ -120,7 +123,7 @@ def make_sinks(args: argparse.Namespace):
         elif "://" in target or target.endswith(".ts"):
             sinks.append(MpegTsSink(target))
         else:
-            sinks.append(Mp4Sink(target))
+            sinks.append(Mp4Sink(target, fps=args.fps))
     if args.preview:
         sinks.append(PreviewSink())
     return sinks
@@ -170,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
     live = serving or any(s.live for s in sinks)
     if live and any(not s.live for s in sinks):
         raise ValueError("mix of a file and a live output: run them separately (a file renders faster than live)")
+    if args.fps != FPS and (live or args.blendshapes_csv):
+        raise ValueError(f"--fps {args.fps} is for a file render (--outfile x.mp4) without --blendshapes_csv so far; "
+                         f"live outputs and the weights run at {FPS}")
     if args.blendshapes_csv and live:
         raise ValueError("--blendshapes_csv goes with a file render (--outfile x.mp4, or --blendshapes_only); "
                          "live, serve with --blendshapes and read the WebSocket events")
@@ -196,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         if weights is not None:
             from models.mouthwarp.blendshapes import write_live_link_csv
             written.append(str(write_live_link_csv(args.blendshapes_csv, weights)))
-        print(f"wrote {', '.join(written)}: {stats.frames} frames ({stats.frames / FPS:.2f} s), "
+        between = f", {stats.frames} more in between at {args.fps} frames/s" if args.fps != FPS else ""
+        print(f"wrote {', '.join(written)}: {stats.frames} frames ({stats.frames / FPS:.2f} s){between}, "
               f"{stats.inferred} {'measured' if predictor is None else 'lip-synced'}")
         log_start_up(stats)
         return 0

@@ -22,6 +22,7 @@ from audio.mel import mel_basis
 from core.timebase import FPS, LOOKAHEAD, N_FFT, SAMPLE_RATE, SAMPLES_PER_FRAME as SAMPLES, frames_for
 
 from .composite import Compositor
+from .interpolate import InBetween, doubled
 from .presenter import Presenter, ping_pong
 from .sinks import Sink
 from .sources import AudioBuffer
@@ -38,6 +39,7 @@ class EngineConfig:
     silence_db: float = -45.0      # below this RMS a frame's window counts as silence: no inference, untouched frame
     latency_ms: float = 300.0      # live: audio-in -> frame-out target (>= 212.5 ms of mel lookahead)
     start_frame: int = 0           # where in the cached loop to start
+    fps: int = FPS                 # output frames/s: 25, or 50 with an optical-flow frame between each pair
 
 
 @dataclass
@@ -255,17 +257,22 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
         sink.open(presenter.width, presenter.height)
     try:
         with tqdm(total=total, unit="frame", desc="render", disable=not progress) as bar:
-            for unit, frame in render(frame_units(audio, cfg.silence_db), presenter, lipsync, compositor,
-                                      cfg.batch_size, cfg.start_frame, stats, stop=stop, meter=meter,
-                                      watched=lambda: bool(sinks)):
+            def made() -> Iterator[tuple[Optional[np.ndarray], np.ndarray, float, int]]:
+                for unit, frame in render(frame_units(audio, cfg.silence_db), presenter, lipsync, compositor,
+                                          cfg.batch_size, cfg.start_frame, stats, stop=stop, meter=meter,
+                                          watched=lambda: bool(sinks)):
+                    if blendshapes is not None:
+                        blendshapes.append(unit.blendshapes)
+                    if stats.first_frame_at is None:
+                        stats.first_frame_at = time.monotonic()
+                    stats.frames += 1
+                    bar.update(1)
+                    yield frame, unit.audio, unit.pts, ping_pong(unit.index + cfg.start_frame, presenter.frames)
+
+            shown = ((f, a, t) for f, a, t, _ in made()) if cfg.fps == FPS else doubled(made(), InBetween(presenter))
+            for frame, samples, pts in shown:
                 for sink in sinks:
-                    sink.write(frame, unit.audio, unit.pts)
-                if blendshapes is not None:
-                    blendshapes.append(unit.blendshapes)
-                if stats.first_frame_at is None:
-                    stats.first_frame_at = time.monotonic()
-                stats.frames += 1
-                bar.update(1)
+                    sink.write(frame, samples, pts)
     finally:
         stop.set()
         for sink in sinks:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -57,6 +58,7 @@ class Presenter:
         self.landmarks = det["landmarks"]
         self.frames = len(self.has_face)
         self._bg = self._read_all("bg", range(self.frames))
+        self._bg_mid = self._read_all("bg_mid", range(self.frames - 1)) if manifest.get("between_frames") else {}
         faces = np.flatnonzero(self.has_face)
         self._face = self._read_all("body_face", faces)
         self._head = self._read_all("heads", faces) if load_heads else {}
@@ -75,6 +77,11 @@ class Presenter:
 
     def background(self, i: int) -> np.ndarray:
         return self._decode(self._bg[i])
+
+    def background_between(self, i: int, j: int) -> Optional[np.ndarray]:
+        """The stored in-between background of neighbouring frames i and j (preprocess --fps 50), else None."""
+        data = self._bg_mid.get(min(i, j)) if abs(i - j) == 1 else None
+        return None if data is None else self._decode(data)
 
     def face(self, i: int) -> np.ndarray:
         return self._decode(self._face[i])

@@ -89,10 +89,10 @@ class NullSink:
 class Mp4Sink:
     live = False
 
-    def __init__(self, path: Path | str, crf: int = 18, video_codec: str = "libx264"):
+    def __init__(self, path: Path | str, crf: int = 18, video_codec: str = "libx264", fps: int = FPS):
         self.path = Path(path)
         writable_folder(self.path)
-        self.crf, self.video_codec = crf, video_codec
+        self.crf, self.video_codec, self.fps = crf, video_codec, fps
         self._encoder: Optional[Child] = None
         self.frames = 0
 
@@ -102,7 +102,7 @@ class Mp4Sink:
         self._video = self._tmp / "video.mp4"
         self._audio = open(self._tmp / "audio.s16le", "wb")
         self._encoder = Child(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
-                               "-s", f"{width}x{height}", "-r", str(FPS), "-i", "pipe:0",
+                               "-s", f"{width}x{height}", "-r", str(self.fps), "-i", "pipe:0",
                                *video_encoder(self.video_codec, live=False, quality=self.crf), "-pix_fmt", "yuv420p",
                                str(self._video)],
                               stdin=subprocess.PIPE)
@@ -143,7 +143,7 @@ class Mp4Sink:
             if result.returncode != 0:
                 raise SinkError(f"could not mux {self.path}: {first_line(result.stderr[-300:])}")
             publish(partial, self.path)
-            log.info("wrote %s (%d frames, %.2f s)", self.path, self.frames, self.frames / FPS)
+            log.info("wrote %s (%d frames, %.2f s)", self.path, self.frames, self.frames / self.fps)
         except OSError as exc:  # a full disk, a quota
             raise SinkError(f"could not write {self.path}: {describe(exc)[0]}") from exc
         finally:

@@ -3,6 +3,7 @@
 cache/<name>/
   manifest.json   source file, hash, fps, frame count, sizes, detector, pads, format version
   bg/00000.jpg    every frame, 25 fps (the background the live loop plays)
+  bg_mid/         with --fps 50: the optical-flow frame halfway between bg frame i and i+1, for 50 fps output
   body_face/      Wav2Lip crop (padded box, resized to face_size) - only frames with a face
   heads/          512x512 upright head (FFHQ alignment) for GFPGAN - only frames with a face
   audio.wav       16 kHz mono (absent when the source has no audio)
@@ -24,7 +25,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FACE_DET = "face_det.npz"
 AUDIO = "audio.wav"
-IMAGE_DIRS = ("bg", "body_face", "heads")
+IMAGE_DIRS = ("bg", "bg_mid", "body_face", "heads")
 FACE_DET_FIELDS = {
     "has_face": "bool (N,): a face was found on the frame; frames without one pass through untouched",
     "box": "int32 (N,4): padded Wav2Lip crop box x1,y1,x2,y2 in frame pixels (zeros without a face)",
@@ -65,7 +66,7 @@ class CacheWriter:
         # q95 keeps JPEG blocks invisible. Face crops and heads keep full 4:4:4 chroma (lip and eye edges, model
         # input); full frames use 4:2:0 like the H.264 they end up in, which halves the cache.
         self._params = {sub: [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                              cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420 if sub == "bg" else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+                              cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420 if sub.startswith("bg") else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
                         for sub in IMAGE_DIRS}
         self._pool = ThreadPoolExecutor(workers)
         self._pending: list[Future] = []

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.ffmpeg import TRUNCATED_BELOW
+from core.flow import FlowInterpolator
 from core.timebase import FPS
 
 from . import cache
@@ -40,6 +41,7 @@ class PreprocessConfig:
     force: bool = False
     train_dir: Optional[Path] = None
     allow_truncated: bool = False  # use a video that decodes to fewer frames than it declares
+    between_frames: bool = False  # --fps 50: also the in-between background of each pair (bg_mid/)
 
     def cache_settings(self) -> dict:
         """Settings that change the cache's content: a cache made with others is rebuilt, not reused."""
@@ -88,7 +90,8 @@ def is_up_to_date(cache_dir: Path, source_hash: str, cfg: PreprocessConfig) -> b
     manifest = cache.read_manifest(cache_dir)
     if manifest is None or manifest.get("source_sha256") != source_hash:
         return False
-    return all(manifest.get(k) == v for k, v in cfg.cache_settings().items())
+    return all(manifest.get(k) == v for k, v in cfg.cache_settings().items()) and \
+        (manifest.get("between_frames", False) or not cfg.between_frames)  # in-betweens serve 25 fps too
 
 
 def empty_record(num_landmarks: int) -> cache.FrameRecord:
@@ -147,9 +150,14 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
         has_audio = extract_audio(info, writer.tmp_dir / cache.AUDIO)
         detections = ((frame, detector.detect(frame)) for frame in decode_frames(info))
         frames = faces = 0
+        interpolator, previous = FlowInterpolator() if cfg.between_frames else None, None
         with tqdm(total=info.expected_frames, desc=name, unit="frame", leave=False, disable=not progress) as bar:
             for index, (frame, face) in enumerate(smooth_stream(detections, cfg.smooth_radius)):
                 faces += process_frame(writer, index, frame, face, cfg, detector.num_landmarks)
+                if interpolator is not None:
+                    if previous is not None:
+                        writer.write_image("bg_mid", index - 1, interpolator.midpoint(previous, frame))
+                    previous = frame
                 frames += 1
                 bar.update(1)
         if frames == 0:
@@ -167,7 +175,7 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
             "source_fps": info.fps, "fps": FPS, "frames": frames, "faces": faces,
             "width": info.width, "height": info.height, "has_audio": has_audio,
             "num_landmarks": detector.num_landmarks, "image_format": "jpg (bg 4:2:0, crops and heads 4:4:4)",
-            "face_det_fields": cache.FACE_DET_FIELDS,
+            "face_det_fields": cache.FACE_DET_FIELDS, "between_frames": cfg.between_frames,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **cfg.cache_settings(),
         }

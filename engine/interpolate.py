@@ -1,0 +1,86 @@
+"""50 frames/s from the 25 the lip model makes: one in-between frame for each pair.
+
+OBS canvases run at 50 or 60 frames/s, where a 25 frames/s mouth looks steppy. The lip model stays at 25; this
+stage (after the paste-back, before the sinks) shows each frame, then the frame halfway to the next, with the
+frame's 640 audio samples split 320 and 320, so the audio is unchanged and every presentation time is a multiple
+of 20 ms. The in-between frame is core/flow.py's optical-flow midpoint.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
+
+from core.flow import FlowInterpolator
+from core.timebase import FPS
+
+log = logging.getLogger("engine")
+MARGIN = 0.25     # of the face boxes' size, added around their union: room for the motion between two frames
+FEATHER_PX = 8    # the face region's edge blends into the stored background over this many pixels
+Item = tuple[Optional[np.ndarray], np.ndarray, float, int]  # frame, its audio, pts, its cache frame
+
+
+class InBetween:
+    """between(a, b, i, j): the frame halfway between the engine's frames a and b (cache frames i and j).
+
+    Only the face region changes from the cached video (the lip model's mouth is pasted there): there the flow runs
+    on the frames themselves; the rest is the cache's own in-between background (preprocess --fps 50), the same
+    on every loop. A cache without one gets the flow over the whole frame, which is several times slower."""
+
+    def __init__(self, presenter):
+        self.presenter = presenter
+        self.flow = FlowInterpolator()
+        self._warned = False
+
+    def __call__(self, a: np.ndarray, b: np.ndarray, i: int, j: int) -> np.ndarray:
+        background = self.presenter.background_between(i, j)
+        if background is None:
+            if not self._warned:
+                log.warning("the cache holds no in-between backgrounds, so every in-between frame runs the flow "
+                            "over the whole frame; preprocess the video with --fps 50 for a faster render")
+                self._warned = True
+            return self.flow.midpoint(a, b)
+        boxes = [self.presenter.box[k] for k in (i, j) if self.presenter.has_face[k]]
+        if not boxes:
+            return background
+        x1, y1 = np.min([box[:2] for box in boxes], axis=0)
+        x2, y2 = np.max([box[2:] for box in boxes], axis=0)
+        pad_x, pad_y = MARGIN * (x2 - x1), MARGIN * (y2 - y1)
+        height, width = a.shape[:2]
+        x1, y1 = int(max(0, x1 - pad_x)), int(max(0, y1 - pad_y))
+        x2, y2 = int(min(width, x2 + pad_x)), int(min(height, y2 + pad_y))
+        face = self.flow.midpoint(a[y1:y2, x1:x2], b[y1:y2, x1:x2]).astype(np.float32)
+        ramp_y = np.minimum(np.arange(y2 - y1) + 1, np.arange(y2 - y1)[::-1] + 1) / FEATHER_PX
+        ramp_x = np.minimum(np.arange(x2 - x1) + 1, np.arange(x2 - x1)[::-1] + 1) / FEATHER_PX
+        alpha = np.clip(np.minimum.outer(ramp_y, ramp_x), 0, 1)[..., None]
+        out = background.copy()
+        out[y1:y2, x1:x2] = np.clip(face * alpha + out[y1:y2, x1:x2] * (1 - alpha) + 0.5, 0, 255).astype(np.uint8)
+        return out
+
+
+def doubled(frames: Iterable[Item], between: Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]
+            ) -> Iterator[tuple[Optional[np.ndarray], np.ndarray, float]]:
+    """(frame, audio, pts, cache frame) at 25 frames/s -> (frame, audio, pts) at 50: each frame, then the frame
+    `between` it and the next, each with half the audio. The last frame is shown twice. A frame of None (nobody
+    wants pixels) stays None."""
+    previous = None
+    for current in frames:
+        if previous is not None:
+            yield from halves(previous, current, between)
+        previous = current
+    if previous is not None:
+        yield from halves(previous, previous, between)
+
+
+def halves(this: Item, following: Item, between) -> Iterator[tuple[Optional[np.ndarray], np.ndarray, float]]:
+    frame, audio, pts, index = this
+    half = len(audio) // 2
+    yield frame, audio[:half], pts
+    if frame is None or following[0] is None:
+        middle = None
+    elif following is this:
+        middle = frame
+    else:
+        middle = between(frame, following[0], index, following[3])
+    yield middle, audio[half:], pts + 0.5 / FPS

@@ -1,0 +1,111 @@
+"""--fps 50: an optical-flow frame between each pair the lip model makes. Measured on the presenter photo moving
+along a known, fast path (drawn in memory at 50 frames/s, so every in-between frame has its true counterpart),
+and on a render's frame count and clock."""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from demo.presenter import FacePath, frame_at
+from core.flow import FlowInterpolator
+from engine.interpolate import doubled
+
+FAST = FacePath(sway=120.0, bob=30.0, zoom=0.1, tilt=4.0, period=1.0)  # up to 30 px between two 25 fps frames
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0 ** 2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    inner = np.clip(np.minimum(a[2:], b[2:]) - np.maximum(a[:2], b[:2]), 0, None).prod()
+    return float(inner / ((a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inner))
+
+
+def face_box(frame: np.ndarray) -> np.ndarray:
+    """The face mesh's box, from a detector of its own (a tracking one's first frame differs from its later ones)."""
+    from preprocess.detect import make_detector
+    detector = make_detector("mediapipe")
+    try:
+        return detector.detect(frame).box
+    finally:
+        detector.close()
+
+
+def test_the_in_between_frame_is_halfway_and_beats_repeating_a_frame():
+    interpolator = FlowInterpolator()
+    for t in (0.1, 0.3, 0.55, 0.8):  # fast sideways, turning, fast the other way
+        before, truth, after = (frame_at(FAST, t + dt) for dt in (0.0, 0.02, 0.04))
+        made = interpolator.midpoint(before, after)
+        assert psnr(made, truth) >= psnr(before, truth) + 3, t
+        boxes = [face_box(f) for f in (truth, made, before)]
+        assert iou(boxes[1], boxes[0]) >= 0.9, t
+        assert iou(boxes[2], boxes[0]) < 0.9, t  # the motion is large enough for the test to mean something
+
+
+def test_doubling_keeps_the_audio_and_puts_every_frame_on_a_20_ms_clock():
+    rng = np.random.default_rng(0)
+    frames = [(np.full((16, 16, 3), 10 * i, np.uint8), rng.normal(size=640).astype(np.float32), i / 25, i)
+              for i in range(5)]
+    flow = FlowInterpolator()
+    out = list(doubled(iter(frames), lambda a, b, i, j: flow.midpoint(a, b)))
+    assert len(out) == 10 and [pts for _, _, pts in out] == pytest.approx([k / 50 for k in range(10)])
+    assert np.array_equal(np.concatenate([a for _, a, _ in out]), np.concatenate([a for _, a, _, _ in frames]))
+    assert [int(f[0, 0, 0]) for f, _, _ in out] == [0, 5, 10, 15, 20, 25, 30, 35, 40, 40]  # the last one twice
+    assert [f for f, _, _ in doubled(iter([(None, np.zeros(640), 0.0, 0)] * 2), pytest.fail)] == [None] * 4
+
+
+def test_a_50_fps_render_has_twice_the_frames_and_the_same_sound(built, media, tmp_path, capsys):
+    from stream_out import main as stream_out
+    common = ["--data_dir", str(built["cache"] / "clip25"), "--audio_files", str(media["speech"])]
+    for fps in (25, 50):
+        assert stream_out([*common, "--outfile", str(tmp_path / f"{fps}.mp4"), "--fps", str(fps)]) == 0
+
+    def probe(path, stream: str, entries: str) -> list[str]:
+        return subprocess.run(["ffprobe", "-v", "error", "-select_streams", stream, "-count_frames", "-show_entries",
+                               f"stream={entries}", "-of", "csv=p=0", str(path)], capture_output=True, text=True,
+                              check=True).stdout.strip().split(",")
+
+    slow, fast = (probe(tmp_path / f"{fps}.mp4", "v:0", "r_frame_rate,nb_read_frames") for fps in (25, 50))
+    assert slow[0] == "25/1" and fast[0] == "50/1" and int(fast[1]) == 2 * int(slow[1])
+    assert probe(tmp_path / "25.mp4", "a:0", "duration") == probe(tmp_path / "50.mp4", "a:0", "duration")
+    assert stream_out([*common, "--outfile", "vcam", "--fps", "50"]) == 2  # not live yet
+    assert "--fps 50 is for a file render" in capsys.readouterr().err
+
+
+def test_a_cache_made_for_50_fps_interpolates_only_the_face_region(media, tmp_path):
+    """preprocess --fps 50 stores the in-between background of every pair; a 50 fps render then runs the flow on
+    the face region only: outside it the in-between frame is that stored background, pixel for pixel."""
+    from audio.decode import load_audio
+    from conftest import CollectSink
+    from demo.presenter import make_presenter_clip
+    from engine.composite import Compositor
+    from engine.loop import EngineConfig, render_file
+    from engine.presenter import Presenter, ping_pong
+    from models.mouthwarp import MouthAnimator
+    from preprocess.pipeline import PreprocessConfig, preprocess_video
+    clip = make_presenter_clip(tmp_path / "fast.mp4", 1.2, 25, FAST)
+    preprocess_video(clip, tmp_path / "cache", PreprocessConfig(between_frames=True), progress=False)
+    presenter = Presenter(tmp_path / "cache" / "fast", 96)
+    flow = FlowInterpolator()
+    stored = presenter.background_between(4, 5)
+    assert stored is not None and presenter.background_between(5, 4) is not None
+    assert psnr(stored, flow.midpoint(presenter.background(4), presenter.background(5))) >= 35  # (JPEG q95)
+    sink = CollectSink()
+    speech = load_audio(media["speech"])[: 16000 * 2]
+    render_file(speech, presenter, MouthAnimator(96), Compositor(presenter), [sink], EngineConfig(fps=50),
+                progress=False)
+    assert len(sink.frames) == 2 * 50 and sink.numbers[1] == 0 and sink.times == sorted(sink.times)
+    checked = 0
+    for k in range(0, len(sink.frames) - 2, 2):
+        i, j = ping_pong(k // 2, presenter.frames), ping_pong(k // 2 + 1, presenter.frames)
+        middle, background = sink.frames[k + 1].astype(int), presenter.background_between(i, j).astype(int)
+        (x1, y1), (x2, y2) = presenter.box[[i, j], :2].min(0), presenter.box[[i, j], 2:].max(0)
+        w, h = x2 - x1, y2 - y1  # the union of both face boxes, a quarter of its size added around it
+        region = np.zeros(middle.shape[:2], bool)
+        region[max(0, y1 - h // 4 - 1):y2 + h // 4 + 1, max(0, x1 - w // 4 - 1):x2 + w // 4 + 1] = True
+        assert np.array_equal(middle[~region], background[~region]), k  # untouched outside the face region
+        checked += np.abs(middle[region] - background[region]).max() > 10  # the face's own flow inside it
+    assert checked >= 40
