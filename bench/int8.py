@@ -42,9 +42,9 @@ def frames_per_second(runner: OpenVinoRunner, size: int, calls: int = 5) -> floa
 def report(name: str, seconds: float, fp32: OpenVinoRunner, model, checked, windows: int, size: int) -> None:
     runner = OpenVinoRunner(model)
     error = output_error(fp32, runner, checked, windows)
+    speed = frames_per_second(runner, size)
     print(f"{name}: quantised in {seconds:.1f} s; error mean {error['mean']:.2f}, p99 {error['p99']:.1f}, max "
-          f"{error['max']:.0f} of 255 levels (fp32 spread {error['spread']:.1f}); {frames_per_second(runner, size):.1f} "
-          f"frames/s", flush=True)
+          f"{error['max']:.0f} of 255 levels (fp32 spread {error['spread']:.1f}); {speed:.1f} frames/s", flush=True)
 
 
 def main() -> None:

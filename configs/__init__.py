@@ -36,6 +36,10 @@ def apply_defaults(parser: argparse.ArgumentParser, config: str, section: str) -
     unknown = sorted(set(values) - flags)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in '{section}': {', '.join(unknown)}")
+    for action in parser._actions:  # defaults skip argparse's own check of the choices
+        if action.dest in values and action.choices is not None and values[action.dest] not in action.choices:
+            raise ConfigError(f"{path}: '{action.dest}: {values[action.dest]}' in '{section}' is not one of "
+                              f"{', '.join(map(str, action.choices))}")
     parser.set_defaults(**values)
 
 

@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from core.timebase import FPS
+
 log = logging.getLogger("engine")
 
 
@@ -20,7 +22,7 @@ def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:
         from preprocess.pipeline import PreprocessConfig, preprocess_video
         root = Path("out/cache")
         cfg = PreprocessConfig(face_size=face_size, pads=tuple(args.pads), smooth_radius=0 if args.nosmooth else 2,
-                               allow_truncated=args.allow_truncated)
+                               allow_truncated=args.allow_truncated, between_frames=args.fps != FPS)
         return root / preprocess_video(Path(args.face), root, cfg).name
     if not args.data_dir:
         raise ValueError("give a presenter: --data_dir CACHE (see `stream_out.py preprocess`) or --face VIDEO")
@@ -110,9 +112,11 @@ class Parts:
         wav2lip = self._wav2lip(args, live, user) if args.checkpoint_path and not only_weights else None
         face_size = wav2lip.size if wav2lip is not None else None
         cache = resolve_cache(args, face_size or 96).resolve()
-        heads = args.enhance != "none"
-        presenter = self._get(("presenter", str(cache), face_size, heads), user, lambda: self._presenter(
-            cache, face_size, heads))
+        if live and args.fps != FPS:  # (sessions come here without the engine command's checks)
+            raise ValueError(f"--fps {args.fps} is for file renders so far; live outputs run at {FPS}")
+        heads, between = args.enhance != "none", args.fps != FPS
+        presenter = self._get(("presenter", str(cache), face_size, heads, between), user, lambda: self._presenter(
+            cache, face_size, heads, between))
         enhancer = self._enhancer(args, live, user) if heads else None
         predictor = wav2lip if wav2lip is not None else None if only_weights else self._animator(presenter, user)
         if predictor is not None and pick_pipeline(args.pipeline, predictor) == "device":
@@ -128,9 +132,9 @@ class Parts:
         return presenter, predictor, compositor, cfg
 
     @staticmethod
-    def _presenter(cache: Path, face_size, heads: bool):
+    def _presenter(cache: Path, face_size, heads: bool, between: bool):
         from engine.presenter import Presenter
-        return Presenter(cache, face_size, load_heads=heads)
+        return Presenter(cache, face_size, load_heads=heads, load_between=between)
 
     def _animator(self, presenter, user):
         """One drawn-mouth animator for every presenter of a face size; one per presenter that has recorded mouths

@@ -198,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"interrupted: wrote {', '.join(args.outfile) or 'nothing'} with the first {stats.frames} frames",
                   file=sys.stderr)
             return 130
+        finally:
+            if meter is not None:
+                meter.close()
         written = list(args.outfile)
         if weights is not None:
             from models.mouthwarp.blendshapes import write_live_link_csv

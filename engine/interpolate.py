@@ -28,10 +28,22 @@ class InBetween:
     on the frames themselves; the rest is the cache's own in-between background (preprocess --fps 50), the same
     on every loop. A cache without one gets the flow over the whole frame, which is several times slower."""
 
-    def __init__(self, presenter):
+    def __init__(self, presenter, heads: bool = False):
         self.presenter = presenter
+        self.heads = heads  # GFPGAN's head is pasted back too (--enhance lip|face): the region covers it
         self.flow = FlowInterpolator()
         self._warned = False
+
+    def changed(self, k: int) -> np.ndarray:
+        """x1, y1, x2, y2 of what the engine may change on cache frame k: the face crop, or the upright head's
+        footprint when the head is pasted back."""
+        box = self.presenter.box[k].astype(np.float64)
+        if not self.heads:
+            return box
+        side = self.presenter.head_size
+        corners = np.array([[0, 0, 1], [side, 0, 1], [0, side, 1], [side, side, 1]], np.float64)
+        footprint = corners @ self.presenter.head_affine_inv[k].astype(np.float64).T
+        return np.concatenate([np.minimum(box[:2], footprint.min(0)), np.maximum(box[2:], footprint.max(0))])
 
     def __call__(self, a: np.ndarray, b: np.ndarray, i: int, j: int) -> np.ndarray:
         background = self.presenter.background_between(i, j)
@@ -41,7 +53,7 @@ class InBetween:
                             "over the whole frame; preprocess the video with --fps 50 for a faster render")
                 self._warned = True
             return self.flow.midpoint(a, b)
-        boxes = [self.presenter.box[k] for k in (i, j) if self.presenter.has_face[k]]
+        boxes = [self.changed(k) for k in (i, j) if self.presenter.has_face[k]]
         if not boxes:
             return background
         x1, y1 = np.min([box[:2] for box in boxes], axis=0)

@@ -146,18 +146,17 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
             mouths = lipsync.predict(windows, faces(indices), landmarks, due=due)
         else:
             mouths = lipsync.predict(windows, faces(indices), landmarks)
+        skipped = mouths is None and lipsync is not None  # the shared model could not make their time
+        for k, (unit, index) in enumerate(batch):  # (a meter reading pixels costs time the policy must see)
+            measure(unit, index, driven=not skipped, face=mouths[k] if mouths is not None else None)
         spent = time.perf_counter() - started
         policy.record(spent, len(batch))
-        if mouths is None and lipsync is not None:  # the shared model could not make their time: the cached
-            stats.skipped += len(batch)                 # frames, as a skip
-            for unit, index in batch:
-                measure(unit, index, driven=False)
+        if skipped:  # the cached frames, as a skip
+            stats.skipped += len(batch)
             yield from (Mouths([u], [i], None) for u, i in batch)
         else:
             stats.infer_seconds += spent
             stats.inferred += len(batch)
-            for k, (unit, index) in enumerate(batch):
-                measure(unit, index, driven=True, face=mouths[k] if mouths is not None else None)
             yield Mouths([u for u, _ in batch], indices, mouths)
         batch.clear()
 
@@ -269,7 +268,10 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
                     bar.update(1)
                     yield frame, unit.audio, unit.pts, ping_pong(unit.index + cfg.start_frame, presenter.frames)
 
-            shown = ((f, a, t) for f, a, t, _ in made()) if cfg.fps == FPS else doubled(made(), InBetween(presenter))
+            if cfg.fps == FPS:
+                shown = ((f, a, t) for f, a, t, _ in made())
+            else:
+                shown = doubled(made(), InBetween(presenter, heads=compositor.enhance != "none"))
             for frame, samples, pts in shown:
                 for sink in sinks:
                     sink.write(frame, samples, pts)
@@ -495,8 +497,11 @@ class LiveEngine:
                     break
         finally:
             self._stop.set()
+            frames.close()  # the stages' threads are joined: none is still using the meter
             for sink in self.sinks:
                 sink.close()
+            if self.meter is not None:
+                self.meter.close()
         self._report()
         return stats
 

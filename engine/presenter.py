@@ -22,7 +22,8 @@ class PresenterError(UserError):
 
 
 class Presenter:
-    def __init__(self, cache_dir: Path | str, face_size: int | None = None, load_heads: bool = False):
+    def __init__(self, cache_dir: Path | str, face_size: int | None = None, load_heads: bool = False,
+                 load_between: bool = False):
         self.dir = Path(cache_dir)
         manifest = cache.read_manifest(self.dir)
         if manifest is None:
@@ -58,7 +59,8 @@ class Presenter:
         self.landmarks = det["landmarks"]
         self.frames = len(self.has_face)
         self._bg = self._read_all("bg", range(self.frames))
-        self._bg_mid = self._read_all("bg_mid", range(self.frames - 1)) if manifest.get("between_frames") else {}
+        self._bg_mid = self._read_all("bg_mid", range(self.frames - 1)) \
+            if load_between and manifest.get("between_frames") else {}  # only a 50 fps render reads them
         faces = np.flatnonzero(self.has_face)
         self._face = self._read_all("body_face", faces)
         self._head = self._read_all("heads", faces) if load_heads else {}

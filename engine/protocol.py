@@ -98,7 +98,7 @@ class SpeechDesk:
         self.clients: set[Client] = set()
         self.owners: dict = {}                     # utterance id -> the client that queued it (None: an upload)
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()              # owners and ids: written by the transport, read by events
+        self._lock = threading.Lock()              # owners, ids, clients: written by the transport, read by events
 
     def new_utterance(self, client: Optional[Client]) -> int:
         with self._lock:
@@ -108,12 +108,14 @@ class SpeechDesk:
 
     def connect(self, send: Callable[[dict], None]) -> Client:
         client = Client(send)
-        self.clients.add(client)
+        with self._lock:  # (a Ray host connects clients on another thread than the one routing events)
+            self.clients.add(client)
         return client
 
     def disconnect(self, client: Client) -> None:
         """Gone mid-utterance: what arrived is spoken, as if it had ended."""
-        self.clients.discard(client)
+        with self._lock:
+            self.clients.discard(client)
         self.end_utterance(client)
 
     def on_text(self, client: Client, text: str) -> list[dict]:
@@ -212,7 +214,9 @@ class SpeechDesk:
         """An engine event: blendshapes to every client that asked for them; the others to the client that queued
         the utterance (uploads have none), with the queue depth."""
         if event["type"] == "blendshapes":
-            for client in [c for c in self.clients if c.blendshapes]:
+            with self._lock:
+                subscribed = [c for c in self.clients if c.blendshapes]
+            for client in subscribed:
                 client.send(event)
             return
         tag = event.get("utterance")

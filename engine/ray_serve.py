@@ -13,6 +13,7 @@ Start it with `stream_out.py ray-serve` (see --help): on one machine it starts R
 """
 import argparse
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import secrets
@@ -135,6 +136,9 @@ class SessionHost:
             return {"http": 503, "error": str(exc)}
         except TalkerBusy as exc:
             return {"http": 409, "error": str(exc)}
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # the peer is not left to take a viewer's or the talker's place later
+            return {"http": 504, "error": "the offer took over 30 s to answer"}
         except Exception as exc:
             return {"http": 400, "error": f"bad offer: {str(exc)[:200]}"}
         return {"http": 200, "sdp": sdp, "type": kind}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -42,8 +43,14 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(word for line in lines if line.startswith("flags") for word in line.split(":", 1)[1].split())
 
 
+def int8_by_default() -> bool:
+    """`auto` runs int8 on x86 CPUs: measured there to run 1.5-2x fp32 even without VNNI (bench/int8.py). Elsewhere
+    (ARM) OpenVINO's int8 is not measured here, so fp32 stays the default."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def cpu_has_vnni() -> bool:
-    """True when the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX), where int8 pays off."""
+    """True when the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX): int8 runs fastest there."""
     return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 

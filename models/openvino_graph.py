@@ -67,9 +67,13 @@ class GraphBuilder:
         self.conv_inputs.append(x)
         if self.ranges is None:
             return x
-        low, high = next(self.ranges)
-        low, high = min(low, 0.0), max(high, 0.0)  # zero exact (the padding); a ReLU output is unsigned
-        return self.fake_quantize(x, low, max(high, low + 1e-6), 256)
+        low, high = next(self.ranges, (None, None))
+        if low is None:
+            raise ValueError("fewer measured ranges than convolutions: measure this graph again")
+        low, high = min(low, 0.0), max(high, low + 1e-6, 0.0)  # a ReLU output is unsigned
+        step = (high - low) / 255
+        low = -round(-low / step) * step  # zero on a level: the zero padding stays exactly zero
+        return self.fake_quantize(x, low, low + 255 * step, 256)
 
     def conv(self, x, weight: np.ndarray, bias: np.ndarray, stride, padding, transpose=False, output_padding=0):
         """`x`: what conv_input gave."""
@@ -147,6 +151,8 @@ def generator_graph(spec, weights: Weights, ranges: Optional[Sequence[tuple[floa
     x = build.conv(build.conv_input(x), np.asarray(weights["output_block.1.weight"], np.float32),
                    np.asarray(weights["output_block.1.bias"], np.float32), 1, 0)
     x = ops.tanh(x) if spec.head == "tanh" else ops.sigmoid(x)
+    if ranges is not None and next(build.ranges, None) is not None:
+        raise ValueError("more measured ranges than convolutions: measure this graph again")
     every_axis = ops.constant(np.arange(4, dtype=np.int64))
     extremes = [op(v, every_axis) for v in build.conv_inputs for op in (ops.reduce_min, ops.reduce_max)] \
         if measure else []

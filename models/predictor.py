@@ -18,7 +18,7 @@ from torch import nn
 from core.errors import UserError
 
 from .blocks import ConvBN, Wav2Lip
-from .openvino_cpu import OpenVinoStore, cpu_has_native_bf16
+from .openvino_cpu import OpenVinoStore, cpu_has_native_bf16, int8_by_default
 from .runtime import TorchRunner, build_openvino, pick_runtime
 from .stored import HostPredictor
 
@@ -48,9 +48,9 @@ def pick_device(requested: Optional[str] = None) -> torch.device:
 
 
 def pick_dtype(device: torch.device, requested: Optional[str] = None, runtime: str = "torch") -> Union[torch.dtype, str]:
-    """'auto': fp16 on CUDA; on the CPU int8 under OpenVINO (1.5x fp32 without VNNI, more with it; its calibration
-    costs about 3 s once per checkpoint), else bf16 where the CPU has it natively, else fp32. 'int8' is returned as
-    the string, since only OpenVINO runs it."""
+    """'auto': fp16 on CUDA; on an x86 CPU int8 under OpenVINO (1.5-2x fp32 without VNNI, more with it; its
+    calibration costs about 3 s once per checkpoint), else bf16 where the CPU has it natively, else fp32. 'int8' is
+    returned as the string, since only OpenVINO runs it."""
     names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
              "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "int8": "int8"}
     if requested not in (None, "", "auto"):
@@ -67,7 +67,7 @@ def pick_dtype(device: torch.device, requested: Optional[str] = None, runtime: s
     if device.type == "cuda":
         return torch.float16
     if runtime == "openvino":
-        return "int8"
+        return "int8" if int8_by_default() else torch.float32
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 

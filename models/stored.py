@@ -20,7 +20,7 @@ import numpy as np
 
 from core.scratch import make_scratch, remove
 
-from .openvino_cpu import OpenVinoRunner, OpenVinoStore
+from .openvino_cpu import OpenVinoRunner, OpenVinoStore, int8_by_default
 
 log = logging.getLogger("models")
 
@@ -138,10 +138,10 @@ class StoredPredictor(HostPredictor):
 
 
 def wanted_precision(dtype: Optional[str]) -> Optional[str]:
-    """The OpenVINO precision a CPU render asks for (auto: int8, as models/predictor.pick_dtype), None if not an
-    OpenVINO one."""
+    """The OpenVINO precision a CPU render asks for (auto: as models/predictor.pick_dtype), None if not an OpenVINO
+    one."""
     if dtype in (None, "", "auto"):
-        return "int8"
+        return "int8" if int8_by_default() else "fp32"
     return dtype if dtype in ("int8", "fp32") else None
 
 

@@ -66,7 +66,8 @@ class CacheWriter:
         # q95 keeps JPEG blocks invisible. Face crops and heads keep full 4:4:4 chroma (lip and eye edges, model
         # input); full frames use 4:2:0 like the H.264 they end up in, which halves the cache.
         self._params = {sub: [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                              cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420 if sub.startswith("bg") else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+                              cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420 if sub.startswith("bg")
+                              else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
                         for sub in IMAGE_DIRS}
         self._pool = ThreadPoolExecutor(workers)
         self._pending: list[Future] = []

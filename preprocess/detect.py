@@ -166,6 +166,11 @@ class CropMesh:
         offset = scale * side * self.MARGIN
         return mesh_in(self._mesh, crop_bgr, scale, (offset, offset), self.SIZE, cv2.BORDER_REPLICATE)
 
+    def close(self) -> None:
+        if self._mesh is not None:
+            self._mesh.close()
+            self._mesh = None
+
 
 SFD_FILES = {"s3fd": "s3fd-619a316812.pth", "fan": "2DFAN4-11f355bf06.pth.tar"}
 

@@ -210,6 +210,7 @@ def test_weights_read_on_the_generated_pixels_follow_the_mouth_drawn(built, medi
     On the mouth animator's crops, whose shape is known, the jawOpen read on the pixels follows the shape drawn
     (r >= 0.7), and auto picks pixels for any lip model but the animator."""
     import argparse
+    import copy
 
     from audio.decode import load_audio
     from engine.assemble import blendshape_meter
@@ -224,16 +225,28 @@ def test_weights_read_on_the_generated_pixels_follow_the_mouth_drawn(built, medi
     animator = MouthAnimator(96, library=library_for(presenter))
     drawn, read = BlendshapeMeter(presenter, animator), BlendshapeMeter(presenter, read_pixels=CropMesh())
     speech = load_audio(media["speech"])[:16000 * 3]
-    pairs = []
+    pairs, silent = [], []
     for mouths in lip_sync(frame_units(np.concatenate([np.zeros(8000, np.float32), speech])), presenter, animator,
                            8, meter=read):
         if mouths.faces is not None:
-            pairs += [(drawn.driven(u.window, i)["jawOpen"], u.blendshapes) for u, i in zip(mouths.units, mouths.indices)]
+            pairs += [(drawn.driven(u.window, i)["jawOpen"], u.blendshapes)
+                      for u, i in zip(mouths.units, mouths.indices)]
+        elif mouths.units[0].index < 10:  # the half second of silence first: the cached mouth, read the same way
+            silent.append(mouths.units[0].blendshapes["jawOpen"])
     shape = np.array([p[0] for p in pairs])
     seen = np.array([p[1]["jawOpen"] for p in pairs])
     assert len(pairs) >= 40 and read.unread <= 0.1 * len(pairs)
     assert np.corrcoef(shape, seen)[0, 1] >= 0.7 and seen.max() >= 0.2
     assert all(0.0 <= v <= 1.0 for _, w in pairs for v in w.values())
+    assert len(silent) >= 5 and max(silent) <= 0.05
+
+    other = copy.copy(presenter)  # a cache from another detector (sfd: 68 points): reading pixels needs none of them
+    other.landmarks = np.zeros((presenter.frames, 68, 2), np.float32)
+    shown = [i for i in range(presenter.frames) if presenter.has_face[i]][:5]
+    again = BlendshapeMeter(other, read_pixels=CropMesh())
+    assert [again.still(i)["jawOpen"] for i in shown] == pytest.approx([read.still(i)["jawOpen"] for i in shown],
+                                                                       abs=0.02)
+    read.close()
 
     flags = argparse.Namespace(blendshapes=True, blendshapes_csv=None, blendshapes_from="auto")
     assert isinstance(blendshape_meter(flags, presenter, object()).read_pixels, CropMesh)  # any other lip model

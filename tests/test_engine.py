@@ -356,9 +356,10 @@ def test_presets_set_engine_defaults_and_flags_win(tmp_path):
     args = parse_args(["--config", "wav2lip384", "--batch_size", "2", "--audio_files", "a.wav"])
     assert args.batch_size == 2 and args.live_batch_size == 1
     bad = tmp_path / "bad.yaml"
-    bad.write_text("stream_out:\n  no_such_flag: 1\n")
-    with pytest.raises(SystemExit):
-        parse_args(["--config", str(bad)])
+    for text in ("no_such_flag: 1", "fps: 30", "blendshapes_from: pixel"):  # a default skips argparse's choices
+        bad.write_text(f"stream_out:\n  {text}\n")
+        with pytest.raises(SystemExit):
+            parse_args(["--config", str(bad)])
 
 
 def cli_error(capsys, *args: str, progress: bool = False) -> str:
