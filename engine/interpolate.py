@@ -15,6 +15,8 @@ import numpy as np
 from core.flow import FlowInterpolator
 from core.timebase import FPS
 
+from .composite import blend, head_footprint
+
 log = logging.getLogger("engine")
 MARGIN = 0.25     # of the face boxes' size, added around their union: room for the motion between two frames
 FEATHER_PX = 8    # the face region's edge blends into the stored background over this many pixels
@@ -35,15 +37,13 @@ class InBetween:
         self._warned = False
 
     def changed(self, k: int) -> np.ndarray:
-        """x1, y1, x2, y2 of what the engine may change on cache frame k: the face crop, or the upright head's
-        footprint when the head is pasted back."""
+        """x1, y1, x2, y2 of what the engine may change on cache frame k: the face crop, or with it the upright
+        head's footprint when the head is pasted back."""
         box = self.presenter.box[k].astype(np.float64)
-        if not self.heads:
+        footprint = head_footprint(self.presenter, k, self.presenter.head_size) if self.heads else None
+        if footprint is None:
             return box
-        side = self.presenter.head_size
-        corners = np.array([[0, 0, 1], [side, 0, 1], [0, side, 1], [side, side, 1]], np.float64)
-        footprint = corners @ self.presenter.head_affine_inv[k].astype(np.float64).T
-        return np.concatenate([np.minimum(box[:2], footprint.min(0)), np.maximum(box[2:], footprint.max(0))])
+        return np.concatenate([np.minimum(box[:2], footprint[:2]), np.maximum(box[2:], footprint[2:])])
 
     def __call__(self, a: np.ndarray, b: np.ndarray, i: int, j: int) -> np.ndarray:
         background = self.presenter.background_between(i, j)
@@ -62,13 +62,11 @@ class InBetween:
         height, width = a.shape[:2]
         x1, y1 = int(max(0, x1 - pad_x)), int(max(0, y1 - pad_y))
         x2, y2 = int(min(width, x2 + pad_x)), int(min(height, y2 + pad_y))
-        face = self.flow.midpoint(a[y1:y2, x1:x2], b[y1:y2, x1:x2]).astype(np.float32)
         ramp_y = np.minimum(np.arange(y2 - y1) + 1, np.arange(y2 - y1)[::-1] + 1) / FEATHER_PX
         ramp_x = np.minimum(np.arange(x2 - x1) + 1, np.arange(x2 - x1)[::-1] + 1) / FEATHER_PX
-        alpha = np.clip(np.minimum.outer(ramp_y, ramp_x), 0, 1)[..., None]
-        out = background.copy()
-        out[y1:y2, x1:x2] = np.clip(face * alpha + out[y1:y2, x1:x2] * (1 - alpha) + 0.5, 0, 255).astype(np.uint8)
-        return out
+        blend(background[y1:y2, x1:x2], self.flow.midpoint(a[y1:y2, x1:x2], b[y1:y2, x1:x2]),
+              np.clip(np.minimum.outer(ramp_y, ramp_x), 0, 1))
+        return background
 
 
 def doubled(frames: Iterable[Item], between: Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]
