@@ -137,15 +137,15 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
             return
         started = time.perf_counter()
         indices = [i for _, i in batch]
-        landmarks = np.stack([presenter.crop_landmarks(i) for i in indices])
-        windows = np.stack([u.window for u, _ in batch])
-        if lipsync is None:
-            mouths = None
-        elif getattr(lipsync, "scheduled", False):  # a model shared between sessions: it batches by deadline
-            due = min(deadline(u) for u, _ in batch) if deadline is not None else float("inf")
-            mouths = lipsync.predict(windows, faces(indices), landmarks, due=due)
-        else:
-            mouths = lipsync.predict(windows, faces(indices), landmarks)
+        mouths = None  # with no lip model (blendshapes only), no model inputs are gathered either
+        if lipsync is not None:
+            landmarks = np.stack([presenter.crop_landmarks(i) for i in indices])
+            windows = np.stack([u.window for u, _ in batch])
+            if getattr(lipsync, "scheduled", False):  # a model shared between sessions: it batches by deadline
+                due = min(deadline(u) for u, _ in batch) if deadline is not None else float("inf")
+                mouths = lipsync.predict(windows, faces(indices), landmarks, due=due)
+            else:
+                mouths = lipsync.predict(windows, faces(indices), landmarks)
         skipped = mouths is None and lipsync is not None  # the shared model could not make their time
         for k, (unit, index) in enumerate(batch):  # (a meter reading pixels costs time the policy must see)
             measure(unit, index, driven=not skipped, face=mouths[k] if mouths is not None else None)
