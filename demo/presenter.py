@@ -66,17 +66,25 @@ def studio_background(width: int, height: int) -> np.ndarray:
     return np.broadcast_to(top * (1 - ramp) + bottom * ramp, (height, width, 3)).astype(np.uint8)
 
 
-@lru_cache(maxsize=1)
-def photo_layers() -> tuple[np.ndarray, np.ndarray]:
-    """The astronaut photo and its alpha, soft at the edge."""
+# The person in the photo (head and suit, down to row 340, without the helmet she holds): GrabCut from hand-placed
+# seeds, checked by eye. A cut-out presenter drawn with it has a matte known exactly (tests of --matte).
+PERSON = Path(__file__).with_name("astronaut_person.png")
+
+
+@lru_cache(maxsize=2)
+def photo_layers(cutout: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The astronaut photo and its alpha, soft at the edge: the whole photo, or (cutout) only the person."""
     photo = astronaut_bgr()
+    if cutout:
+        return photo, cv2.GaussianBlur(cv2.imread(str(PERSON), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255,
+                                       (5, 5), 1)
     alpha = np.ones(photo.shape[:2], np.float32)
     return photo, cv2.GaussianBlur(np.pad(alpha[4:-4, 4:-4], 4), (9, 9), 3)
 
 
-def frame_at(path: FacePath, t: float) -> np.ndarray:
+def frame_at(path: FacePath, t: float, cutout: bool = False) -> np.ndarray:
     """The presenter frame at time t of `path`, as make_presenter_clip draws it (no encode)."""
-    photo, alpha = photo_layers()
+    photo, alpha = photo_layers(cutout)
     return render_frame(photo, alpha, studio_background(path.width, path.height), path.transform_at(t))
 
 
@@ -85,6 +93,12 @@ def render_frame(photo: np.ndarray, alpha: np.ndarray, background: np.ndarray, m
     warped = cv2.warpAffine(photo, m, (w, h), flags=cv2.INTER_LINEAR)
     a = cv2.warpAffine(alpha, m, (w, h), flags=cv2.INTER_LINEAR)[..., None]
     return (warped * a + background * (1 - a)).astype(np.uint8)
+
+
+def person_matte(path: FacePath, t: float) -> np.ndarray:
+    """The cut-out presenter's true matte at time t (float32 in [0, 1]), as make_presenter_clip(cutout=True) draws it."""
+    return cv2.warpAffine(photo_layers(cutout=True)[1], path.transform_at(t), (path.width, path.height),
+                          flags=cv2.INTER_LINEAR)
 
 
 def speak(text: str, out_wav: Path, voice: str = "en-us", speed: int = 150) -> Path:
@@ -98,13 +112,15 @@ def speak(text: str, out_wav: Path, voice: str = "en-us", speed: int = 150) -> P
 
 def make_presenter_clip(out: Path, seconds: float = 4.0, fps: float = 25, path: FacePath = FacePath(),
                         cover: Optional[tuple[float, float]] = None, audio: Optional[Path] = None,
-                        crf: int = 18, photo_at: Optional[Callable[[int], np.ndarray]] = None) -> Path:
+                        crf: int = 18, photo_at: Optional[Callable[[int], np.ndarray]] = None,
+                        cutout: bool = False) -> Path:
     """Write an H.264 mp4 of the moving presenter; `cover` = (start, end) seconds where a card hides the face;
-    `photo_at(i)` gives frame i's version of the photo (demo/talking.py opens its mouth).
+    `photo_at(i)` gives frame i's version of the photo (demo/talking.py opens its mouth); `cutout`: only the person,
+    over the studio wall (person_matte gives its true matte).
 
     With `audio` the clip gets that sound (trimmed or padded with silence to the clip's length) as AAC.
     """
-    photo, alpha = photo_layers()
+    photo, alpha = photo_layers(cutout)
     background = studio_background(path.width, path.height)
     n = int(round(seconds * fps))
     cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{path.width}x{path.height}",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.timebase import FPS
+from engine.backdrop import Backdrop
 
 log = logging.getLogger("engine")
 
@@ -22,7 +23,8 @@ def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:
         from preprocess.pipeline import PreprocessConfig, preprocess_video
         root = Path("out/cache")
         cfg = PreprocessConfig(face_size=face_size, pads=tuple(args.pads), smooth_radius=0 if args.nosmooth else 2,
-                               allow_truncated=args.allow_truncated, between_frames=args.fps != FPS)
+                               allow_truncated=args.allow_truncated, between_frames=args.fps != FPS,
+                               matte=args.background != "video")
         return root / preprocess_video(Path(args.face), root, cfg).name
     if not args.data_dir:
         raise ValueError("give a presenter: --data_dir CACHE (see `stream_out.py preprocess`) or --face VIDEO")
@@ -112,11 +114,10 @@ class Parts:
         wav2lip = self._wav2lip(args, live, user) if args.checkpoint_path and not only_weights else None
         face_size = wav2lip.size if wav2lip is not None else None
         cache = resolve_cache(args, face_size or 96).resolve()
-        if live and args.fps != FPS:  # (sessions come here without the engine command's checks)
-            raise ValueError(f"--fps {args.fps} is for file renders so far; live outputs run at {FPS}")
         heads, between = args.enhance != "none", args.fps != FPS
-        presenter = self._get(("presenter", str(cache), face_size, heads, between), user, lambda: self._presenter(
-            cache, face_size, heads, between))
+        backdrop = Backdrop.parse(args.background)
+        presenter = self._get(("presenter", str(cache), face_size, heads, between, backdrop.needs_matte), user,
+                              lambda: self._presenter(cache, face_size, heads, between, backdrop.needs_matte))
         enhancer = self._enhancer(args, live, user) if heads else None
         predictor = wav2lip if wav2lip is not None else None if only_weights else self._animator(presenter, user)
         if predictor is not None and pick_pipeline(args.pipeline, predictor) == "device":
@@ -128,13 +129,28 @@ class Parts:
         else:
             compositor = Compositor(presenter, args.enhance, enhancer, args.color_match)
         cfg = EngineConfig(batch_size=args.batch_size, live_batch_size=args.live_batch_size, fps=args.fps,
-                           silence_db=args.silence_db, latency_ms=args.latency_ms)
+                           silence_db=args.silence_db, latency_ms=args.latency_ms, backdrop=backdrop,
+                           interpolator=self._interpolator(args, user))
         return presenter, predictor, compositor, cfg
 
+    def _interpolator(self, args: argparse.Namespace, user):
+        """RIFE for the in-between frames (--interpolator rife), loaded once per file and device; None: DIS."""
+        if args.interpolator != "rife":
+            return None
+        if args.fps == FPS:
+            raise ValueError("--interpolator makes the in-between frames of --fps 50; add --fps 50 or leave it out")
+        if not args.rife_path:
+            raise ValueError("--interpolator rife needs --rife_path flownet.pkl (train_log/flownet.pkl of RIFE v4.6, "
+                             "from the model list in hzwer/Practical-RIFE's README)")
+        from models.rife import RifeInterpolator
+        device = None if args.device == "auto" else args.device
+        return self._get(("rife", str(Path(args.rife_path).resolve()), args.device), user,
+                         lambda: RifeInterpolator(args.rife_path, device))
+
     @staticmethod
-    def _presenter(cache: Path, face_size, heads: bool, between: bool):
+    def _presenter(cache: Path, face_size, heads: bool, between: bool, matte: bool):
         from engine.presenter import Presenter
-        return Presenter(cache, face_size, load_heads=heads, load_between=between)
+        return Presenter(cache, face_size, load_heads=heads, load_between=between, load_matte=matte)
 
     def _animator(self, presenter, user):
         """One drawn-mouth animator for every presenter of a face size; one per presenter that has recorded mouths

@@ -13,6 +13,7 @@ from core.timebase import FPS
 
 log = logging.getLogger("stream_out")
 OBS_URL = "udp://127.0.0.1:23000?pkt_size=1316"
+OBS_ALPHA_URL = "udp://127.0.0.1:23001?pkt_size=1316"  # --background alpha: WebM with VP9 alpha
 DEFAULT_OUTFILE = ["out/result.mp4"]
 
 
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mic", nargs="?", const="default", help="speak what the microphone hears (optional device)")
     p.add_argument("--outfile", nargs="+", default=DEFAULT_OUTFILE,
                    help="one or more of: a .mp4 path; 'obs' (MPEG-TS to OBS on %s); 'vcam' (virtual camera + "
-                        "audio device); a udp:// or srt:// URL" % OBS_URL)
+                        "audio device); a udp:// or srt:// URL. With --background alpha: a .mov or .webm path, and "
+                        "'obs' is WebM with alpha on %s" % (OBS_URL, OBS_ALPHA_URL))
     p.add_argument("--enhance", default="none", choices=["none", "lip", "face"], help="GFPGAN on the head")
     p.add_argument("--gfpgan_path", help="GFPGANv1.3.pth / GFPGANv1.4.pth (for --enhance lip|face)")
     p.add_argument("--gfpgan_dtype", default="auto", help="auto (fp16 on CUDA, fp32 on the CPU), fp32, fp16 or bf16")
@@ -100,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=int, choices=(25, 50), default=25,
                    help="output frames/s: 50 puts an optical-flow frame (OpenCV DIS) between each pair the lip model "
                         "makes at 25; the audio is unchanged (file renders)")
+    p.add_argument("--interpolator", choices=("dis", "rife"), default="dis",
+                   help="what makes the in-between frames at --fps 50: 'dis' (OpenCV's optical flow, no weights) or "
+                        "'rife' (Practical-RIFE v4.6, --rife_path; a GPU feature: about 4 frames/s on a 2-core CPU)")
+    p.add_argument("--rife_path", metavar="flownet.pkl",
+                   help="RIFE v4.6's train_log/flownet.pkl (from the model list in hzwer/Practical-RIFE's README)")
+    p.add_argument("--background", default="video", type=checked_backdrop,
+                   help="behind the presenter: 'video' (the recorded one), 'alpha' (transparent: .mov ProRes 4444, "
+                        ".webm VP9, or 'obs' as WebM), or a key colour for outputs without alpha: green, blue or "
+                        "#rrggbb (edges spill-suppressed for OBS's chroma key). Needs a cache made with --matte")
     p.add_argument("--blendshapes_from", choices=("auto", "pixels", "animator"), default="auto",
                    help="how a lip-synced frame's weights are measured: 'pixels' reads the face mesh on the generated "
                         "mouth (what the viewer sees; a mesh run per frame), 'animator' takes the mouth animator's "
@@ -108,22 +119,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def checked_backdrop(text: str) -> str:
+    """argparse type for --background: the text, once engine.backdrop accepts it (an error names the choices)."""
+    from engine.backdrop import Backdrop
+    try:
+        Backdrop.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[1]) from None
+    return text
+
+
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return parse_with_config(build_parser(), argv, "stream_out")
 
 
 def make_sinks(args: argparse.Namespace):
-    from engine.sinks import Mp4Sink, MpegTsSink, PreviewSink, VirtualCameraSink
+    from engine.sinks import Mp4Sink, MpegTsSink, PreviewSink, SinkError, VirtualCameraSink, WebmAlphaSink
+    alpha = args.background == "alpha"
     sinks = []
     for target in args.outfile:
-        if target == "obs":
-            sinks.append(MpegTsSink(OBS_URL))
-        elif target == "vcam":
-            sinks.append(VirtualCameraSink(args.audio_device, args.audio_delay_ms))
-        elif "://" in target or target.endswith(".ts"):
-            sinks.append(MpegTsSink(target))
+        if target == "vcam":
+            if alpha:
+                raise SinkError("a virtual camera carries no alpha: fill a key colour instead (--background green) "
+                                "and key it in OBS, or stream the alpha with --outfile obs")
+            sinks.append(VirtualCameraSink(args.audio_device, args.audio_delay_ms, fps=args.fps))
+        elif target == "obs" or "://" in target or target.endswith(".ts"):
+            url = (OBS_ALPHA_URL if alpha else OBS_URL) if target == "obs" else target
+            if alpha and target.endswith(".ts"):
+                raise SinkError(f"{target}: MPEG-TS (H.264) carries no alpha; stream WebM with alpha to a URL "
+                                f"(--outfile obs, or udp://…), or fill a key colour (--background green)")
+            sinks.append(WebmAlphaSink(url, fps=args.fps) if alpha else MpegTsSink(url, fps=args.fps))
         else:
-            sinks.append(Mp4Sink(target, fps=args.fps))
+            sinks.append(Mp4Sink(target, fps=args.fps, alpha=alpha))
     if args.preview:
         sinks.append(PreviewSink())
     return sinks
@@ -133,9 +160,9 @@ def use_gpu_encoder(sinks: list, compositor) -> None:
     """Frames rendered on a CUDA GPU are encoded there too (NVENC) when this ffmpeg can; else x264 on the CPU."""
     from core.ffmpeg import encoder_works
     on_gpu = getattr(compositor, "on_device", False) and compositor.device.type == "cuda"
-    if on_gpu and any(hasattr(s, "video_codec") for s in sinks) and encoder_works("h264_nvenc"):
+    if on_gpu and any(getattr(s, "h264", False) for s in sinks) and encoder_works("h264_nvenc"):
         for sink in sinks:
-            if hasattr(sink, "video_codec"):
+            if getattr(sink, "h264", False):
                 sink.video_codec = "h264_nvenc"
         log.info("encoding with NVENC (h264_nvenc)")
 
@@ -173,12 +200,11 @@ def run(args: argparse.Namespace) -> int:
     live = serving or any(s.live for s in sinks)
     if live and any(not s.live for s in sinks):
         raise ValueError("mix of a file and a live output: run them separately (a file renders faster than live)")
-    if args.fps != FPS and (live or args.blendshapes_csv):
-        raise ValueError(f"--fps {args.fps} is for a file render (--outfile x.mp4) without --blendshapes_csv so far; "
-                         f"live outputs and the weights run at {FPS}")
     if args.blendshapes_csv and live:
         raise ValueError("--blendshapes_csv goes with a file render (--outfile x.mp4, or --blendshapes_only); "
                          "live, serve with --blendshapes and read the WebSocket events")
+    if serving and args.background == "alpha":
+        raise ValueError("--background alpha: WebRTC carries no alpha; serve with a key colour (--background green)")
     if serving:
         server_cfg = server_config(args)  # refused before any model loads
         if args.obs_control:
@@ -203,8 +229,10 @@ def run(args: argparse.Namespace) -> int:
                 meter.close()
         written = list(args.outfile)
         if weights is not None:
+            from engine.interpolate import in_between_weights
             from models.mouthwarp.blendshapes import write_live_link_csv
-            written.append(str(write_live_link_csv(args.blendshapes_csv, weights)))
+            rows = weights if args.fps == FPS else in_between_weights(weights)
+            written.append(str(write_live_link_csv(args.blendshapes_csv, rows, fps=args.fps)))
         between = f", {stats.frames} more in between at {args.fps} frames/s" if args.fps != FPS else ""
         print(f"wrote {', '.join(written)}: {stats.frames} frames ({stats.frames / FPS:.2f} s){between}, "
               f"{stats.inferred} {'measured' if predictor is None else 'lip-synced'}")
@@ -229,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
             microphone.stop()
         if feeder:
             feeder.stop()
-    print(f"streamed {stats.frames} frames ({stats.inferred} lip-synced, {stats.late} late)")
+    print(f"streamed {stats.shown} frames at {args.fps} frames/s ({stats.inferred} lip-synced, {stats.late} late)")
     return 0
 
 
@@ -319,7 +347,9 @@ def obs_control(args: argparse.Namespace) -> None:
     settings = ObsSettings(args.obs_host, args.obs_port, args.obs_password)
     for target in args.outfile:
         if target == "obs" or "://" in target:
-            done = setup_media_source(settings, OBS_URL if target == "obs" else target, int(args.audio_delay_ms))
+            alpha = args.background == "alpha"
+            done = setup_media_source(settings, (OBS_ALPHA_URL if alpha else OBS_URL) if target == "obs" else target,
+                                      int(args.audio_delay_ms), input_format="webm" if alpha else "mpegts")
             for line in done or []:
                 log.info("OBS: %s", line)
         elif target == "vcam" and start_virtual_camera(settings):

@@ -3,12 +3,12 @@
 OBS canvases run at 50 or 60 frames/s, where a 25 frames/s mouth looks steppy. The lip model stays at 25; this
 stage (after the paste-back, before the sinks) shows each frame, then the frame halfway to the next, with the
 frame's 640 audio samples split 320 and 320, so the audio is unchanged and every presentation time is a multiple
-of 20 ms. The in-between frame is core/flow.py's optical-flow midpoint.
+of 20 ms. The in-between frame is core/flow.py's optical-flow midpoint, or RIFE's (models/rife, --interpolator rife).
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Protocol, TypeVar
 
 import numpy as np
 
@@ -20,7 +20,23 @@ from .composite import blend, head_footprint
 log = logging.getLogger("engine")
 MARGIN = 0.25     # of the face boxes' size, added around their union: room for the motion between two frames
 FEATHER_PX = 8    # the face region's edge blends into the stored background over this many pixels
-Item = tuple[Optional[np.ndarray], np.ndarray, float, int]  # frame, its audio, pts, its cache frame
+T = TypeVar("T")
+
+
+class Shown(NamedTuple):
+    """A frame as the sinks show it: `tag` (its 25 fps frame's unit or audio), the pixels, the cache frames it
+    shows (i == j for a frame the model made; i, i + 1 for an in-between) and whether it is the second of its pair."""
+    tag: object
+    frame: Optional[np.ndarray]
+    i: int
+    j: int
+    second: bool
+
+
+class Midpoint(Protocol):
+    """What makes an in-between frame: core.flow.FlowInterpolator (DIS) or models.rife.RifeInterpolator."""
+
+    def midpoint(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
 
 
 class InBetween:
@@ -30,10 +46,10 @@ class InBetween:
     on the frames themselves; the rest is the cache's own in-between background (preprocess --fps 50), the same
     on every loop. A cache without one gets the flow over the whole frame, which is several times slower."""
 
-    def __init__(self, presenter, heads: bool = False):
+    def __init__(self, presenter, heads: bool = False, interpolator: Optional[Midpoint] = None):
         self.presenter = presenter
         self.heads = heads  # GFPGAN's head is pasted back too (--enhance lip|face): the region covers it
-        self.flow = FlowInterpolator()
+        self.flow = interpolator or FlowInterpolator()
         self._warned = False
 
     def changed(self, k: int) -> np.ndarray:
@@ -69,28 +85,34 @@ class InBetween:
         return background
 
 
-def doubled(frames: Iterable[Item], between: Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]
-            ) -> Iterator[tuple[Optional[np.ndarray], np.ndarray, float]]:
-    """(frame, audio, pts, cache frame) at 25 frames/s -> (frame, audio, pts) at 50: each frame, then the frame
-    `between` it and the next, each with half the audio. The last frame is shown twice. A frame of None (nobody
-    wants pixels) stays None."""
-    previous = None
-    for current in frames:
+def interleaved(frames: Iterable[tuple[T, Optional[np.ndarray], int]],
+                between: Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]) -> Iterator[Shown]:
+    """(tag, frame, cache frame) at 25 frames/s -> Shown at 50: each frame as soon as it comes, then, once the next
+    has come, the frame `between` the two (its tag is the earlier frame's). The last frame is shown twice. A frame
+    of None (nobody wants pixels) makes a None in-between."""
+    previous: Optional[tuple[T, Optional[np.ndarray], int]] = None
+    for tag, frame, index in frames:
         if previous is not None:
-            yield from halves(previous, current, between)
-        previous = current
+            middle = None if previous[1] is None or frame is None else between(previous[1], frame, previous[2], index)
+            yield Shown(previous[0], middle, previous[2], index, True)
+        yield Shown(tag, frame, index, index, False)
+        previous = (tag, frame, index)
     if previous is not None:
-        yield from halves(previous, previous, between)
+        yield Shown(previous[0], previous[1], previous[2], previous[2], True)
 
 
-def halves(this: Item, following: Item, between) -> Iterator[tuple[Optional[np.ndarray], np.ndarray, float]]:
-    frame, audio, pts, index = this
+def shown_part(audio: np.ndarray, pts: float, shown: Shown, fps: int) -> tuple[np.ndarray, float]:
+    """The audio and presentation time a shown frame carries: all of its 25 fps frame's at 25 frames/s; at 50 the
+    first half (the frame) or the second (the in-between), 20 ms later."""
+    if fps == FPS:
+        return audio, pts
     half = len(audio) // 2
-    yield frame, audio[:half], pts
-    if frame is None or following[0] is None:
-        middle = None
-    elif following is this:
-        middle = frame
-    else:
-        middle = between(frame, following[0], index, following[3])
-    yield middle, audio[half:], pts + 0.5 / FPS
+    return (audio[half:], pts + 0.5 / FPS) if shown.second else (audio[:half], pts)
+
+
+def in_between_weights(rows: list[dict[str, float]]) -> Iterator[dict[str, float]]:
+    """Blendshape rows at 25 frames/s -> 50: each row, then the mean of it and the next (the in-between image is
+    their midpoint too); the last row twice, as its frame is."""
+    for row, following in zip(rows, [*rows[1:], rows[-1]] if rows else []):
+        yield row
+        yield {name: (value + following.get(name, value)) / 2 for name, value in row.items()}

@@ -22,7 +22,8 @@ from audio.mel import mel_basis
 from core.timebase import FPS, LOOKAHEAD, N_FFT, SAMPLE_RATE, SAMPLES_PER_FRAME as SAMPLES, frames_for
 
 from .composite import Compositor
-from .interpolate import InBetween, doubled
+from .backdrop import Backdrop
+from .interpolate import InBetween, Midpoint, Shown, interleaved, shown_part
 from .presenter import Presenter, ping_pong
 from .sinks import Sink
 from .sources import AudioBuffer
@@ -40,6 +41,8 @@ class EngineConfig:
     latency_ms: float = 300.0      # live: audio-in -> frame-out target (>= 212.5 ms of mel lookahead)
     start_frame: int = 0           # where in the cached loop to start
     fps: int = FPS                 # output frames/s: 25, or 50 with an optical-flow frame between each pair
+    backdrop: Backdrop = Backdrop("video")  # behind the presenter: the recorded video, alpha, or a key colour
+    interpolator: Optional[Midpoint] = None  # makes the in-between frames at 50 fps (RIFE); None: OpenCV's DIS flow
 
 
 @dataclass
@@ -51,7 +54,8 @@ class Stats:
     inferred: int = 0
     infer_seconds: float = 0.0     # time spent in the model stage (crops + model) for inferred frames
     skipped: int = 0               # live: speech frames shown without the model because it would have been late
-    late: int = 0                  # live frames presented after their time
+    shown: int = 0                 # live frames the sinks got (twice `frames` at 50 frames/s)
+    late: int = 0                  # of those, presented after their time
     max_late_ms: float = 0.0
     first_frame_at: Optional[float] = None  # monotonic time the first frame reached the sinks
     # live, the last 10 minutes of frames: actual - planned presentation time (s), the clock's pacing
@@ -60,6 +64,8 @@ class Stats:
     # frame's mel window (s). It includes any wait behind speech queued before it; with input streaming in real
     # time it is the latency target minus the 212.5 ms of lookahead (the frame's own sound came that much earlier).
     input_latencies: deque = field(default_factory=lambda: deque(maxlen=FPS * 600))
+    # --fps 50, the last 10 minutes: seconds each in-between frame took to make (it waits for the next frame too)
+    between_seconds: deque = field(default_factory=lambda: deque(maxlen=FPS * 600))
 
     def latency_ms(self) -> dict:
         """Percentiles (ms) of the input-to-screen latency and of the pacing offset, as /status and logs give them."""
@@ -256,7 +262,7 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
         sink.open(presenter.width, presenter.height)
     try:
         with tqdm(total=total, unit="frame", desc="render", disable=not progress) as bar:
-            def made() -> Iterator[tuple[Optional[np.ndarray], np.ndarray, float, int]]:
+            def made() -> Iterator[tuple[tuple[np.ndarray, float], Optional[np.ndarray], int]]:
                 for unit, frame in render(frame_units(audio, cfg.silence_db), presenter, lipsync, compositor,
                                           cfg.batch_size, cfg.start_frame, stats, stop=stop, meter=meter,
                                           watched=lambda: bool(sinks)):
@@ -266,20 +272,45 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
                         stats.first_frame_at = time.monotonic()
                     stats.frames += 1
                     bar.update(1)
-                    yield frame, unit.audio, unit.pts, ping_pong(unit.index + cfg.start_frame, presenter.frames)
+                    yield (unit.audio, unit.pts), frame, ping_pong(unit.index + cfg.start_frame, presenter.frames)
 
-            if cfg.fps == FPS:
-                shown = ((f, a, t) for f, a, t, _ in made())
-            else:
-                shown = doubled(made(), InBetween(presenter, heads=compositor.enhance != "none"))
-            for frame, samples, pts in shown:
+            for item in shown(made(), presenter, compositor, cfg):
+                samples, pts = shown_part(*item.tag, item, cfg.fps)
                 for sink in sinks:
-                    sink.write(frame, samples, pts)
+                    sink.write(item.frame, samples, pts)
     finally:
         stop.set()
         for sink in sinks:
             sink.close()
     return stats
+
+
+def shown(frames: Iterable[tuple[object, Optional[np.ndarray], int]], presenter: Presenter, compositor: Compositor,
+          cfg: EngineConfig, stats: Optional[Stats] = None) -> Iterator[Shown]:
+    """(tag, frame, cache frame) as the engine makes them -> what the sinks show: at cfg.fps (an optical-flow frame
+    between each pair at 50; its cost goes to stats.between_seconds), over cfg.backdrop (the recorded video, alpha
+    or a key colour, from the cache's matte)."""
+    if cfg.fps == FPS:
+        stream = (Shown(tag, frame, index, index, False) for tag, frame, index in frames)
+    else:
+        in_between = InBetween(presenter, heads=compositor.enhance != "none", interpolator=cfg.interpolator)
+
+        def between(a: np.ndarray, b: np.ndarray, i: int, j: int) -> np.ndarray:
+            started = time.perf_counter()
+            middle = in_between(a, b, i, j)
+            if stats is not None:
+                stats.between_seconds.append(time.perf_counter() - started)
+            return middle
+        stream = interleaved(frames, between)
+    for item in stream:
+        yield item._replace(frame=over_backdrop(item.frame, presenter, cfg.backdrop, item.i, item.j))
+
+
+def over_backdrop(frame: Optional[np.ndarray], presenter: Presenter, backdrop: Backdrop, i: int, j: int
+                  ) -> Optional[np.ndarray]:
+    if frame is None or not backdrop.needs_matte:
+        return frame
+    return backdrop.apply(frame, presenter.matte(i, j))
 
 
 def wait_until(deadline: float, stop: Optional[threading.Event] = None) -> float:
@@ -449,61 +480,86 @@ class LiveEngine:
         frames = render(units, self.presenter, self.lipsync, self.compositor, self.cfg.live_batch_size,
                         self.cfg.start_frame, stats, self._stop, lambda unit: t0 + unit.pts + latency, self._watched,
                         self.meter)
+        shows = threaded(shown(((unit, frame, self._cache_frame(unit)) for unit, frame in frames), self.presenter,
+                               self.compositor, self.cfg, stats), 8, "output", self._stop)
         muted: list = []       # timeline spans [start, end) of speech interrupt() dropped after it was rendered
         dropped: set = set()   # utterances interrupt() dropped: their marks are not announced
+        audio, replaced, heard = np.zeros(0, np.float32), None, False  # the 25 fps frame's audio (muted where
+        # dropped), the still frame shown instead, whether its window heard dropped speech
         try:
-            for unit, frame in frames:
-                planned = t0 + unit.pts + latency
+            for item in shows:
+                unit, frame = item.tag, item.frame
+                pts = unit.pts + (0.5 / FPS if item.second else 0.0)
+                planned = t0 + pts + latency
                 late = wait_until(planned, self._stop)
                 if self._stop.is_set():
                     break
-                while not self._inbox.empty():  # interrupts until now: this frame already has the mouth closed
-                    spans, tags = self._inbox.get()
-                    muted.extend(spans)
-                    dropped.update(tags)
-                    for tag in tags:
-                        self._emit({"type": "speech_interrupted", "utterance": tag, "frame": unit.index,
-                                    "pts": unit.pts})
-                start = unit.index * SAMPLES
-                audio = unit.audio
-                muted = [(a, b) for a, b in muted if b > start - N_FFT // 2]  # spans no later window reaches go
-                heard = [(a, b) for a, b in muted if a < start + LOOKAHEAD]
-                if heard:  # its window heard speech that interrupt() dropped
-                    if frame is not None:
-                        frame = to_host(self.compositor.passthrough(ping_pong(unit.index + self.cfg.start_frame,
-                                                                              self.presenter.frames)))
-                    audio = audio.copy()
-                    for a, b in heard:  # only the dropped samples are silenced
-                        audio[max(0, a - start):max(0, min(len(audio), b - start))] = 0
+                if not item.second:
+                    audio, replaced, heard = self._muted(unit, frame is not None, muted, dropped)
+                if replaced is not None:  # its window heard speech that interrupt() dropped: the still mouth
+                    frame = replaced
+                samples, _ = shown_part(audio, unit.pts, item, self.cfg.fps)
                 for sink in self.sinks:
-                    sink.write(frame, audio, unit.pts)
-                shown_at, shown = time.time(), time.monotonic()
-                if unit.blendshapes is not None:  # muted after an interrupt: the cached mouth is what shows
-                    weights = self.meter.still(ping_pong(unit.index + self.cfg.start_frame, self.presenter.frames)) \
-                        if heard else unit.blendshapes
-                    self._emit({"type": "blendshapes", "frame": unit.index, "pts": unit.pts, "weights": weights})
-                for kind, tag in unit.marks:
-                    if tag not in dropped:
-                        self._emit({"type": f"speech_{'started' if kind == 'start' else 'ended'}",
-                                    "utterance": tag, "frame": unit.index, "pts": unit.pts, "shown_at": shown_at})
-                stats.frames += 1
-                stats.present_offsets.append(shown - planned)
-                if unit.heard_at is not None and not heard:
-                    stats.input_latencies.append(shown - unit.heard_at)
-                if late > 0.5 / FPS:
+                    sink.write(frame, samples, pts)
+                stats.present_offsets.append(time.monotonic() - planned)
+                stats.shown += 1
+                if late > 0.5 / self.cfg.fps:
                     stats.late += 1
                     stats.max_late_ms = max(stats.max_late_ms, late * 1000)
-                if max_seconds is not None and unit.pts >= max_seconds:
+                if not item.second:
+                    self._announce(unit, heard, dropped)
+                    stats.frames += 1
+                    if unit.heard_at is not None and not heard:
+                        stats.input_latencies.append(time.monotonic() - unit.heard_at)
+                if max_seconds is not None and pts >= max_seconds:
                     break
         finally:
             self._stop.set()
-            frames.close()  # the stages' threads are joined: none is still using the meter
+            shows.close()  # the stages' threads are joined: none is still using the meter
             for sink in self.sinks:
                 sink.close()
             if self.meter is not None:
                 self.meter.close()
         self._report()
         return stats
+
+    def _cache_frame(self, unit: FrameUnit) -> int:
+        return ping_pong(unit.index + self.cfg.start_frame, self.presenter.frames)
+
+    def _muted(self, unit: FrameUnit, wants_frame: bool, muted: list, dropped: set
+               ) -> tuple[np.ndarray, Optional[np.ndarray], bool]:
+        """Apply interrupts that came until now to the frame about to be shown: (its audio with dropped speech
+        silenced, the still cached frame to show instead or None, whether its window heard dropped speech).
+        `muted` and `dropped` are the presenting thread's record of them, updated here."""
+        while not self._inbox.empty():  # interrupts until now: this frame already has the mouth closed
+            spans, tags = self._inbox.get()
+            muted.extend(spans)
+            dropped.update(tags)
+            for tag in tags:
+                self._emit({"type": "speech_interrupted", "utterance": tag, "frame": unit.index, "pts": unit.pts})
+        start = unit.index * SAMPLES
+        muted[:] = [(a, b) for a, b in muted if b > start - N_FFT // 2]  # spans no later window reaches go
+        heard = [(a, b) for a, b in muted if a < start + LOOKAHEAD]
+        if not heard:
+            return unit.audio, None, False
+        audio = unit.audio.copy()
+        for a, b in heard:  # only the dropped samples are silenced
+            audio[max(0, a - start):max(0, min(len(audio), b - start))] = 0
+        index = self._cache_frame(unit)
+        still = over_backdrop(to_host(self.compositor.passthrough(index)), self.presenter, self.cfg.backdrop,
+                              index, index) if wants_frame else None
+        return audio, still, True
+
+    def _announce(self, unit: FrameUnit, heard: bool, dropped: set) -> None:
+        """The events of a frame just shown: its blendshapes (the cached mouth's when muted) and utterance marks."""
+        shown_at = time.time()
+        if unit.blendshapes is not None:
+            weights = self.meter.still(self._cache_frame(unit)) if heard else unit.blendshapes
+            self._emit({"type": "blendshapes", "frame": unit.index, "pts": unit.pts, "weights": weights})
+        for kind, tag in unit.marks:
+            if tag not in dropped:
+                self._emit({"type": f"speech_{'started' if kind == 'start' else 'ended'}",
+                            "utterance": tag, "frame": unit.index, "pts": unit.pts, "shown_at": shown_at})
 
     def _report(self) -> None:
         stats, latency = self.stats, self.stats.latency_ms()
@@ -514,6 +570,12 @@ class LiveEngine:
                      "p95 %.1f ms; %d of %d speech frames shown without the model to stay on time",
                      self.cfg.latency_ms - 1000 * LOOKAHEAD / SAMPLE_RATE, heard["p50"], heard["p95"],
                      heard["frames"], latency["pacing_offset"]["p95"], stats.skipped, stats.speech)
+        if stats.between_seconds:
+            cost = np.array(stats.between_seconds) * 1000
+            log.info("%d frames/s: each in-between frame waits for the next frame, which must be ready %.0f ms before "
+                     "its own time, and then takes its flow: p50 %.1f ms, p95 %.1f ms (%d made); that much of the "
+                     "latency target goes to them", self.cfg.fps, 500 / FPS, np.percentile(cost, 50),
+                     np.percentile(cost, 95), len(cost))
         if stats.late:
             log.warning("%d of %d frames were late (worst %.0f ms): this machine cannot keep up in real time with "
-                        "these settings", stats.late, stats.frames, stats.max_late_ms)
+                        "these settings", stats.late, stats.shown, stats.max_late_ms)

@@ -22,11 +22,12 @@ class ObsSettings:
     timeout: float = 3.0
 
 
-def media_source_settings(url: str) -> dict:
-    """An OBS ffmpeg_source that plays our MPEG-TS stream with as little buffering as it allows."""
+def media_source_settings(url: str, input_format: str = "mpegts") -> dict:
+    """An OBS ffmpeg_source that plays our stream (MPEG-TS, or WebM with alpha) with as little buffering as it
+    allows."""
     input_url = url if "overrun_nonfatal" in url or not url.startswith("udp://") else \
         url.split("?")[0] + "?overrun_nonfatal=1&fifo_size=50000000"
-    return {"is_local_file": False, "input": input_url, "input_format": "mpegts", "buffering_mb": 0,
+    return {"is_local_file": False, "input": input_url, "input_format": input_format, "buffering_mb": 0,
             "hw_decode": False, "restart_on_activate": True, "clear_on_media_end": False, "reconnect_delay_sec": 1}
 
 
@@ -61,25 +62,25 @@ def library_quiet():
 
 
 def setup_media_source(settings: ObsSettings, url: str, audio_offset_ms: int = 0,
-                       client=None) -> Optional[list[str]]:
+                       client=None, input_format: str = "mpegts") -> Optional[list[str]]:
     """Create or refresh the input playing `url` in the current program scene; return what was done (None: no OBS)."""
     client = client or connect(settings)
     if client is None:
         return None
     try:
         with library_quiet():
-            return _place_media_source(client, url, audio_offset_ms)
+            return _place_media_source(client, url, audio_offset_ms, input_format)
     except Exception as exc:  # obsws-python raises OBSSDKRequestError, timeouts, closed sockets: one line each
         log.error("OBS refused a request (%s); the stream keeps running, and `stream_out.py obs-setup` can try "
                   "again", one_line(exc))
         return None
 
 
-def _place_media_source(client, url: str, audio_offset_ms: int) -> list[str]:
+def _place_media_source(client, url: str, audio_offset_ms: int, input_format: str) -> list[str]:
     done = []
     scene = client.get_current_program_scene().current_program_scene_name
     existing = {i["inputName"] for i in client.get_input_list().inputs}
-    wanted = media_source_settings(url)
+    wanted = media_source_settings(url, input_format)
     if INPUT_NAME in existing:
         client.set_input_settings(INPUT_NAME, wanted, True)
         done.append(f"updated input '{INPUT_NAME}' to play {wanted['input']}")

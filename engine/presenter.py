@@ -23,7 +23,7 @@ class PresenterError(UserError):
 
 class Presenter:
     def __init__(self, cache_dir: Path | str, face_size: int | None = None, load_heads: bool = False,
-                 load_between: bool = False):
+                 load_between: bool = False, load_matte: bool = False):
         self.dir = Path(cache_dir)
         manifest = cache.read_manifest(self.dir)
         if manifest is None:
@@ -61,6 +61,13 @@ class Presenter:
         self._bg = self._read_all("bg", range(self.frames))
         self._bg_mid = self._read_all("bg_mid", range(self.frames - 1)) \
             if load_between and manifest.get("between_frames") else {}  # only a 50 fps render reads them
+        if load_matte and not manifest.get("matte"):
+            raise PresenterError(f"{self.dir}: this cache holds no matte, which --background alpha or a key colour "
+                                 f"needs; rebuild it with `python stream_out.py preprocess <video> --out "
+                                 f"{self.dir.parent} --matte`")
+        self._matte = self._read_all("matte", range(self.frames)) if load_matte else {}
+        self._matte_mid = self._read_all("matte_mid", range(self.frames - 1)) \
+            if load_matte and load_between and manifest.get("between_frames") else {}
         faces = np.flatnonzero(self.has_face)
         self._face = self._read_all("body_face", faces)
         self._head = self._read_all("heads", faces) if load_heads else {}
@@ -68,7 +75,7 @@ class Presenter:
     def _read_all(self, sub: str, indices) -> dict[int, bytes]:
         folder = self.dir / sub
         try:
-            return {int(i): (folder / cache.frame_name(int(i))).read_bytes() for i in indices}
+            return {int(i): (folder / cache.frame_name(int(i), sub)).read_bytes() for i in indices}
         except FileNotFoundError as exc:
             raise PresenterError(f"{self.dir}: incomplete cache ({exc.filename} is missing); rebuild it with "
                                  f"preprocess --force") from exc
@@ -84,6 +91,16 @@ class Presenter:
         """The stored in-between background of neighbouring frames i and j (preprocess --fps 50), else None."""
         data = self._bg_mid.get(min(i, j)) if abs(i - j) == 1 else None
         return None if data is None else self._decode(data)
+
+    def matte(self, i: int, j: Optional[int] = None) -> np.ndarray:
+        """Frame i's matte (uint8, H x W), or with j the matte halfway between neighbouring frames i and j: the
+        stored one (preprocess --fps 50 --matte), else the mean of the two."""
+        if j is None or j == i:
+            return cv2.imdecode(np.frombuffer(self._matte[i], np.uint8), cv2.IMREAD_GRAYSCALE)
+        data = self._matte_mid.get(min(i, j)) if abs(i - j) == 1 else None
+        if data is not None:
+            return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        return ((self.matte(i).astype(np.uint16) + self.matte(j) + 1) // 2).astype(np.uint8)
 
     def face(self, i: int) -> np.ndarray:
         return self._decode(self._face[i])

@@ -338,7 +338,7 @@ class Sessions:
         webrtc = None
         if self.loop is not None:
             from .webrtc import WebRtcSink
-            webrtc = WebRtcSink(self.loop, self.cfg.max_peers, self.cfg.peer_connect_seconds)
+            webrtc = WebRtcSink(self.loop, self.cfg.max_peers, self.cfg.peer_connect_seconds, fps=engine.cfg.fps)
             engine.sinks.append(webrtc)
         session = Session(sid, engine, SpeechDesk(engine, self.cfg.limits), webrtc)
         deliver = on_event or (lambda s, event: s.desk.route(event))

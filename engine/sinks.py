@@ -1,8 +1,10 @@
 """Where frames go. Every sink gets the same frames with their 640 audio samples and presentation time.
 
-- Mp4Sink: H.264 + AAC file, muxed at close in a scratch folder, then renamed into place: nothing half-written.
+- Mp4Sink: a file, muxed at close in a scratch folder, then renamed into place: nothing half-written. H.264 + AAC;
+  with alpha (BGRA frames) ProRes 4444 .mov or VP9 .webm.
 - MpegTsSink: live MPEG-TS (video + audio muxed, shared timestamps) to udp:// (or srt://, or a file) for an OBS
-  Media Source; needs no driver.
+  Media Source; needs no driver. WebmAlphaSink: the same live, as WebM with VP9 alpha (what OBS's Media Source
+  reads transparency from).
 - VirtualCameraSink: pyvirtualcam (BGR, no colour flip) + the audio played on a sound device.
 Live sinks (`live = True`) are paced by the engine's clock; the file sink takes frames as fast as they come.
 """
@@ -63,12 +65,13 @@ def encoder_failure(encoder: Child) -> str:
     return f"{said} ({OS_HINTS[errno.ENOSPC]})" if "No space left on device" in said else said
 
 
-def video_encoder(codec: str, live: bool, quality: int = 18, bitrate: str = "4M") -> list[str]:
-    """ffmpeg output options for H.264 with x264 (the CPU) or NVENC (the GPU that rendered the frames)."""
+def video_encoder(codec: str, live: bool, quality: int = 18, bitrate: str = "4M", fps: int = FPS) -> list[str]:
+    """ffmpeg output options for H.264 with x264 (the CPU) or NVENC (the GPU that rendered the frames); live, a key
+    frame every second."""
     if codec == "h264_nvenc":
-        return (["-c:v", "h264_nvenc", "-preset", "p1", "-tune", "ll", "-g", str(FPS), "-b:v", bitrate] if live
+        return (["-c:v", "h264_nvenc", "-preset", "p1", "-tune", "ll", "-g", str(fps), "-b:v", bitrate] if live
                 else ["-c:v", "h264_nvenc", "-preset", "p4", "-rc", "vbr", "-cq", str(quality), "-b:v", "0"])
-    return (["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(FPS), "-b:v", bitrate]
+    return (["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(fps), "-b:v", bitrate]
             if live else ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(quality)])
 
 
@@ -86,25 +89,46 @@ class NullSink:
         pass
 
 
+ALPHA_FORMATS = ".mov (ProRes 4444) or .webm (VP9)"
+
+
 class Mp4Sink:
+    """A video file. Its suffix picks the format: H.264 + AAC (.mp4, .mkv, .mov), or with `alpha` (BGRA frames)
+    ProRes 4444 + PCM (.mov) or VP9 with alpha + Opus (.webm)."""
     live = False
 
-    def __init__(self, path: Path | str, crf: int = 18, video_codec: str = "libx264", fps: int = FPS):
+    def __init__(self, path: Path | str, crf: int = 18, video_codec: str = "libx264", fps: int = FPS,
+                 alpha: bool = False):
         self.path = Path(path)
+        self.suffix = self.path.suffix.lower()
+        if alpha and self.suffix not in (".mov", ".webm"):
+            raise SinkError(f"{self.path}: H.264 carries no alpha; write {ALPHA_FORMATS}, or fill a key colour "
+                            f"(--background green)")
         writable_folder(self.path)
-        self.crf, self.video_codec, self.fps = crf, video_codec, fps
+        self.crf, self.video_codec, self.fps, self.alpha = crf, video_codec, fps, alpha
+        self.h264 = not alpha and self.suffix != ".webm"  # what NVENC could take over (engine/cli.py)
         self._encoder: Optional[Child] = None
         self.frames = 0
+
+    def _formats(self) -> tuple[list[str], list[str]]:
+        """(video, audio) ffmpeg output options for this file."""
+        if self.suffix == ".webm":  # libvpx codes the alpha plane at the colour's quality: lossless keeps it exact
+            quality = ["-lossless", "1"] if self.alpha else ["-crf", str(self.crf + 13), "-b:v", "0"]
+            return (["-c:v", "libvpx-vp9", *quality, "-row-mt", "1", "-cpu-used", "4",
+                     "-pix_fmt", "yuva420p" if self.alpha else "yuv420p"], ["-c:a", "libopus", "-b:a", "96k"])
+        if self.alpha:
+            return ["-c:v", "prores_ks", "-profile:v", "4444", "-pix_fmt", "yuva444p10le"], ["-c:a", "pcm_s16le"]
+        return ([*video_encoder(self.video_codec, live=False, quality=self.crf), "-pix_fmt", "yuv420p"],
+                ["-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart"])
 
     def open(self, width: int, height: int) -> None:
         """Encode into a scratch folder beside the target; nothing appears at the target until close() muxes."""
         self._tmp = make_scratch(self.path.parent, f"render-{self.path.name}")
-        self._video = self._tmp / "video.mp4"
+        self._video = self._tmp / f"video{self.suffix if self.suffix in ('.mov', '.webm') else '.mp4'}"
         self._audio = open(self._tmp / "audio.s16le", "wb")
-        self._encoder = Child(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
-                               "-s", f"{width}x{height}", "-r", str(self.fps), "-i", "pipe:0",
-                               *video_encoder(self.video_codec, live=False, quality=self.crf), "-pix_fmt", "yuv420p",
-                               str(self._video)],
+        self._encoder = Child(["ffmpeg", "-v", "error", "-nostdin", "-y", "-f", "rawvideo",
+                               "-pix_fmt", "bgra" if self.alpha else "bgr24", "-s", f"{width}x{height}",
+                               "-r", str(self.fps), "-i", "pipe:0", *self._formats()[0], str(self._video)],
                               stdin=subprocess.PIPE)
 
     def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
@@ -138,8 +162,8 @@ class Mp4Sink:
             result = subprocess.run([find_tool("ffmpeg"), "-v", "error", "-nostdin", "-y", "-i", str(self._video),
                                      "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1",
                                      "-i", str(self._tmp / "audio.s16le"), "-map", "0:v", "-map", "1:a",
-                                     "-c:v", "copy", "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart",
-                                     str(partial)], capture_output=True, text=True)
+                                     "-c:v", "copy", *self._formats()[1], str(partial)],
+                                    capture_output=True, text=True)
             if result.returncode != 0:
                 raise SinkError(f"could not mux {self.path}: {first_line(result.stderr[-300:])}")
             publish(partial, self.path)
@@ -154,25 +178,30 @@ class Mp4Sink:
 class MpegTsSink:
     """One ffmpeg muxing our video (stdin) and audio (a second pipe) into MPEG-TS with shared timestamps."""
     live = True
+    pixel_format = "bgr24"
 
     def __init__(self, url: str = "udp://127.0.0.1:23000?pkt_size=1316", bitrate: str = "4M",
-                 video_codec: str = "libx264"):
+                 video_codec: str = "libx264", fps: int = FPS):
         self.url = url
-        self.bitrate, self.video_codec = bitrate, video_codec
+        self.bitrate, self.video_codec, self.fps = bitrate, video_codec, fps
+        self.h264 = True
         self._encoder: Optional[Child] = None
+
+    def _formats(self) -> list[str]:
+        """ffmpeg's output options: codecs and container."""
+        return [*video_encoder(self.video_codec, live=True, bitrate=self.bitrate, fps=self.fps), "-pix_fmt", "yuv420p",
+                "-c:a", "aac", "-b:a", "128k", "-flush_packets", "1", "-f", "mpegts"]
 
     def open(self, width: int, height: int) -> None:
         read_fd, self._audio_fd = os.pipe()
         self._encoder = Child(
             # raw inputs need no probing; ffmpeg's default probe would wait for ~5 s of audio before reading video
             ["ffmpeg", "-v", "error", "-nostdin", "-y", "-probesize", "32", "-analyzeduration", "0",
-             "-thread_queue_size", "64", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
-             "-r", str(FPS), "-i", "pipe:0",
+             "-thread_queue_size", "64", "-f", "rawvideo", "-pix_fmt", self.pixel_format, "-s", f"{width}x{height}",
+             "-r", str(self.fps), "-i", "pipe:0",
              "-probesize", "32", "-analyzeduration", "0", "-thread_queue_size", "512",
              "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", f"pipe:{read_fd}",
-             "-map", "0:v", "-map", "1:a", *video_encoder(self.video_codec, live=True, bitrate=self.bitrate),
-             "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
-             "-flush_packets", "1", "-f", "mpegts", self.url],
+             "-map", "0:v", "-map", "1:a", *self._formats(), self.url],
             stdin=subprocess.PIPE, pass_fds=(read_fd,))
         os.close(read_fd)
         # audio goes through its own thread: ffmpeg reads the two pipes at its own pace, and one blocked write
@@ -180,7 +209,7 @@ class MpegTsSink:
         self._audio_queue: queue.Queue = queue.Queue(maxsize=250)
         self._audio_thread = threading.Thread(target=self._write_audio, daemon=True)
         self._audio_thread.start()
-        log.info("streaming MPEG-TS to %s", self.url)
+        log.info("streaming %s to %s", type(self).__name__.removesuffix("Sink"), self.url)
 
     def _write_audio(self) -> None:
         with os.fdopen(self._audio_fd, "wb", buffering=0) as pipe:
@@ -215,6 +244,22 @@ class MpegTsSink:
         self._encoder = None
 
 
+class WebmAlphaSink(MpegTsSink):
+    """Live WebM: VP9 with its alpha (straight, from BGRA frames) and Opus, for an OBS Media Source that shows the
+    presenter without a background. WebM is not made to be joined mid-stream: the reader must be listening before
+    the stream starts (or use a tcp://…?listen URL, where OBS connects and the stream starts with it)."""
+    pixel_format = "bgra"
+
+    def __init__(self, url: str = "udp://127.0.0.1:23001?pkt_size=1316", bitrate: str = "4M", fps: int = FPS):
+        super().__init__(url, bitrate, fps=fps)
+        self.h264 = False
+
+    def _formats(self) -> list[str]:
+        return ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1", "-b:v", self.bitrate,
+                "-g", str(self.fps), "-pix_fmt", "yuva420p", "-c:a", "libopus", "-b:a", "96k",
+                "-flush_packets", "1", "-f", "webm", "-live", "1"]
+
+
 V4L2_HELP = ("on Linux the virtual camera needs v4l2loopback: `sudo apt install v4l2loopback-dkms` then "
              "`sudo modprobe v4l2loopback devices=1 video_nr=10 card_label=\"stream-wav2lip\" exclusive_caps=1` "
              "(on Windows/macOS start OBS's virtual camera once, or use --outfile obs for the driver-free stream)")
@@ -225,7 +270,8 @@ class VirtualCameraSink:
     live = True
 
     def __init__(self, audio_device: Optional[str | int] = None, audio_delay_ms: float = 0.0,
-                 camera_device: Optional[str] = None):
+                 camera_device: Optional[str] = None, fps: int = FPS):
+        self.fps = fps
         self.audio_device = audio_device
         self.audio_delay_ms = audio_delay_ms
         self.camera_device = camera_device
@@ -237,7 +283,7 @@ class VirtualCameraSink:
         except ImportError as exc:
             raise SinkError(f"pyvirtualcam is not installed ({exc}); run scripts/setup.sh") from exc
         try:
-            self._camera = pyvirtualcam.Camera(width, height, FPS, fmt=pyvirtualcam.PixelFormat.BGR,
+            self._camera = pyvirtualcam.Camera(width, height, self.fps, fmt=pyvirtualcam.PixelFormat.BGR,
                                                device=self.camera_device)
         except Exception as exc:  # pyvirtualcam raises RuntimeError/KeyError per backend
             raise SinkError(f"no virtual camera: {exc}; {V4L2_HELP}") from exc
@@ -264,8 +310,8 @@ class VirtualCameraSink:
         self._stream.write(np.frombuffer(to_int16(audio), np.int16))
         self._frames += 1
         self._samples += audio.size
-        if self._frames % (FPS * 10) == 0:  # A/V offset kept: audio queued (incl. device latency) vs video sent
-            offset = self._samples / SAMPLE_RATE + self._stream.latency - self._frames / FPS
+        if self._frames % (self.fps * 10) == 0:  # A/V offset kept: audio queued (incl. device latency) vs video sent
+            offset = self._samples / SAMPLE_RATE + self._stream.latency - self._frames / self.fps
             log.info("virtual camera A/V offset %.0f ms (audio behind video when positive)", offset * 1000)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from .sinks import to_int16
-from core.timebase import FPS, SAMPLES_PER_FRAME
+from core.timebase import FPS, SAMPLE_RATE
 
 log = logging.getLogger("engine.webrtc")
 VIDEO_CLOCK = 90_000
@@ -27,10 +27,10 @@ def _track_class():
     class QueuedTrack(MediaStreamTrack):
         """A track whose frames come from the engine; a slow peer drops its oldest frames, never the engine's."""
 
-        def __init__(self, kind: str):
+        def __init__(self, kind: str, fps: int):
             super().__init__()
             self.kind = kind
-            self.queue: asyncio.Queue = asyncio.Queue(maxsize=2 * FPS)
+            self.queue: asyncio.Queue = asyncio.Queue(maxsize=2 * fps)
 
         def offer(self, frame) -> None:
             if self.queue.full():
@@ -60,8 +60,10 @@ def offers_microphone(sdp: str) -> bool:
 class WebRtcSink:
     live = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_peers: int = 4, connect_seconds: float = 15.0):
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_peers: int = 4, connect_seconds: float = 15.0,
+                 fps: int = FPS):
         self.loop = loop
+        self.fps = fps  # the frames' rate (25, or 50 with in-between frames): the tracks buffer 2 s of them
         self.max_peers = max_peers
         self.connect_seconds = connect_seconds  # a peer not connected by then is dropped: it would hold a slot
         self.peers: dict = {}  # RTCPeerConnection -> (video track, audio track)
@@ -83,14 +85,13 @@ class WebRtcSink:
         if not self.peers:
             return
         import av
-        index = int(round(pts * FPS))
         video = None
         if frame is not None:  # None: made before the first viewer came; the next frame follows within 0.5 s
             video = av.VideoFrame.from_ndarray(frame, format="bgr24")
-            video.pts, video.time_base = index * (VIDEO_CLOCK // FPS), Fraction(1, VIDEO_CLOCK)
+            video.pts, video.time_base = round(pts * VIDEO_CLOCK), Fraction(1, VIDEO_CLOCK)
         sound = av.AudioFrame.from_ndarray(np.frombuffer(to_int16(audio), np.int16)[None], format="s16", layout="mono")
-        sound.sample_rate = SAMPLES_PER_FRAME * FPS
-        sound.pts, sound.time_base = index * SAMPLES_PER_FRAME, Fraction(1, SAMPLES_PER_FRAME * FPS)
+        sound.sample_rate = SAMPLE_RATE
+        sound.pts, sound.time_base = round(pts * SAMPLE_RATE), Fraction(1, SAMPLE_RATE)
         self.loop.call_soon_threadsafe(self._deliver, video, sound)
 
     def _deliver(self, video, sound) -> None:
@@ -116,7 +117,7 @@ class WebRtcSink:
                              "once it has stopped")
         track = _track_class()
         peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # same machine or LAN: never ask a STUN server
-        tracks = (track("video"), track("audio"))
+        tracks = (track("video", self.fps), track("audio", self.fps))
         self.peers[peer] = tracks
         if talks:
             self._hear(peer, desk)

@@ -35,6 +35,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--fps", type=int, choices=(25, 50), default=25,
                         help="50: also store the optical-flow frame between each pair of background frames, so a "
                              "50 fps render (stream_out.py --fps 50) interpolates only the face region")
+    parser.add_argument("--matte", action="store_true",
+                        help="also store the presenter's alpha per frame (selfie segmentation, edges refined on the "
+                             "frame), for output without this background: stream_out.py --background alpha|green|#rrggbb")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -43,7 +46,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     return PreprocessConfig(face_size=args.face_size, pads=tuple(args.pads), detector=args.detector,
                             smooth_radius=0 if args.nosmooth else PreprocessConfig.smooth_radius,
                             jpeg_quality=args.jpeg_quality, force=args.force, train_dir=args.train_dir,
-                            allow_truncated=args.allow_truncated, between_frames=args.fps == 50)
+                            allow_truncated=args.allow_truncated, between_frames=args.fps == 50, matte=args.matte)
 
 
 def run(args: argparse.Namespace) -> int:

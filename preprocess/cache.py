@@ -4,6 +4,8 @@ cache/<name>/
   manifest.json   source file, hash, fps, frame count, sizes, detector, pads, format version
   bg/00000.jpg    every frame, 25 fps (the background the live loop plays)
   bg_mid/         with --fps 50: the optical-flow frame halfway between bg frame i and i+1, for 50 fps output
+  matte/00000.png with --matte: the presenter's alpha per frame (8-bit grey PNG, lossless), for output without
+                  the recorded background; matte_mid/ holds the in-between frames' (--fps 50 --matte)
   body_face/      Wav2Lip crop (padded box, resized to face_size) - only frames with a face
   heads/          512x512 upright head (FFHQ alignment) for GFPGAN - only frames with a face
   audio.wav       16 kHz mono (absent when the source has no audio)
@@ -25,7 +27,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FACE_DET = "face_det.npz"
 AUDIO = "audio.wav"
-IMAGE_DIRS = ("bg", "bg_mid", "body_face", "heads")
+IMAGE_DIRS = ("bg", "bg_mid", "body_face", "heads", "matte", "matte_mid")
+LOSSLESS_DIRS = ("matte", "matte_mid")  # PNG: an alpha must decode to the levels it was given
 FACE_DET_FIELDS = {
     "has_face": "bool (N,): a face was found on the frame; frames without one pass through untouched",
     "box": "int32 (N,4): padded Wav2Lip crop box x1,y1,x2,y2 in frame pixels (zeros without a face)",
@@ -38,8 +41,8 @@ FACE_DET_FIELDS = {
 }
 
 
-def frame_name(index: int) -> str:
-    return f"{index:05d}.jpg"
+def frame_name(index: int, sub: str = "bg") -> str:
+    return f"{index:05d}.{'png' if sub in LOSSLESS_DIRS else 'jpg'}"
 
 
 @dataclass
@@ -65,7 +68,7 @@ class CacheWriter:
             (self.tmp_dir / sub).mkdir(parents=True)
         # q95 keeps JPEG blocks invisible. Face crops and heads keep full 4:4:4 chroma (lip and eye edges, model
         # input); full frames use 4:2:0 like the H.264 they end up in, which halves the cache.
-        self._params = {sub: [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+        self._params = {sub: [] if sub in LOSSLESS_DIRS else [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
                               cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420 if sub.startswith("bg")
                               else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
                         for sub in IMAGE_DIRS}
@@ -74,14 +77,14 @@ class CacheWriter:
         self.records: list[FrameRecord] = []
 
     def write_image(self, sub: str, index: int, image: np.ndarray) -> None:
-        self._pending.append(self._pool.submit(self._encode, self.tmp_dir / sub / frame_name(index), image,
+        self._pending.append(self._pool.submit(self._encode, self.tmp_dir / sub / frame_name(index, sub), image,
                                                self._params[sub]))
         if len(self._pending) > 64:  # bound memory: wait for the oldest writes
             self._drain(keep=32)
 
     @staticmethod
     def _encode(path: Path, image: np.ndarray, params: list[int]) -> None:
-        ok, data = cv2.imencode(".jpg", image, params)
+        ok, data = cv2.imencode(path.suffix, image, params)
         if not ok:
             raise OSError(f"could not encode {path}")
         path.write_bytes(data.tobytes())

@@ -20,6 +20,7 @@ from core.timebase import FPS
 from . import cache
 from .detect import Face, make_detector
 from .export import export_training_clip, write_filelists
+from .matte import MatteWriter
 from .geometry import box_in_head, crop_landmarks, head_alignment, padded_box
 from .smooth import smooth_stream
 from .video import VideoError, VideoInfo, decode_frames, extract_audio, probe
@@ -42,6 +43,7 @@ class PreprocessConfig:
     train_dir: Optional[Path] = None
     allow_truncated: bool = False  # use a video that decodes to fewer frames than it declares
     between_frames: bool = False  # --fps 50: also the in-between background of each pair (bg_mid/)
+    matte: bool = False  # --matte: the presenter's alpha per frame (matte/, and matte_mid/ with between_frames)
 
     def cache_settings(self) -> dict:
         """Settings that change the cache's content: a cache made with others is rebuilt, not reused."""
@@ -91,7 +93,8 @@ def is_up_to_date(cache_dir: Path, source_hash: str, cfg: PreprocessConfig) -> b
     if manifest is None or manifest.get("source_sha256") != source_hash:
         return False
     return all(manifest.get(k) == v for k, v in cfg.cache_settings().items()) and \
-        (manifest.get("between_frames", False) or not cfg.between_frames)  # in-betweens serve 25 fps too
+        (manifest.get("between_frames", False) or not cfg.between_frames) and \
+        (manifest.get("matte", False) or not cfg.matte)  # a cache with more than asked serves the request too
 
 
 def empty_record(num_landmarks: int) -> cache.FrameRecord:
@@ -146,20 +149,30 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
 
     detector = make_detector(cfg.detector)
     writer = cache.CacheWriter(final_dir, cfg.jpeg_quality)
+    mattes = None
     try:
         has_audio = extract_audio(info, writer.tmp_dir / cache.AUDIO)
         detections = ((frame, detector.detect(frame)) for frame in decode_frames(info))
         frames = faces = 0
         interpolator, previous = FlowInterpolator() if cfg.between_frames else None, None
+        if cfg.matte:
+            mattes = MatteWriter(writer.write_image)
         with tqdm(total=info.expected_frames, desc=name, unit="frame", leave=False, disable=not progress) as bar:
             for index, (frame, face) in enumerate(smooth_stream(detections, cfg.smooth_radius)):
                 faces += process_frame(writer, index, frame, face, cfg, detector.num_landmarks)
                 if interpolator is not None:
                     if previous is not None:
-                        writer.write_image("bg_mid", index - 1, interpolator.midpoint(previous, frame))
+                        middle = interpolator.midpoint(previous, frame)
+                        writer.write_image("bg_mid", index - 1, middle)
+                        if mattes is not None:
+                            mattes.add("matte_mid", index - 1, middle)
                     previous = frame
+                if mattes is not None:
+                    mattes.add("matte", index, frame)
                 frames += 1
                 bar.update(1)
+        if mattes is not None:
+            mattes.finish()
         if frames == 0:
             raise VideoError(f"{source}: no frame could be decoded")
         if frames < TRUNCATED_BELOW * info.expected_frames:
@@ -175,7 +188,7 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
             "source_fps": info.fps, "fps": FPS, "frames": frames, "faces": faces,
             "width": info.width, "height": info.height, "has_audio": has_audio,
             "num_landmarks": detector.num_landmarks, "image_format": "jpg (bg 4:2:0, crops and heads 4:4:4)",
-            "face_det_fields": cache.FACE_DET_FIELDS, "between_frames": cfg.between_frames,
+            "face_det_fields": cache.FACE_DET_FIELDS, "between_frames": cfg.between_frames, "matte": cfg.matte,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **cfg.cache_settings(),
         }
@@ -185,6 +198,8 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
         raise
     finally:
         detector.close()
+        if mattes is not None:
+            mattes.close()
     store_library(final_dir, cfg.face_size)
     return VideoResult(source, name, "done", frames, faces, time.monotonic() - start)
 

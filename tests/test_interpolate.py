@@ -3,6 +3,7 @@ along a known, fast path (drawn in memory at 50 frames/s, so every in-between fr
 and on a render's frame count and clock."""
 from __future__ import annotations
 
+import logging
 import subprocess
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from demo.presenter import FacePath, frame_at
 from core.flow import FlowInterpolator
-from engine.interpolate import doubled
+from engine.interpolate import in_between_weights, interleaved, shown_part
 
 FAST = FacePath(sway=120.0, bob=30.0, zoom=0.1, tilt=4.0, period=1.0)  # up to 30 px between two 25 fps frames
 
@@ -47,17 +48,21 @@ def test_the_in_between_frame_is_halfway_and_beats_repeating_a_frame():
 
 def test_doubling_keeps_the_audio_and_puts_every_frame_on_a_20_ms_clock():
     rng = np.random.default_rng(0)
-    frames = [(np.full((16, 16, 3), 10 * i, np.uint8), rng.normal(size=640).astype(np.float32), i / 25, i)
+    frames = [((rng.normal(size=640).astype(np.float32), i / 25), np.full((16, 16, 3), 10 * i, np.uint8), i)
               for i in range(5)]
     flow = FlowInterpolator()
-    out = list(doubled(iter(frames), lambda a, b, i, j: flow.midpoint(a, b)))
-    assert len(out) == 10 and [pts for _, _, pts in out] == pytest.approx([k / 50 for k in range(10)])
-    assert np.array_equal(np.concatenate([a for _, a, _ in out]), np.concatenate([a for _, a, _, _ in frames]))
-    assert [int(f[0, 0, 0]) for f, _, _ in out] == [0, 5, 10, 15, 20, 25, 30, 35, 40, 40]  # the last one twice
-    assert [f for f, _, _ in doubled(iter([(None, np.zeros(640), 0.0, 0)] * 2), pytest.fail)] == [None] * 4
+    out = list(interleaved(iter(frames), lambda a, b, i, j: flow.midpoint(a, b)))
+    parts = [shown_part(*item.tag, item, 50) for item in out]
+    assert len(out) == 10 and [pts for _, pts in parts] == pytest.approx([k / 50 for k in range(10)])
+    assert np.array_equal(np.concatenate([a for a, _ in parts]), np.concatenate([a for (a, _), _, _ in frames]))
+    assert [int(item.frame[0, 0, 0]) for item in out] == [0, 5, 10, 15, 20, 25, 30, 35, 40, 40]  # the last twice
+    assert [(item.i, item.j) for item in out[:4]] == [(0, 0), (0, 1), (1, 1), (1, 2)]  # the cache frames shown
+    assert [item.frame for item in interleaved(iter([(None, None, 0)] * 2), pytest.fail)] == [None] * 4
+    rows = list(in_between_weights([{"jawOpen": 0.2}, {"jawOpen": 0.4}]))
+    assert [row["jawOpen"] for row in rows] == pytest.approx([0.2, 0.3, 0.4, 0.4])  # blendshapes follow the frames
 
 
-def test_a_50_fps_render_has_twice_the_frames_and_the_same_sound(built, media, tmp_path, capsys):
+def test_a_50_fps_render_has_twice_the_frames_and_the_same_sound(built, media, tmp_path):
     import soundfile
 
     from audio.decode import load_audio
@@ -68,21 +73,21 @@ def test_a_50_fps_render_has_twice_the_frames_and_the_same_sound(built, media, t
     common = ["--data_dir", str(built["cache"] / "clip25"), "--audio_files", str(tmp_path / "talk.wav")]
     assert stream_out([*common, "--outfile", str(tmp_path / "50.mp4"), "--fps", "50"]) == 0
 
-    def probe(stream: str, entries: str) -> list[str]:
+    def probe(path, stream: str, entries: str) -> list[str]:
         return subprocess.run(["ffprobe", "-v", "error", "-select_streams", stream, "-count_frames", "-show_entries",
-                               f"stream={entries}", "-of", "csv=p=0", str(tmp_path / "50.mp4")], capture_output=True,
+                               f"stream={entries}", "-of", "csv=p=0", str(path)], capture_output=True,
                               text=True, check=True).stdout.strip().split(",")
 
-    rate, count = probe("v:0", "r_frame_rate,nb_read_frames")
+    rate, count = probe(tmp_path / "50.mp4", "v:0", "r_frame_rate,nb_read_frames")
     assert rate == "50/1" and int(count) == 2 * frames_for(len(speech))
-    assert float(probe("a:0", "duration")[0]) == pytest.approx(frames_for(len(speech)) / 25, abs=0.06)
-    assert stream_out([*common, "--outfile", "vcam", "--fps", "50"]) == 2  # not live yet
-    assert "--fps 50 is for a file render" in capsys.readouterr().err
+    assert float(probe(tmp_path / "50.mp4", "a:0", "duration")[0]) == pytest.approx(frames_for(len(speech)) / 25,
+                                                                                    abs=0.06)
 
 
-def test_a_cache_made_for_50_fps_interpolates_only_the_face_region(media, tmp_path):
+def test_a_cache_made_for_50_fps_interpolates_only_the_face_region(media, tmp_path, caplog):
     """preprocess --fps 50 stores the in-between background of every pair; a 50 fps render then runs the flow on
-    the face region only: outside it the in-between frame is that stored background, pixel for pixel."""
+    the face region only: outside it the in-between frame is that stored background, pixel for pixel. Live, the
+    frames keep a 20 ms clock."""
     from audio.decode import load_audio
     from conftest import CollectSink
     from demo.presenter import make_presenter_clip
@@ -115,3 +120,21 @@ def test_a_cache_made_for_50_fps_interpolates_only_the_face_region(media, tmp_pa
         assert np.array_equal(middle[~region], background[~region]), k  # untouched outside the face region
         checked += np.abs(middle[region] - background[region]).max() > 10  # the face's own flow inside it
     assert checked >= 40
+
+    # live (an MPEG-TS stream into a file, in real time): the same frames on a 20 ms clock
+    import soundfile
+    from stream_out import main as stream_out
+    caplog.set_level(logging.INFO)
+    soundfile.write(str(tmp_path / "talk.wav"), speech[:16000], 16000)
+    assert stream_out(["--data_dir", str(tmp_path / "cache" / "fast"), "--audio_files", str(tmp_path / "talk.wav"),
+                       "--outfile", str(tmp_path / "50.ts"), "--fps", "50"]) == 0
+    assert "in-between frame waits for the next frame" in caplog.text  # the latency it adds is shown
+    times = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
+                            "-of", "csv=p=0", str(tmp_path / "50.ts")], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert len(times) >= 2 * 25 and len(times) % 2 == 0  # each 25 fps frame and its in-between
+    assert np.diff([float(t.split(",")[0]) for t in times]) == pytest.approx(0.02, abs=1e-3)
+    audio = subprocess.run(["ffmpeg", "-v", "error", "-i", str(tmp_path / "50.ts"), "-map", "0:a", "-f", "s16le",
+                            "-ac", "1", "-ar", "16000", "-"], capture_output=True, check=True).stdout
+    # the sound of every frame, no more (AAC adds its 1024-sample priming and pads its last frame)
+    assert 0 <= len(audio) // 2 - len(times) * 320 <= 2048
