@@ -3,7 +3,7 @@
 python bench/engine.py [--size 96|288|384] [--enhance none|lip|face] [--device auto|cpu|cuda] [--pipeline auto|host|
                        device] [--resolution 720p|1080p] [--data_dir CACHE] [--seconds 20] [--live_seconds 20]
                        [--stages 32] [--runtime auto] [--dtype auto] [--latency_ms 300] [--batch_size 16]
-                       [--live_batch_size 1] [--lip wav2lip|animator] [--speech WAV] [--profile]
+                       [--live_batch_size 1] [--lip wav2lip|animator] [--speech WAV] [--profile] [--fps 25|50]
 Random weights (speed does not depend on them); a measurement given 0 seconds (or 0 frames) is skipped.
 - per-stage ms per frame on `stages` frames: decode (cached images to what the model and composite read), model,
   enhance (GFPGAN), composite (paste-back, enhancement included), download (device to host), encode (x264/NVENC
@@ -13,6 +13,8 @@ Random weights (speed does not depend on them); a measurement given 0 seconds (o
 - live loop (null sink), speech arriving in 20 ms chunks kept 0.1 s ahead of the clock: speech frames lip-synced,
   frames skipped to stay on time, late frames, input-to-screen latency p50/p95 (arrival of the chunk that
   completed a frame's window to the frame shown) beside the clock's pacing offset, CPU use and peak RSS.
+With --fps 50 (the generated presenter preprocessed with its in-between backgrounds) both runs put an in-between
+frame after each; the live line adds the frames presented and the in-between frame's cost.
 """
 from __future__ import annotations
 
@@ -187,18 +189,21 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="profile the file render to the null sink: each thread's busiest functions")
     parser.add_argument("--speech", help="a speech file to use (default: espeak-ng, which a GPU machine may lack)")
+    parser.add_argument("--fps", type=int, default=25, choices=(25, 50))
     parser.add_argument("--lip", default="wav2lip", choices=["wav2lip", "animator"],
                         help="the lip model: Wav2Lip at --size (random weights) or the weight-free mouth animator")
     args = parser.parse_args()
     print(header())
     work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     if args.data_dir:
-        presenter = Presenter(args.data_dir, args.size, load_heads=args.enhance != "none")
+        presenter = Presenter(args.data_dir, args.size, load_heads=args.enhance != "none", load_between=args.fps == 50)
     else:
         width, height, scale = RESOLUTIONS[args.resolution]
         clip = make_presenter_clip(work / "presenter.mp4", 4.0, 25, FacePath(width=width, height=height, scale=scale))
-        preprocess_video(clip, work / "cache", PreprocessConfig(face_size=args.size), progress=False)
-        presenter = Presenter(work / "cache" / "presenter", args.size, load_heads=args.enhance != "none")
+        preprocess_video(clip, work / "cache", PreprocessConfig(face_size=args.size, between_frames=args.fps == 50),
+                         progress=False)
+        presenter = Presenter(work / "cache" / "presenter", args.size, load_heads=args.enhance != "none",
+                              load_between=args.fps == 50)
     if args.lip == "animator":
         predictor = MouthAnimator(presenter.face_size, library=library_for(presenter))
         described = "the weight-free mouth animator, " + ("the presenter's recorded mouths" if predictor.library
@@ -239,16 +244,16 @@ def main() -> None:
             with GpuUtilisation() as gpu, ThreadProfiles(args.profile and label == "null sink"):
                 start = time.perf_counter()
                 stats = render_file(clip_audio, presenter, predictor, compositor, sinks,
-                                    EngineConfig(batch_size=args.batch_size), progress=False)
+                                    EngineConfig(batch_size=args.batch_size, fps=args.fps), progress=False)
                 took = time.perf_counter() - start
-            print(f"file render to {label}, enhance {args.enhance}: {args.seconds:.0f} s of audio in {took:.1f} s "
-                  f"({stats.frames / took:.1f} frames/s, {args.seconds / took:.2f}x real time, {stats.inferred} "
-                  f"frames lip-synced; GPU utilisation {gpu})")
+            print(f"file render to {label}, enhance {args.enhance}, {args.fps} fps: {args.seconds:.0f} s of audio in "
+                  f"{took:.1f} s ({stats.frames / took:.1f} lip-model frames/s, {args.seconds / took:.2f}x real time, "
+                  f"{stats.inferred} frames lip-synced; GPU utilisation {gpu})")
 
     if args.live_seconds <= 0:
         return
     predictor.batch_size = args.live_batch_size
-    cfg = EngineConfig(latency_ms=args.latency_ms, live_batch_size=args.live_batch_size)
+    cfg = EngineConfig(latency_ms=args.latency_ms, live_batch_size=args.live_batch_size, fps=args.fps)
     engine = LiveEngine(presenter, predictor, compositor, [NullSink()], cfg)
     live_audio = audio[: int(args.live_seconds * SAMPLE_RATE)]
     chunks = (live_audio[i:i + SAMPLE_RATE // 50] for i in range(0, len(live_audio), SAMPLE_RATE // 50))
@@ -265,11 +270,20 @@ def main() -> None:
     print(f"live loop, enhance {args.enhance}, batch {args.live_batch_size}, speech in 20 ms chunks kept 0.1 s "
           f"ahead: {live.frames} frames in {wall:.1f} s ({live.frames / wall:.1f} frames/s), {live.inferred} of "
           f"{live.speech} speech frames lip-synced ({100 * live.inferred / max(live.speech, 1):.0f}%), "
-          f"{live.skipped} shown without the model to stay on time, {live.late} late; input to screen p50 "
+          f"{live.skipped} shown without the model to stay on time, {live.late} of {live.presented} presented "
+          f"late{in_between(live)}; input to screen p50 "
           f"{heard['p50']:.0f} ms, p95 {heard['p95']:.0f} ms (target {args.latency_ms:.0f}); pacing offset p50 "
           f"{pacing['p50']:.2f} ms, p95 {pacing['p95']:.2f} ms; CPU {100 * cpu / wall:.0f}% (of {os.cpu_count()} "
           f"cores x 100%); GPU utilisation {gpu}; peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def in_between(stats) -> str:
+    """The in-between frames' cost at --fps 50 (nothing at 25)."""
+    if not stats.between_seconds:
+        return ""
+    cost = np.array(stats.between_seconds) * 1000
+    return f", in-between frame p50 {np.percentile(cost, 50):.1f} ms, p95 {np.percentile(cost, 95):.1f} ms"
 
 
 if __name__ == "__main__":

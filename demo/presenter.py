@@ -96,7 +96,8 @@ def render_frame(photo: np.ndarray, alpha: np.ndarray, background: np.ndarray, m
 
 
 def person_matte(path: FacePath, t: float) -> np.ndarray:
-    """The cut-out presenter's true matte at time t (float32 in [0, 1]), as make_presenter_clip(cutout=True) draws it."""
+    """The cut-out presenter's true matte at time t (float32 in [0, 1]), as make_presenter_clip(cutout=True) draws
+    it."""
     return cv2.warpAffine(photo_layers(cutout=True)[1], path.transform_at(t), (path.width, path.height),
                           flags=cv2.INTER_LINEAR)
 

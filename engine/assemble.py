@@ -39,6 +39,24 @@ def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:
     return folder
 
 
+def check_frame_flags(args: argparse.Namespace) -> None:
+    """--interpolator and --background against the rest, before anything loads: one line for what does not fit."""
+    if args.interpolator == "rife":
+        if args.fps == FPS:
+            raise ValueError("--interpolator makes the in-between frames of --fps 50; add --fps 50 or leave it out")
+        if not args.rife_path:
+            raise ValueError("--interpolator rife needs --rife_path flownet.pkl (train_log/flownet.pkl of RIFE v4.6, "
+                             "from the model list in hzwer/Practical-RIFE's README)")
+        if not Path(args.rife_path).is_file():
+            raise ValueError(f"--rife_path {args.rife_path}: no such file")
+    if args.background != "video" and args.data_dir and not getattr(args, "face", None):
+        from preprocess.cache import read_manifest
+        manifest = read_manifest(Path(args.data_dir))
+        if manifest is not None and not manifest.get("matte"):
+            raise ValueError(f"--background {args.background}: {args.data_dir} holds no matte; rebuild it with "
+                             f"`python stream_out.py preprocess <video> --out {Path(args.data_dir).parent} --matte`")
+
+
 def compile_batches(batches: tuple[int, ...], wanted: bool, device: str) -> tuple[int, ...]:
     """--compile: the batch sizes to compile for, on CUDA only (on the CPU it would cost minutes for little)."""
     from models.predictor import pick_device
@@ -135,13 +153,9 @@ class Parts:
 
     def _interpolator(self, args: argparse.Namespace, user):
         """RIFE for the in-between frames (--interpolator rife), loaded once per file and device; None: DIS."""
-        if args.interpolator != "rife":
+        check_frame_flags(args)
+        if args.interpolator != "rife" or args.blendshapes_only:
             return None
-        if args.fps == FPS:
-            raise ValueError("--interpolator makes the in-between frames of --fps 50; add --fps 50 or leave it out")
-        if not args.rife_path:
-            raise ValueError("--interpolator rife needs --rife_path flownet.pkl (train_log/flownet.pkl of RIFE v4.6, "
-                             "from the model list in hzwer/Practical-RIFE's README)")
         from models.rife import RifeInterpolator
         device = None if args.device == "auto" else args.device
         return self._get(("rife", str(Path(args.rife_path).resolve()), args.device), user,

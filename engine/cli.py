@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio to ARKit weights, no lip model and no video: into --blendshapes_csv, or, serving, "
                         "as WebSocket events")
     p.add_argument("--fps", type=int, choices=(25, 50), default=25,
-                   help="output frames/s: 50 puts an optical-flow frame (OpenCV DIS) between each pair the lip model "
-                        "makes at 25; the audio is unchanged (file renders)")
+                   help="output frames/s: 50 puts an in-between frame (--interpolator) between each pair the lip model "
+                        "makes at 25, on every output; the audio is unchanged")
     p.add_argument("--interpolator", choices=("dis", "rife"), default="dis",
                    help="what makes the in-between frames at --fps 50: 'dis' (OpenCV's optical flow, no weights) or "
                         "'rife' (Practical-RIFE v4.6, --rife_path; a GPU feature: about 4 frames/s on a 2-core CPU)")
@@ -160,9 +160,9 @@ def use_gpu_encoder(sinks: list, compositor) -> None:
     """Frames rendered on a CUDA GPU are encoded there too (NVENC) when this ffmpeg can; else x264 on the CPU."""
     from core.ffmpeg import encoder_works
     on_gpu = getattr(compositor, "on_device", False) and compositor.device.type == "cuda"
-    if on_gpu and any(getattr(s, "h264", False) for s in sinks) and encoder_works("h264_nvenc"):
+    if on_gpu and any(getattr(s, "nvenc_capable", False) for s in sinks) and encoder_works("h264_nvenc"):
         for sink in sinks:
-            if getattr(sink, "h264", False):
+            if getattr(sink, "nvenc_capable", False):
                 sink.video_codec = "h264_nvenc"
         log.info("encoding with NVENC (h264_nvenc)")
 
@@ -196,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
         args.outfile, args.preview, args.blendshapes = [], False, True  # no video at all
     if serving and args.outfile == DEFAULT_OUTFILE:
         args.outfile = []  # serving: the WebRTC preview, plus any live outputs asked for
+    from engine.assemble import check_frame_flags
+    check_frame_flags(args)
     sinks = make_sinks(args)
     live = serving or any(s.live for s in sinks)
     if live and any(not s.live for s in sinks):
@@ -257,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
             microphone.stop()
         if feeder:
             feeder.stop()
-    print(f"streamed {stats.shown} frames at {args.fps} frames/s ({stats.inferred} lip-synced, {stats.late} late)")
+    print(f"streamed {stats.presented} frames at {args.fps} frames/s ({stats.inferred} lip-synced, {stats.late} late)")
     return 0
 
 

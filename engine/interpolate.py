@@ -1,7 +1,7 @@
 """50 frames/s from the 25 the lip model makes: one in-between frame for each pair.
 
 OBS canvases run at 50 or 60 frames/s, where a 25 frames/s mouth looks steppy. The lip model stays at 25; this
-stage (after the paste-back, before the sinks) shows each frame, then the frame halfway to the next, with the
+stage (after the paste-back, before the sinks) outputs each frame, then the frame halfway to the next, with the
 frame's 640 audio samples split 320 and 320, so the audio is unchanged and every presentation time is a multiple
 of 20 ms. The in-between frame is core/flow.py's optical-flow midpoint, or RIFE's (models/rife, --interpolator rife).
 """
@@ -20,17 +20,17 @@ from .composite import blend, head_footprint
 log = logging.getLogger("engine")
 MARGIN = 0.25     # of the face boxes' size, added around their union: room for the motion between two frames
 FEATHER_PX = 8    # the face region's edge blends into the stored background over this many pixels
-T = TypeVar("T")
+Tag = TypeVar("Tag")  # what travels with each 25 fps frame: the live engine's FrameUnit, a file render's audio
 
 
-class Shown(NamedTuple):
-    """A frame as the sinks show it: `tag` (its 25 fps frame's unit or audio), the pixels, the cache frames it
-    shows (i == j for a frame the model made; i, i + 1 for an in-between) and whether it is the second of its pair."""
+class OutputFrame(NamedTuple):
+    """A frame as the sinks get it. `tag` is its 25 fps frame's; `cache_from` and `cache_to` are the cache frames it
+    shows (equal for a frame the model made, neighbours for an in-between frame, which comes second in its pair)."""
     tag: object
     frame: Optional[np.ndarray]
-    i: int
-    j: int
-    second: bool
+    cache_from: int
+    cache_to: int
+    in_between: bool
 
 
 class Midpoint(Protocol):
@@ -85,29 +85,29 @@ class InBetween:
         return background
 
 
-def interleaved(frames: Iterable[tuple[T, Optional[np.ndarray], int]],
-                between: Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]) -> Iterator[Shown]:
-    """(tag, frame, cache frame) at 25 frames/s -> Shown at 50: each frame as soon as it comes, then, once the next
-    has come, the frame `between` the two (its tag is the earlier frame's). The last frame is shown twice. A frame
-    of None (nobody wants pixels) makes a None in-between."""
-    previous: Optional[tuple[T, Optional[np.ndarray], int]] = None
+def interleaved(frames: Iterable[tuple[Tag, Optional[np.ndarray], int]],
+                between: Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]) -> Iterator[OutputFrame]:
+    """(tag, frame, cache frame) at 25 frames/s -> OutputFrames at 50: each frame as soon as it comes, then, once
+    the next has come, the frame `between` the two (its tag is the earlier frame's). The last frame is shown twice.
+    A frame of None (nobody wants pixels) makes a None in-between."""
+    previous: Optional[tuple[Tag, Optional[np.ndarray], int]] = None
     for tag, frame, index in frames:
         if previous is not None:
             middle = None if previous[1] is None or frame is None else between(previous[1], frame, previous[2], index)
-            yield Shown(previous[0], middle, previous[2], index, True)
-        yield Shown(tag, frame, index, index, False)
+            yield OutputFrame(previous[0], middle, previous[2], index, True)
+        yield OutputFrame(tag, frame, index, index, False)
         previous = (tag, frame, index)
     if previous is not None:
-        yield Shown(previous[0], previous[1], previous[2], previous[2], True)
+        yield OutputFrame(previous[0], previous[1], previous[2], previous[2], True)
 
 
-def shown_part(audio: np.ndarray, pts: float, shown: Shown, fps: int) -> tuple[np.ndarray, float]:
-    """The audio and presentation time a shown frame carries: all of its 25 fps frame's at 25 frames/s; at 50 the
-    first half (the frame) or the second (the in-between), 20 ms later."""
+def audio_share(audio: np.ndarray, pts: float, output: OutputFrame, fps: int) -> tuple[np.ndarray, float]:
+    """The audio and presentation time an output frame carries, from its 25 fps frame's: all of them at 25
+    frames/s; at 50 the first half (the frame) or the second (the in-between frame), 20 ms later."""
     if fps == FPS:
         return audio, pts
     half = len(audio) // 2
-    return (audio[half:], pts + 0.5 / FPS) if shown.second else (audio[:half], pts)
+    return (audio[half:], pts + 0.5 / FPS) if output.in_between else (audio[:half], pts)
 
 
 def in_between_weights(rows: list[dict[str, float]]) -> Iterator[dict[str, float]]:

@@ -2,8 +2,9 @@
 
 Stages are generators. A file render chains them directly (no clock: as fast as it goes). A live run puts each
 stage in its own thread behind a bounded queue, advances the audio timeline in real time (a gap in the input is
-silence) and presents frame k at t0 + k/25 + latency on one monotonic clock, with its own 40 ms of audio, so every
-sink stays in sync by construction.
+silence) and presents frame k at t0 + k/25 + latency on one monotonic clock, with its own 40 ms of audio (at
+50 frames/s: frame k with the first 20 ms, the in-between frame 20 ms later with the rest), so every sink stays
+in sync by construction.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from core.timebase import FPS, LOOKAHEAD, N_FFT, SAMPLE_RATE, SAMPLES_PER_FRAME 
 
 from .composite import Compositor
 from .backdrop import Backdrop
-from .interpolate import InBetween, Midpoint, Shown, interleaved, shown_part
+from .interpolate import InBetween, Midpoint, OutputFrame, interleaved, audio_share
 from .presenter import Presenter, ping_pong
 from .sinks import Sink
 from .sources import AudioBuffer
@@ -47,19 +48,19 @@ class EngineConfig:
 
 @dataclass
 class Stats:
-    """What a run did. Each field has one writer: the model stage (speech, inferred, infer_seconds, skipped) or the
-    presenting thread (the rest); other threads only read them."""
+    """What a run did. Each field has one writer: the model stage (speech, inferred, infer_seconds, skipped), the
+    output stage (between_seconds) or the presenting thread (the rest); other threads only read them."""
     frames: int = 0
     speech: int = 0                # frames with speech and a face: the ones that want the model
     inferred: int = 0
     infer_seconds: float = 0.0     # time spent in the model stage (crops + model) for inferred frames
     skipped: int = 0               # live: speech frames shown without the model because it would have been late
-    shown: int = 0                 # live frames the sinks got (twice `frames` at 50 frames/s)
+    presented: int = 0             # live frames the sinks got (twice `frames` at 50 frames/s)
     late: int = 0                  # of those, presented after their time
     max_late_ms: float = 0.0
     first_frame_at: Optional[float] = None  # monotonic time the first frame reached the sinks
-    # live, the last 10 minutes of frames: actual - planned presentation time (s), the clock's pacing
-    present_offsets: deque = field(default_factory=lambda: deque(maxlen=FPS * 600))
+    # live, the last 10 minutes of frames presented (at up to 50 frames/s): actual - planned presentation time (s)
+    present_offsets: deque = field(default_factory=lambda: deque(maxlen=2 * FPS * 600))
     # live, the last 10 minutes of frames with input: presentation time - arrival of the chunk that completed the
     # frame's mel window (s). It includes any wait behind speech queued before it; with input streaming in real
     # time it is the latency target minus the 212.5 ms of lookahead (the frame's own sound came that much earlier).
@@ -260,12 +261,12 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
     stop = threading.Event()
     for sink in sinks:
         sink.open(presenter.width, presenter.height)
+    frames = render(frame_units(audio, cfg.silence_db), presenter, lipsync, compositor, cfg.batch_size,
+                    cfg.start_frame, stats, stop=stop, meter=meter, watched=lambda: bool(sinks))
     try:
         with tqdm(total=total, unit="frame", desc="render", disable=not progress) as bar:
             def made() -> Iterator[tuple[tuple[np.ndarray, float], Optional[np.ndarray], int]]:
-                for unit, frame in render(frame_units(audio, cfg.silence_db), presenter, lipsync, compositor,
-                                          cfg.batch_size, cfg.start_frame, stats, stop=stop, meter=meter,
-                                          watched=lambda: bool(sinks)):
+                for unit, frame in frames:
                     if blendshapes is not None:
                         blendshapes.append(unit.blendshapes)
                     if stats.first_frame_at is None:
@@ -274,24 +275,25 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
                     bar.update(1)
                     yield (unit.audio, unit.pts), frame, ping_pong(unit.index + cfg.start_frame, presenter.frames)
 
-            for item in shown(made(), presenter, compositor, cfg):
-                samples, pts = shown_part(*item.tag, item, cfg.fps)
+            for item in output_frames(made(), presenter, compositor, cfg):
+                samples, pts = audio_share(*item.tag, item, cfg.fps)
                 for sink in sinks:
                     sink.write(item.frame, samples, pts)
     finally:
         stop.set()
+        frames.close()  # the stages' threads are joined before the caller closes the meter or the model
         for sink in sinks:
             sink.close()
     return stats
 
 
-def shown(frames: Iterable[tuple[object, Optional[np.ndarray], int]], presenter: Presenter, compositor: Compositor,
-          cfg: EngineConfig, stats: Optional[Stats] = None) -> Iterator[Shown]:
+def output_frames(frames: Iterable[tuple[object, Optional[np.ndarray], int]], presenter: Presenter,
+                  compositor: Compositor, cfg: EngineConfig, stats: Optional[Stats] = None) -> Iterator[OutputFrame]:
     """(tag, frame, cache frame) as the engine makes them -> what the sinks show: at cfg.fps (an optical-flow frame
     between each pair at 50; its cost goes to stats.between_seconds), over cfg.backdrop (the recorded video, alpha
     or a key colour, from the cache's matte)."""
     if cfg.fps == FPS:
-        stream = (Shown(tag, frame, index, index, False) for tag, frame, index in frames)
+        stream = (OutputFrame(tag, frame, index, index, False) for tag, frame, index in frames)
     else:
         in_between = InBetween(presenter, heads=compositor.enhance != "none", interpolator=cfg.interpolator)
 
@@ -303,7 +305,8 @@ def shown(frames: Iterable[tuple[object, Optional[np.ndarray], int]], presenter:
             return middle
         stream = interleaved(frames, between)
     for item in stream:
-        yield item._replace(frame=over_backdrop(item.frame, presenter, cfg.backdrop, item.i, item.j))
+        yield item._replace(frame=over_backdrop(item.frame, presenter, cfg.backdrop, item.cache_from,
+                                                item.cache_to))
 
 
 def over_backdrop(frame: Optional[np.ndarray], presenter: Presenter, backdrop: Backdrop, i: int, j: int
@@ -351,6 +354,9 @@ def threaded(items: Iterable, maxsize: int, name: str, stop: threading.Event) ->
         except BaseException as exc:  # handed to the consumer, which re-raises it
             failure.append(exc)
         finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a generator upstream is closed here, in this thread, not left to the collector
+                close()
             offer(done)
 
     thread = threading.Thread(target=work, name=name, daemon=True)
@@ -379,16 +385,18 @@ def threaded(items: Iterable, maxsize: int, name: str, stop: threading.Event) ->
 class LiveEngine:
     """Real-time loop. Feed audio with push() (or a Microphone into .buffer); frames go to live sinks on time.
 
-    Four threads, each owning its state: the timeline stage (the audio clock, where utterances start and end, when
-    input arrived), the model stage (batches, the skip policy), the composite stage, and the presenting thread
-    (the caller of run(): pacing, events, muting after an interrupt). Frames carry what the presenting thread needs
+    Five threads, each owning its state: the timeline stage (the audio clock, where utterances start and end, when
+    input arrived), the model stage (batches, the skip policy), the composite stage, the output stage (in-between
+    frames at 50 frames/s, the backdrop) and the presenting thread (the caller of run(): pacing, events, muting
+    after an interrupt). Frames carry what the presenting thread needs
     from the timeline; interrupt() sends it a message; nothing else is shared but the input buffer and Stats."""
 
     def __init__(self, presenter: Presenter, lipsync, compositor: Compositor, sinks: list[Sink],
                  cfg: EngineConfig = EngineConfig(), meter=None):
-        floor_ms = 1000 * (LOOKAHEAD + SAMPLES) / SAMPLE_RATE
+        floor_ms = 1000 * (LOOKAHEAD + SAMPLES) / SAMPLE_RATE + (500 / FPS if cfg.fps != FPS else 0)
         if cfg.latency_ms < floor_ms:
-            raise ValueError(f"latency_ms must be at least {floor_ms:.0f} (mel lookahead + a frame)")
+            raise ValueError(f"latency_ms must be at least {floor_ms:.0f} (mel lookahead + a frame"
+                             f"{', + 20 ms for the in-between frame' if cfg.fps != FPS else ''})")
         self.presenter, self.lipsync, self.compositor, self.sinks, self.cfg = presenter, lipsync, compositor, sinks, cfg
         self.meter = meter  # a BlendshapeMeter: a `blendshapes` event per presented frame
         self.buffer = AudioBuffer()
@@ -478,44 +486,46 @@ class LiveEngine:
         stats = self.stats
         units = threaded(self._timeline_units(t0), 8, "timeline", self._stop)
         frames = render(units, self.presenter, self.lipsync, self.compositor, self.cfg.live_batch_size,
-                        self.cfg.start_frame, stats, self._stop, lambda unit: t0 + unit.pts + latency, self._watched,
-                        self.meter)
-        shows = threaded(shown(((unit, frame, self._cache_frame(unit)) for unit, frame in frames), self.presenter,
-                               self.compositor, self.cfg, stats), 8, "output", self._stop)
+                        self.cfg.start_frame, stats, self._stop, lambda unit: t0 + unit.pts + latency - self._advance(),
+                        self._watched, self.meter)
+        outputs = threaded(output_frames(((unit, frame, self._cache_frame(unit)) for unit, frame in frames),
+                                         self.presenter, self.compositor, self.cfg, stats), 8, "output", self._stop)
         muted: list = []       # timeline spans [start, end) of speech interrupt() dropped after it was rendered
         dropped: set = set()   # utterances interrupt() dropped: their marks are not announced
-        audio, replaced, heard = np.zeros(0, np.float32), None, False  # the 25 fps frame's audio (muted where
-        # dropped), the still frame shown instead, whether its window heard dropped speech
+        # the 25 fps frame's audio (muted where dropped), the still frame shown instead, whether it was muted
+        audio, still, heard = np.zeros(0, np.float32), None, False
         try:
-            for item in shows:
+            for item in outputs:
                 unit, frame = item.tag, item.frame
-                pts = unit.pts + (0.5 / FPS if item.second else 0.0)
+                if not item.in_between:
+                    audio, still, heard = self._apply_interrupts(unit, frame is not None, muted, dropped)
+                samples, pts = audio_share(audio, unit.pts, item, self.cfg.fps)
                 planned = t0 + pts + latency
                 late = wait_until(planned, self._stop)
                 if self._stop.is_set():
                     break
-                if not item.second:
-                    audio, replaced, heard = self._muted(unit, frame is not None, muted, dropped)
-                if replaced is not None:  # its window heard speech that interrupt() dropped: the still mouth
-                    frame = replaced
-                samples, _ = shown_part(audio, unit.pts, item, self.cfg.fps)
+                if item.in_between and still is None and frame is not None and self._hears(unit.index + 1, muted):
+                    still = self._still(unit)  # the next frame is muted: no in-between drawn from its dropped speech
+                if still is not None:  # the window heard speech that interrupt() dropped: the still mouth
+                    frame = still
                 for sink in self.sinks:
                     sink.write(frame, samples, pts)
                 stats.present_offsets.append(time.monotonic() - planned)
-                stats.shown += 1
+                stats.presented += 1
                 if late > 0.5 / self.cfg.fps:
                     stats.late += 1
                     stats.max_late_ms = max(stats.max_late_ms, late * 1000)
-                if not item.second:
+                if not item.in_between:
                     self._announce(unit, heard, dropped)
                     stats.frames += 1
                     if unit.heard_at is not None and not heard:
                         stats.input_latencies.append(time.monotonic() - unit.heard_at)
-                if max_seconds is not None and pts >= max_seconds:
+                if max_seconds is not None and pts >= max_seconds and (item.in_between or self.cfg.fps == FPS):
                     break
         finally:
             self._stop.set()
-            shows.close()  # the stages' threads are joined: none is still using the meter
+            outputs.close()
+            frames.close()  # the stages' threads are joined: none is still using the meter
             for sink in self.sinks:
                 sink.close()
             if self.meter is not None:
@@ -526,8 +536,16 @@ class LiveEngine:
     def _cache_frame(self, unit: FrameUnit) -> int:
         return ping_pong(unit.index + self.cfg.start_frame, self.presenter.frames)
 
-    def _muted(self, unit: FrameUnit, wants_frame: bool, muted: list, dropped: set
-               ) -> tuple[np.ndarray, Optional[np.ndarray], bool]:
+    def _advance(self) -> float:
+        """How much earlier than its own time a frame must be ready. At 50 frames/s the in-between frame before it
+        is shown 20 ms earlier and needs it, plus the time the in-between frame takes (p95 of the last 50)."""
+        if self.cfg.fps == FPS:
+            return 0.0
+        recent = list(self.stats.between_seconds)[-50:]
+        return 0.5 / FPS + (float(np.percentile(recent, 95)) if recent else 0.0)
+
+    def _apply_interrupts(self, unit: FrameUnit, wants_frame: bool, muted: list, dropped: set
+                          ) -> tuple[np.ndarray, Optional[np.ndarray], bool]:
         """Apply interrupts that came until now to the frame about to be shown: (its audio with dropped speech
         silenced, the still cached frame to show instead or None, whether its window heard dropped speech).
         `muted` and `dropped` are the presenting thread's record of them, updated here."""
@@ -539,16 +557,24 @@ class LiveEngine:
                 self._emit({"type": "speech_interrupted", "utterance": tag, "frame": unit.index, "pts": unit.pts})
         start = unit.index * SAMPLES
         muted[:] = [(a, b) for a, b in muted if b > start - N_FFT // 2]  # spans no later window reaches go
-        heard = [(a, b) for a, b in muted if a < start + LOOKAHEAD]
-        if not heard:
+        if not self._hears(unit.index, muted):
             return unit.audio, None, False
         audio = unit.audio.copy()
-        for a, b in heard:  # only the dropped samples are silenced
+        for a, b in muted:  # only the dropped samples are silenced
             audio[max(0, a - start):max(0, min(len(audio), b - start))] = 0
+        return audio, self._still(unit) if wants_frame else None, True
+
+    @staticmethod
+    def _hears(index: int, muted: list) -> bool:
+        """Does frame `index`'s mel window reach speech interrupt() dropped?"""
+        start = index * SAMPLES
+        return any(a < start + LOOKAHEAD and b > start - N_FFT // 2 for a, b in muted)
+
+    def _still(self, unit: FrameUnit) -> np.ndarray:
+        """The frame's cached picture, untouched by the model, over the backdrop."""
         index = self._cache_frame(unit)
-        still = over_backdrop(to_host(self.compositor.passthrough(index)), self.presenter, self.cfg.backdrop,
-                              index, index) if wants_frame else None
-        return audio, still, True
+        return over_backdrop(to_host(self.compositor.passthrough(index)), self.presenter, self.cfg.backdrop,
+                             index, index)
 
     def _announce(self, unit: FrameUnit, heard: bool, dropped: set) -> None:
         """The events of a frame just shown: its blendshapes (the cached mouth's when muted) and utterance marks."""
@@ -578,4 +604,4 @@ class LiveEngine:
                      np.percentile(cost, 95), len(cost))
         if stats.late:
             log.warning("%d of %d frames were late (worst %.0f ms): this machine cannot keep up in real time with "
-                        "these settings", stats.late, stats.shown, stats.max_late_ms)
+                        "these settings", stats.late, stats.presented, stats.max_late_ms)

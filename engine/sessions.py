@@ -175,13 +175,14 @@ class Session:
     error: Optional[str] = None              # why its engine stopped, if it failed
 
     def status(self) -> dict:
-        """fps; latency from the input (arrival of the chunk that completed a frame's window to that frame on
-        screen, waits behind queued speech included) beside the clock's pacing offset; frames shown without the
+        """fps (frames presented); latency from the input (arrival of the chunk that completed a frame's window to
+        that frame on screen, waits behind queued speech included) beside the clock's pacing offset; frames shown without the
         model to stay on time; the queue; sinks and viewers."""
         stats, engine = self.engine.stats, self.engine
         running = engine.started_at is not None and time.monotonic() > engine.started_at
         elapsed = time.monotonic() - engine.started_at if running else 0.0
-        return {"id": self.id, "fps": stats.frames / elapsed if elapsed > 1 else 0.0, "frames": stats.frames,
+        return {"id": self.id, "fps": stats.presented / elapsed if elapsed > 1 else 0.0, "frames": stats.frames,
+                "presented": stats.presented,  # frames the sinks got: `frames` at 25 fps, twice them at --fps 50
                 "lip_synced": stats.inferred, "speech_frames": stats.speech, "skipped": stats.skipped,
                 "late": stats.late, "latency_ms": {"target": engine.cfg.latency_ms, **stats.latency_ms()},
                 "queue": {"seconds": engine.buffer.available / SAMPLE_RATE,

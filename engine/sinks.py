@@ -106,7 +106,7 @@ class Mp4Sink:
                             f"(--background green)")
         writable_folder(self.path)
         self.crf, self.video_codec, self.fps, self.alpha = crf, video_codec, fps, alpha
-        self.h264 = not alpha and self.suffix != ".webm"  # what NVENC could take over (engine/cli.py)
+        self.nvenc_capable = not alpha and self.suffix != ".webm"  # what NVENC could take over (engine/cli.py)
         self._encoder: Optional[Child] = None
         self.frames = 0
 
@@ -184,7 +184,7 @@ class MpegTsSink:
                  video_codec: str = "libx264", fps: int = FPS):
         self.url = url
         self.bitrate, self.video_codec, self.fps = bitrate, video_codec, fps
-        self.h264 = True
+        self.nvenc_capable = True
         self._encoder: Optional[Child] = None
 
     def _formats(self) -> list[str]:
@@ -225,7 +225,7 @@ class MpegTsSink:
             self._encoder.stdin.write(np.ascontiguousarray(frame).tobytes())
         except BrokenPipeError:
             self._encoder.wait(timeout=5)
-            raise SinkError(f"the MPEG-TS encoder stopped: {encoder_failure(self._encoder)}") from None
+            raise SinkError(f"the {self.url} stream's encoder stopped: {encoder_failure(self._encoder)}") from None
 
     def close(self) -> None:
         if self._encoder is None:
@@ -245,14 +245,14 @@ class MpegTsSink:
 
 
 class WebmAlphaSink(MpegTsSink):
-    """Live WebM: VP9 with its alpha (straight, from BGRA frames) and Opus, for an OBS Media Source that shows the
+    """Live WebM: VP9 with its alpha (straight, from BGRA frames) and Opus, for an OBS Media Source that outputs the
     presenter without a background. WebM is not made to be joined mid-stream: the reader must be listening before
     the stream starts (or use a tcp://…?listen URL, where OBS connects and the stream starts with it)."""
     pixel_format = "bgra"
 
     def __init__(self, url: str = "udp://127.0.0.1:23001?pkt_size=1316", bitrate: str = "4M", fps: int = FPS):
         super().__init__(url, bitrate, fps=fps)
-        self.h264 = False
+        self.nvenc_capable = False
 
     def _formats(self) -> list[str]:
         return ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-row-mt", "1", "-b:v", self.bitrate,

@@ -37,7 +37,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                              "50 fps render (stream_out.py --fps 50) interpolates only the face region")
     parser.add_argument("--matte", action="store_true",
                         help="also store the presenter's alpha per frame (selfie segmentation, edges refined on the "
-                             "frame), for output without this background: stream_out.py --background alpha|green|#rrggbb")
+                             "frame), for output without this background: stream_out.py --background "
+                             "alpha|green|#rrggbb")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 

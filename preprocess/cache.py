@@ -41,7 +41,7 @@ FACE_DET_FIELDS = {
 }
 
 
-def frame_name(index: int, sub: str = "bg") -> str:
+def frame_name(index: int, sub: str) -> str:
     return f"{index:05d}.{'png' if sub in LOSSLESS_DIRS else 'jpg'}"
 
 
@@ -68,9 +68,11 @@ class CacheWriter:
             (self.tmp_dir / sub).mkdir(parents=True)
         # q95 keeps JPEG blocks invisible. Face crops and heads keep full 4:4:4 chroma (lip and eye edges, model
         # input); full frames use 4:2:0 like the H.264 they end up in, which halves the cache.
-        self._params = {sub: [] if sub in LOSSLESS_DIRS else [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                              cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420 if sub.startswith("bg")
-                              else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+        # Mattes are PNG (no parameters).
+        self._params = {sub: [] if sub in LOSSLESS_DIRS else
+                        [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                         cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420 if sub.startswith("bg")
+                         else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
                         for sub in IMAGE_DIRS}
         self._pool = ThreadPoolExecutor(workers)
         self._pending: list[Future] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Optional
@@ -70,7 +70,8 @@ def store_library(cache_dir: Path, face_size: int) -> None:
     landmarks = np.stack([crop_landmarks(marks, box, face_size) if has else np.full(marks.shape, np.nan, np.float32)
                           for marks, box, has in zip(det["landmarks"], det["box"], det["has_face"])])
     try:
-        library = MouthLibrary.build(landmarks, lambda i: cv2.imread(str(cache_dir / "body_face" / cache.frame_name(i))))
+        library = MouthLibrary.build(
+            landmarks, lambda i: cv2.imread(str(cache_dir / "body_face" / cache.frame_name(i, "body_face"))))
         library.save(cache_dir / LIBRARY_FILE)
     except (OSError, ValueError, cv2.error) as exc:  # the cache itself is complete; the engine builds it later
         log.warning("%s: the mouth library could not be kept (%s); the engine will build it on first use",
@@ -95,6 +96,17 @@ def is_up_to_date(cache_dir: Path, source_hash: str, cfg: PreprocessConfig) -> b
     return all(manifest.get(k) == v for k, v in cfg.cache_settings().items()) and \
         (manifest.get("between_frames", False) or not cfg.between_frames) and \
         (manifest.get("matte", False) or not cfg.matte)  # a cache with more than asked serves the request too
+
+
+def kept_extras(cfg: PreprocessConfig, cache_dir: Path, source_hash: str) -> PreprocessConfig:
+    """A cache rebuilt for one extra (in-between frames, matte) keeps the other it already had: asking for one
+    and then the other must not rebuild the cache each time."""
+    manifest = cache.read_manifest(cache_dir)
+    if manifest is None or manifest.get("source_sha256") != source_hash or \
+            any(manifest.get(k) != v for k, v in cfg.cache_settings().items()):
+        return cfg
+    return replace(cfg, between_frames=cfg.between_frames or manifest.get("between_frames", False),
+                   matte=cfg.matte or manifest.get("matte", False))
 
 
 def empty_record(num_landmarks: int) -> cache.FrameRecord:
@@ -144,6 +156,7 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
     if not cfg.force and is_up_to_date(final_dir, source_hash, cfg):
         manifest = cache.read_manifest(final_dir)
         return VideoResult(source, name, "skipped", manifest["frames"], manifest["faces"], 0.0, "cache up to date")
+    cfg = kept_extras(cfg, final_dir, source_hash)
     if abs(info.fps - FPS) > 0.01:
         log.info("%s: normalising %.3f fps to %d fps (the models are trained on %d fps)", source.name, info.fps, FPS, FPS)
 
@@ -187,7 +200,8 @@ def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: 
             "name": name, "source": str(source.resolve()), "source_sha256": source_hash,
             "source_fps": info.fps, "fps": FPS, "frames": frames, "faces": faces,
             "width": info.width, "height": info.height, "has_audio": has_audio,
-            "num_landmarks": detector.num_landmarks, "image_format": "jpg (bg 4:2:0, crops and heads 4:4:4)",
+            "num_landmarks": detector.num_landmarks,
+            "image_format": "jpg (bg 4:2:0, crops and heads 4:4:4); matte png (8-bit grey)",
             "face_det_fields": cache.FACE_DET_FIELDS, "between_frames": cfg.between_frames, "matte": cfg.matte,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **cfg.cache_settings(),

@@ -40,13 +40,14 @@ class CollectSink:
         self.live = live
 
     def open(self, width, height):
-        self.frames, self.audio, self.times, self.numbers = [], [], [], []
+        self.frames, self.audio, self.times, self.numbers, self.pts = [], [], [], [], []
 
     def write(self, frame, audio, pts):  # the engine hands every sink a fresh array per frame: no copy needed
         self.frames.append(frame)
         self.audio.append(audio)
         self.times.append(time.monotonic())
         self.numbers.append(int(round(pts * 25)))
+        self.pts.append(pts)
 
     def close(self):
         pass
@@ -90,6 +91,25 @@ def built(media, tmp_path_factory):
     results = run_batch([media["clip25"], media["clip30"]], root / "cache", cfg, progress=False)
     return {"root": root, "cache": root / "cache", "train": root / "train", "cfg": cfg,
             "results": {r.name: r for r in results}}
+
+
+CUTOUT_SECONDS = 1.6
+CUTOUT_PATH = FacePath()
+
+
+@pytest.fixture(scope="session")
+def cutout(media, tmp_path_factory):
+    """A matted cache of the cut-out presenter (its true matte is demo.presenter.person_matte), with the 50 fps
+    in-betweens, and a 1 s piece of speech for it."""
+    import soundfile
+
+    from audio.decode import load_audio
+    from preprocess.pipeline import PreprocessConfig, preprocess_video
+    root = tmp_path_factory.mktemp("cutout")
+    clip = make_presenter_clip(root / "cutout.mp4", CUTOUT_SECONDS, 25, path=CUTOUT_PATH, cutout=True)
+    preprocess_video(clip, root / "cache", PreprocessConfig(matte=True, between_frames=True), progress=False)
+    soundfile.write(str(root / "talk.wav"), load_audio(media["speech"])[:16000], 16000)
+    return {"cache": root / "cache" / "cutout", "talk": root / "talk.wav", "root": root}
 
 
 @pytest.fixture(scope="module")

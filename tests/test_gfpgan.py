@@ -30,7 +30,7 @@ def released_gfpgan(tmp_path_factory):
 def head(built) -> np.ndarray:
     folder = built["cache"] / "clip25"
     first_face = int(np.flatnonzero(cache.read_face_det(folder)["has_face"])[0])
-    return cv2.imread(str(folder / "heads" / cache.frame_name(first_face)))
+    return cv2.imread(str(folder / "heads" / cache.frame_name(first_face, "heads")))
 
 
 def test_released_layout_loads_strictly(released_gfpgan):

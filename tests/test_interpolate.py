@@ -11,7 +11,7 @@ import pytest
 
 from demo.presenter import FacePath, frame_at
 from core.flow import FlowInterpolator
-from engine.interpolate import in_between_weights, interleaved, shown_part
+from engine.interpolate import in_between_weights, interleaved, audio_share
 
 FAST = FacePath(sway=120.0, bob=30.0, zoom=0.1, tilt=4.0, period=1.0)  # up to 30 px between two 25 fps frames
 
@@ -52,11 +52,12 @@ def test_doubling_keeps_the_audio_and_puts_every_frame_on_a_20_ms_clock():
               for i in range(5)]
     flow = FlowInterpolator()
     out = list(interleaved(iter(frames), lambda a, b, i, j: flow.midpoint(a, b)))
-    parts = [shown_part(*item.tag, item, 50) for item in out]
+    parts = [audio_share(*item.tag, item, 50) for item in out]
     assert len(out) == 10 and [pts for _, pts in parts] == pytest.approx([k / 50 for k in range(10)])
     assert np.array_equal(np.concatenate([a for a, _ in parts]), np.concatenate([a for (a, _), _, _ in frames]))
     assert [int(item.frame[0, 0, 0]) for item in out] == [0, 5, 10, 15, 20, 25, 30, 35, 40, 40]  # the last twice
-    assert [(item.i, item.j) for item in out[:4]] == [(0, 0), (0, 1), (1, 1), (1, 2)]  # the cache frames shown
+    # the cache frames shown
+    assert [(item.cache_from, item.cache_to) for item in out[:4]] == [(0, 0), (0, 1), (1, 1), (1, 2)]
     assert [item.frame for item in interleaved(iter([(None, None, 0)] * 2), pytest.fail)] == [None] * 4
     rows = list(in_between_weights([{"jawOpen": 0.2}, {"jawOpen": 0.4}]))
     assert [row["jawOpen"] for row in rows] == pytest.approx([0.2, 0.3, 0.4, 0.4])  # blendshapes follow the frames
@@ -84,22 +85,29 @@ def test_a_50_fps_render_has_twice_the_frames_and_the_same_sound(built, media, t
                                                                                     abs=0.06)
 
 
-def test_a_cache_made_for_50_fps_interpolates_only_the_face_region(media, tmp_path, caplog):
+@pytest.fixture(scope="module")
+def fast_cache(tmp_path_factory):
+    """A cache of the presenter moving fast, made with preprocess --fps 50 (the in-between backgrounds)."""
+    from demo.presenter import make_presenter_clip
+    from preprocess.pipeline import PreprocessConfig, preprocess_video
+    root = tmp_path_factory.mktemp("fast")
+    clip = make_presenter_clip(root / "fast.mp4", 1.2, 25, FAST)
+    preprocess_video(clip, root / "cache", PreprocessConfig(between_frames=True), progress=False)
+    return root / "cache" / "fast"
+
+
+def test_a_cache_made_for_50_fps_interpolates_only_the_face_region(fast_cache, media, tmp_path, caplog):
     """preprocess --fps 50 stores the in-between background of every pair; a 50 fps render then runs the flow on
     the face region only: outside it the in-between frame is that stored background, pixel for pixel. Live, the
     frames keep a 20 ms clock."""
     from audio.decode import load_audio
     from conftest import CollectSink
-    from demo.presenter import make_presenter_clip
     from engine.composite import Compositor
     from engine.loop import EngineConfig, render_file
     from engine.presenter import Presenter, ping_pong
     from models.mouthwarp import MouthAnimator
-    from preprocess.pipeline import PreprocessConfig, preprocess_video
-    clip = make_presenter_clip(tmp_path / "fast.mp4", 1.2, 25, FAST)
-    preprocess_video(clip, tmp_path / "cache", PreprocessConfig(between_frames=True), progress=False)
-    presenter = Presenter(tmp_path / "cache" / "fast", 96, load_between=True)
-    assert Presenter(tmp_path / "cache" / "fast", 96).background_between(4, 5) is None  # a 25 fps render: not read
+    presenter = Presenter(fast_cache, 96, load_between=True)
+    assert Presenter(fast_cache, 96).background_between(4, 5) is None  # a 25 fps render: not read
     flow = FlowInterpolator()
     stored = presenter.background_between(4, 5)
     assert stored is not None and presenter.background_between(5, 4) is not None
@@ -126,7 +134,7 @@ def test_a_cache_made_for_50_fps_interpolates_only_the_face_region(media, tmp_pa
     from stream_out import main as stream_out
     caplog.set_level(logging.INFO)
     soundfile.write(str(tmp_path / "talk.wav"), speech[:16000], 16000)
-    assert stream_out(["--data_dir", str(tmp_path / "cache" / "fast"), "--audio_files", str(tmp_path / "talk.wav"),
+    assert stream_out(["--data_dir", str(fast_cache), "--audio_files", str(tmp_path / "talk.wav"),
                        "--outfile", str(tmp_path / "50.ts"), "--fps", "50"]) == 0
     assert "in-between frame waits for the next frame" in caplog.text  # the latency it adds is shown
     times = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
@@ -138,3 +146,45 @@ def test_a_cache_made_for_50_fps_interpolates_only_the_face_region(media, tmp_pa
                             "-ac", "1", "-ar", "16000", "-"], capture_output=True, check=True).stdout
     # the sound of every frame, no more (AAC adds its 1024-sample priming and pads its last frame)
     assert 0 <= len(audio) // 2 - len(times) * 320 <= 2048
+
+
+def test_live_50_fps_keeps_a_20_ms_clock_and_an_interrupt_mutes_both_frames_of_a_pair(fast_cache, media):
+    """The live engine at 50 frames/s, driven directly: every frame the sinks get is on the 20 ms grid, sent about
+    20 ms after the one before, with exactly its share of the input audio; events come once per 25 fps frame; after
+    an interrupt, both the frame and its in-between frame show the still cached picture with silence."""
+    import threading
+    import time
+
+    from audio.decode import load_audio
+    from conftest import CollectSink
+    from engine.composite import Compositor
+    from engine.loop import EngineConfig, LiveEngine
+    from engine.presenter import Presenter, ping_pong
+    from models.mouthwarp import MouthAnimator
+    presenter = Presenter(fast_cache, 96, load_between=True)
+    speech = load_audio(media["speech"])[: 16000 * 2]
+    sink = CollectSink(live=True)
+    engine = LiveEngine(presenter, MouthAnimator(96), Compositor(presenter), [sink], EngineConfig(fps=50))
+    events: list = []
+    engine.on_event = events.append
+    engine.push(speech, "talk")
+    engine.close("talk")
+    engine.buffer.ended.set()
+    runner = threading.Thread(target=engine.run)
+    runner.start()
+    time.sleep(1.2)
+    assert engine.interrupt() == ["talk"]
+    runner.join(timeout=30)
+    n = len(sink.frames)
+    assert n % 2 == 0 and sink.pts == pytest.approx([k / 50 for k in range(n)], abs=1e-9)
+    assert np.median(np.diff(sink.times)) == pytest.approx(0.02, abs=0.004)
+    assert engine.stats.presented == n == 2 * engine.stats.frames
+    cut = next(e["frame"] for e in events if e["type"] == "speech_interrupted")
+    heard = np.concatenate(sink.audio)
+    assert np.array_equal(heard[: cut * 640], speech[: cut * 640])  # every sample before the cut, untouched
+    assert not heard[cut * 640: len(speech)].any()  # the dropped speech, silent in both halves of each frame
+    for k in range(cut, cut + 6):  # the frame and its in-between frame: the still cached picture
+        still = presenter.background(ping_pong(k, presenter.frames))
+        assert np.array_equal(sink.frames[2 * k], still) and np.array_equal(sink.frames[2 * k + 1], still), k
+    kinds = [e["type"] for e in events]
+    assert kinds.count("speech_started") == 1 and kinds.count("speech_interrupted") == 1, kinds

@@ -169,3 +169,37 @@ def test_engine_outlives_obs_and_the_input_recovers(obs_studio, stage):
     engine.stop()
     thread.join(timeout=10)
     assert engine.stats.late <= 0.05 * engine.stats.frames
+
+
+def test_obs_reads_the_alpha_stream(obs_studio, cutout):
+    """--background alpha live: OBS's Media Source plays our WebM and shows the presenter with the cache's matte
+    as its alpha (transparent around the presenter, opaque on it)."""
+    from engine.backdrop import Backdrop
+    from engine.sinks import WebmAlphaSink
+    presenter = Presenter(cutout["cache"], load_matte=True)
+    url = f"udp://127.0.0.1:{free_port()}?pkt_size=1316"
+    assert setup_media_source(obs_studio.settings, url, input_format="webm")  # listening before the stream starts
+    sink = CollectSink(live=True)
+    engine = LiveEngine(presenter, MouthAnimator(presenter.face_size), Compositor(presenter),
+                        [WebmAlphaSink(url), sink], EngineConfig(backdrop=Backdrop("alpha")))
+    engine.push(np.zeros(16000 * 10, np.float32))
+    engine.buffer.ended.set()
+    thread = threading.Thread(target=engine.run, daemon=True)
+    thread.start()
+    best, start = 0.0, time.monotonic()
+    try:
+        while best < 0.9 and time.monotonic() - start < 12:
+            time.sleep(0.5)
+            data = obs_studio.client().get_source_screenshot(INPUT_NAME, "png", presenter.width, presenter.height,
+                                                             -1).image_data
+            shot = cv2.imdecode(np.frombuffer(base64.b64decode(data.split(",", 1)[1]), np.uint8),
+                                cv2.IMREAD_UNCHANGED)
+            if shot.ndim != 3 or shot.shape[2] != 4:
+                continue
+            shown = shot[..., 3] > 127
+            sent = [frame[..., 3] > 127 for t, frame in zip(sink.times, sink.frames) if t >= time.monotonic() - 2]
+            best = max([float((shown & m).sum() / max((shown | m).sum(), 1)) for m in sent], default=0.0)
+    finally:
+        engine.stop()
+        thread.join(timeout=30)
+    assert best >= 0.9, f"OBS's picture of the stream has no matching alpha (best IoU {best:.2f})"

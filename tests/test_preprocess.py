@@ -75,8 +75,8 @@ def test_heads_are_upright_and_invert_back_to_the_frame(built):
         back = apply_affine(det["head_affine_inv"][i], in_head)
         assert np.abs(back - det["points5"][i]).max() < 1e-2
     i = int(np.flatnonzero(det["has_face"])[0])
-    assert cv2.imread(str(folder / "heads" / cache.frame_name(i))).shape == (512, 512, 3)
-    assert cv2.imread(str(folder / "body_face" / cache.frame_name(i))).shape == (96, 96, 3)
+    assert cv2.imread(str(folder / "heads" / cache.frame_name(i, "heads"))).shape == (512, 512, 3)
+    assert cv2.imread(str(folder / "body_face" / cache.frame_name(i, "body_face"))).shape == (96, 96, 3)
     assert not (folder / "head_face").exists()  # nothing read it: no longer written
     x1, y1, x2, y2 = det["head_box"][i]
     assert 0 <= x1 < x2 <= 512 and 0 <= y1 < y2 <= 512
@@ -89,9 +89,9 @@ def test_body_face_is_the_padded_box_of_the_frame(built):
     x1, y1, x2, y2 = det["box"][i]
     fx1, fy1, fx2, fy2 = det["face_box"][i].astype(int)
     assert (x1, y1, x2, y2) == (fx1, fy1, fx2, fy2 + 10)  # default pads 0 10 0 0
-    frame = cv2.imread(str(folder / "bg" / cache.frame_name(i)))
+    frame = cv2.imread(str(folder / "bg" / cache.frame_name(i, "bg")))
     expected = cv2.resize(frame[y1:y2, x1:x2], (96, 96)).astype(float)
-    crop = cv2.imread(str(folder / "body_face" / cache.frame_name(i))).astype(float)
+    crop = cv2.imread(str(folder / "body_face" / cache.frame_name(i, "body_face"))).astype(float)
     assert np.abs(crop - expected).mean() < 3  # same pixels, up to JPEG
 
 

@@ -31,7 +31,7 @@ def evaluate_video(video: Path, syncnet_path: str, vshift: int = 15) -> SyncScor
         if not (folder / cache.AUDIO).is_file():
             raise ValueError(f"{video}: has no audio track to judge")
         has_face = cache.read_face_det(folder)["has_face"]
-        crops = [cv2.imread(str(folder / "body_face" / cache.frame_name(i))).astype(np.float32) / 255 if ok else None
+        crops = [cv2.imread(str(folder / "body_face" / cache.frame_name(i, "body_face"))).astype(np.float32) / 255 if ok else None
                  for i, ok in enumerate(has_face)]
         mel = melspectrogram(load_audio(folder / cache.AUDIO))
     return score_clip(syncnet, crops, mel, vshift)
