@@ -87,7 +87,10 @@ class WebRtcSink:
         import av
         video = None
         if frame is not None:  # None: made before the first viewer came; the next frame follows within 0.5 s
-            video = av.VideoFrame.from_ndarray(frame, format="bgr24")
+            # converted here, once: every peer's encoder gets this same frame, and an encoder that converts it
+            # itself does so on its own thread through the frame's one shared swscale context (two viewers
+            # converting at once crashed the process in libswscale)
+            video = av.VideoFrame.from_ndarray(frame, format="bgr24").reformat(format="yuv420p")
             video.pts, video.time_base = round(pts * VIDEO_CLOCK), Fraction(1, VIDEO_CLOCK)
         sound = av.AudioFrame.from_ndarray(np.frombuffer(to_int16(audio), np.int16)[None], format="s16", layout="mono")
         sound.sample_rate = SAMPLE_RATE
