@@ -158,12 +158,16 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
+def meta_shapes(build, *args) -> dict[str, tuple[int, ...]]:
+    """Every state-dict key of `build(*args)` with its shape (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        return shapes_of(build(*args).state_dict())
+
+
 @lru_cache(maxsize=None)
 def signature(spec: Spec) -> dict[str, tuple[int, ...]]:
-    """Every state-dict key of the architecture with its shape (built on the meta device: no memory, no time)."""
-    with torch.device("meta"):
-        model = Wav2Lip(spec) if isinstance(spec, GeneratorSpec) else SyncNet(spec)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    """Every state-dict key of the Wav2Lip architecture with its shape."""
+    return meta_shapes(Wav2Lip if isinstance(spec, GeneratorSpec) else SyncNet, spec)
 
 
 def identify(state: dict, candidates: tuple[Spec, ...]) -> Optional[Spec]:

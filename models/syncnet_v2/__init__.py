@@ -36,7 +36,7 @@ from scipy import signal
 from audio.mfcc import N_COEFFICIENTS, mfcc
 from core.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
-from ..loader import CheckpointError, describe_difference, read_checkpoint, shapes_of, what_is_it
+from ..loader import CheckpointError, describe_difference, meta_shapes, read_checkpoint, shapes_of, what_is_it
 from ..predictor import pick_device
 from .arch import S
 
@@ -60,9 +60,8 @@ Device = Union[str, torch.device, None]
 
 @lru_cache(maxsize=None)
 def syncnet_v2_signature() -> dict[str, tuple[int, ...]]:
-    """Every state-dict key of S with its shape (built on the meta device: no memory, no time)."""
-    with torch.device("meta"):
-        return shapes_of(S().state_dict())
+    """Every state-dict key of S with its shape."""
+    return meta_shapes(S)
 
 
 def load_syncnet_v2(path: Union[str, Path], device: Device = None) -> S:
