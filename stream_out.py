@@ -7,7 +7,7 @@
   python stream_out.py preprocess <video-or-folder>... --out <cache_root>   build presenter caches
   python stream_out.py demo [--out out/demo]                    sample presenter speaks -> out/demo/demo.mp4
   python stream_out.py prepare --checkpoint_path wav2lip.pth   convert a checkpoint for this CPU ahead of time
-  python stream_out.py evaluate video.mp4 --syncnet expert.pth   lip-sync metrics (LSE-D, LSE-C, offset)
+  python stream_out.py evaluate video.mp4 --syncnet_v2 syncnet_v2.model   LSE-D, LSE-C, AV offset (= python -m models.evaluate)
   python stream_out.py obs-setup [--target obs|vcam] [--obs_password ...]   point OBS at our stream
   python stream_out.py serve [--data_dir CACHE] [--listen 127.0.0.1:8765]   WebSocket/HTTP/WebRTC API, sessions
   python stream_out.py ray-serve --hosts 2 [--gpus_per_host 1] [--ray_address auto]   sessions across Ray Serve

@@ -2,17 +2,24 @@
 reference's SyncNetInstance.evaluate() does (joonson/syncnet_python), with python_speech_features' MFCCs."""
 from __future__ import annotations
 
+import csv
 import math
+import subprocess
+import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 import torch
 from scipy import signal
+from scipy.io import wavfile
+import cv2
 
 from audio.mfcc import mfcc
-from conftest import require
+from conftest import ROOT, require
 from demo.presenter import astronaut_bgr
+from models.evaluate import FaceTrack, PaperJudge, TrackError, paper_crops, read_face_track, score_track
 from models.loader import CheckpointError
 from models.syncnet_v2 import (S, audio_windows, calc_pdist, embed, evaluate, lip_windows, load_syncnet_v2, score,
                                window_count)
@@ -191,6 +198,8 @@ def test_score_finds_a_known_offset(delay):
     result = score(video_feats, audio_feats)
     assert result.offset == delay
     assert result.confidence > 10 and result.min_dist < result.dists[15 - delay + 1]
+    unrelated = score(rng.standard_normal((60, 1024)).astype(np.float32), audio_feats)
+    assert unrelated.confidence < 0.1 * result.confidence  # no offset stands out
 
 
 def test_mfcc_equals_python_speech_features():
@@ -239,3 +248,125 @@ def test_wrong_files_say_what_they_are_in_one_line(released, tmp_path, case, say
     message = str(error.value)
     assert says in message and "download_model.sh" in message and "syncnet_v2.model" in message
     assert "\n" not in message
+
+
+def face_track_video(path: Path, frames: list[np.ndarray], samples: Optional[np.ndarray]) -> Path:
+    """An mp4 face track with sound (None: without), as published test sets ship them: H.264 frames, AAC audio."""
+    height, width = frames[0].shape[:2]
+    sound = []
+    if samples is not None:
+        wavfile.write(path.with_suffix(".wav"), 16000, samples)
+        sound = ["-i", str(path.with_suffix(".wav")), "-c:a", "aac", "-shortest"]
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width}x{height}",
+                    "-r", "25", "-i", "-", *sound, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", str(path)],
+                   input=np.stack(frames).tobytes(), check=True)
+    return path
+
+
+def reference_load(video: Path, work: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """SyncNetInstance.evaluate()'s "Convert files", "Load video" and "Load audio", step by step."""
+    work.mkdir()
+    subprocess.run(["ffmpeg", "-y", "-i", str(video), "-threads", "1", "-f", "image2", str(work / "%06d.jpg")],
+                   check=True, capture_output=True)
+    subprocess.run(["ffmpeg", "-y", "-i", str(video), "-async", "1", "-ac", "1", "-vn", "-acodec", "pcm_s16le",
+                    "-ar", "16000", str(work / "audio.wav")], check=True, capture_output=True)
+    images = [cv2.imread(str(name)) for name in sorted(work.glob("*.jpg"))]
+    _, audio = wavfile.read(work / "audio.wav")
+    return images, audio
+
+
+@pytest.fixture(scope="module")
+def track_video(tmp_path_factory) -> Path:
+    """34 frames of a drifting 224 x 224 face with 1.3 s of voice: 28 windows (batches of 20 and 8)."""
+    folder = tmp_path_factory.mktemp("track")
+    return face_track_video(folder / "track.mp4", face_crops(34), voice(34 * 640))
+
+
+def test_cropped_track_scores_equal_the_reference(released, track_video, tmp_path):
+    _, model = released
+    images, audio = reference_load(track_video, tmp_path / "reference")
+    expected = reference_evaluate(model, images, audio)
+    track = read_face_track(track_video, tmp_path)
+    assert np.array_equal(track.frames, np.stack(images)) and np.array_equal(track.samples, audio)
+    result = score_track(PaperJudge(model), track)
+    assert result.offset == expected["offset"]
+    np.testing.assert_allclose([result.min_dist, result.confidence], [expected["min_dist"], expected["confidence"]],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.dists, expected["dists"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.framewise_confidence, expected["framewise_confidence"], rtol=1e-5, atol=1e-5)
+
+
+def test_the_command_line_scores_a_filelist_with_mean_and_csv(released, track_video, tmp_path):
+    """`python -m models.evaluate --cropped --filelist`: the reference's lines per video, the mean, a CSV row per
+    track, and a one-line reason for each video it could not score."""
+    path, model = released
+    expected = reference_evaluate(model, *reference_load(track_video, tmp_path / "reference"))
+    small = face_track_video(tmp_path / "small.mp4", [f[:96, :96].copy() for f in face_crops(10)], voice(6400))
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"{track_video}\n# a comment\n\nsmall.mp4\nmissing.mp4\n")
+    table = tmp_path / "scores.csv"
+    result = subprocess.run([sys.executable, "-m", "models.evaluate", "--syncnet_v2", str(path), "--cropped",
+                             "--filelist", str(listing), "--csv", str(table), "--device", "cpu"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{track_video} track 1 (frames 0-33)"
+    assert lines[1:4] == [f"AV offset: \t{expected['offset']:d} ", f"Min dist: \t{expected['min_dist']:.3f}",
+                          f"Confidence: \t{expected['confidence']:.3f}"]
+    assert lines[4] == (f"Mean over 1 tracks of 1 videos (2 failed): Min dist {expected['min_dist']:.3f}  "
+                        f"Confidence {expected['confidence']:.3f}")
+    assert "small.mp4: --cropped takes a 224 x 224 face track" in result.stderr and "96 x 96" in result.stderr
+    assert "missing.mp4: no such file" in result.stderr
+    rows = list(csv.DictReader(table.open()))
+    assert [r["video"] for r in rows] == [str(track_video), str(tmp_path / "small.mp4"), str(tmp_path / "missing.mp4")]
+    assert rows[0]["frames"] == "34" and int(rows[0]["av_offset"]) == expected["offset"] and rows[0]["error"] == ""
+    assert abs(float(rows[0]["min_dist"]) - expected["min_dist"]) <= 1e-5 * max(1.0, expected["min_dist"])
+    assert abs(float(rows[0]["confidence"]) - expected["confidence"]) <= 1e-5 * max(1.0, expected["min_dist"])
+    assert rows[1]["min_dist"] == "" and "224 x 224" in rows[1]["error"]
+
+
+def test_paper_crops_follow_run_pipeline_geometry():
+    """A box of 100 x 120 at (200, 100): half-size 60, so 1.8 x 60 = 108 of grey padding, rows from 60 above the
+    centre to 108 below, columns 84 either side; a box at the corner takes in the grey."""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(13)]
+    crops = paper_crops(frames, np.array([[200, 100, 300, 220]] * 13))
+    for frame, crop in zip(frames, crops):
+        assert np.array_equal(crop, cv2.resize(frame[100:268, 166:334], (224, 224)))
+    corner = paper_crops(frames, np.array([[0, 0, 100, 100]] * 13))[6]  # columns -20 .. 120 of rows 0 .. 140
+    assert (corner[:, :30] == 110).all() and (corner[:, 40:] != 110).any(axis=2).mean() > 0.9
+    with pytest.raises(ValueError, match="13 frames or more"):
+        paper_crops(frames[:12], np.array([[200, 100, 300, 220]] * 12))
+
+
+def test_a_cropped_video_without_sound_is_one_line(tmp_path):
+    video = face_track_video(tmp_path / "silent.mp4", face_crops(8), None)
+    (tmp_path / "work").mkdir()
+    with pytest.raises(TrackError, match="silent.mp4: has no audio track to judge") as error:
+        read_face_track(video, tmp_path / "work")
+    assert "\n" not in str(error.value)
+
+
+def test_a_preprocessed_video_is_one_track_per_run_of_frames_with_a_face(built):
+    """clip25: a card hides the face from 2.0 s to 2.6 s, so two tracks, each with the sound under its frames;
+    the paper judge gets run_pipeline.py's crops of the full frames, an expert its own crops."""
+    from audio.decode import load_audio
+    from preprocess import cache
+    from tools.evaluate import cached_tracks, face_runs
+
+    assert face_runs(np.array([1] * 13 + [0] + [1] * 12 + [0, 0] + [1] * 20, bool)) == [(0, 13), (28, 48)]
+    folder = built["cache"] / "clip25"
+    face_det = cache.read_face_det(folder)
+    samples = np.round(load_audio(folder / cache.AUDIO) * 32768).astype(np.int16)
+    tracks = list(cached_tracks(folder, paper=True))
+    assert [t.first for t in tracks] == [start for start, _ in face_runs(face_det["has_face"])]
+    assert len(tracks) == 2 and tracks[0].first == 0 and 50 <= tracks[1].first <= 66
+    for track in tracks:
+        frames = len(track.frames)
+        assert track.frames.shape == (frames, 224, 224, 3) and face_det["has_face"][track.first:][:frames].all()
+        assert np.array_equal(track.samples, samples[track.first * 640:(track.first + frames) * 640])
+        bg = [cv2.imread(str(folder / "bg" / cache.frame_name(i, "bg"))) for i in range(track.first,
+                                                                                         track.first + frames)]
+        assert np.array_equal(track.frames, paper_crops(bg, face_det["face_box"][track.first:track.first + frames]))
+    experts = list(cached_tracks(folder, paper=False))
+    assert [t.frames.shape for t in experts] == [(len(t.frames), 96, 96, 3) for t in tracks]
