@@ -26,8 +26,9 @@ class Layer:
     residual: bool = False
     transpose: bool = False
     output_padding: int = 0
-    act: str = "relu"  # relu | leaky (0.2) | leaky0.01 | prelu
+    act: str = "relu"  # relu | leaky (0.2) | leaky0.01 | prelu | tanh
     norm: bool = True  # False: conv + activation only (the GAN discriminator's nonorm_Conv2d)
+    dims: int = 2  # 1: Conv1d + BatchNorm1d (IP_LAP's landmark encoders)
 
 
 def conv(cin: int, cout: int, kernel: Size2 = 3, stride: Size2 = 1, padding: Size2 = 1, act: str = "relu") -> Layer:
@@ -57,6 +58,8 @@ def make_act(name: str) -> nn.Module:
         return nn.LeakyReLU(0.01)
     if name == "prelu":
         return nn.PReLU()
+    if name == "tanh":
+        return nn.Tanh()
     raise ValueError(f"unknown activation {name!r}")
 
 
@@ -69,8 +72,10 @@ class ConvBN(nn.Module):
             conv_layer = nn.ConvTranspose2d(layer.cin, layer.cout, layer.kernel, layer.stride, layer.padding,
                                             layer.output_padding)
         else:
-            conv_layer = nn.Conv2d(layer.cin, layer.cout, layer.kernel, layer.stride, layer.padding)
-        self.conv_block = nn.Sequential(conv_layer, nn.BatchNorm2d(layer.cout)) if layer.norm else nn.Sequential(conv_layer)
+            conv_type = nn.Conv1d if layer.dims == 1 else nn.Conv2d
+            conv_layer = conv_type(layer.cin, layer.cout, layer.kernel, layer.stride, layer.padding)
+        norm = nn.BatchNorm1d if layer.dims == 1 else nn.BatchNorm2d
+        self.conv_block = nn.Sequential(conv_layer, norm(layer.cout)) if layer.norm else nn.Sequential(conv_layer)
         self.act = make_act(layer.act)
         self.residual = layer.residual
 

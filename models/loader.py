@@ -188,6 +188,12 @@ def what_is_it(state: dict, container: str = "") -> Optional[tuple[str, str]]:
         return "generator", "a Wav2Lip generator"
     if any(k.startswith("face_encoder.") for k in keys) and any(k.startswith("audio_encoder.") for k in keys):
         return "syncnet", "a SyncNet lip-sync expert"
+    if any(k.startswith("netcnnlip.") for k in keys):
+        return "syncnet_v2", "syncnet_python's SyncNet (syncnet_v2.model), the LSE metrics' judge"
+    if any(k.startswith(("fusion_transformer.", "pose_encoder.")) for k in keys):
+        return "iplap_landmark", "IP_LAP's landmark generator (landmarkgenerator_checkpoint.pth)"
+    if any(k.startswith(("flow_module.", "translation.")) for k in keys):
+        return "iplap_renderer", "IP_LAP's renderer (renderer_checkpoint.pth)"
     return None
 
 

@@ -90,7 +90,7 @@ def what_syncnet_v2_is_not(state: dict, expected: dict, container: str) -> str:
     known = what_is_it(state, container)
     if known is not None and known[0] == "syncnet":
         return "this is Wav2Lip's SyncNet lip-sync expert (face_encoder/audio_encoder), not syncnet_python's S"
-    if known is not None:
+    if known is not None and known[0] != "syncnet_v2":
         return f"this is {known[1]}, not syncnet_python's S"
     return f"not syncnet_python's S ({len(state)} entries): {describe_difference(shapes_of(state), expected)}"
 
