@@ -1,9 +1,13 @@
-"""Model-only speed: Wav2Lip 96/288/384 frames/s per batch size and dtype, and GFPGAN ms per 512 head.
+"""Model-only speed: Wav2Lip 96/288/384 frames/s per batch size and dtype, GFPGAN ms per 512 head, and IP_LAP
+frames/s per batch size and number of reference faces.
 
-python bench/models.py [--sizes 96 288 384] [--device auto|cpu|cuda] [--seconds 3] [--skip_gfpgan]
+python bench/models.py [--sizes [96 288 384]] [--device auto|cpu|cuda] [--seconds 3] [--skip_gfpgan]
+                       [--iplap_references 1 5 25] [--skip_iplap]
 Random weights (speed does not depend on them). 'eager' is the reference way (plain fp32 model, NCHW); the
 others are our predictor (BatchNorm folded, uint8 pre/post-processing included) per runtime and precision:
-torch (channels-last) and, on the CPU, OpenVINO fp32 and int8 (calibrated on the generic crops of models/calibration.py).
+torch (channels-last) and, on the CPU, OpenVINO fp32 and int8 (calibrated on the generic crops of
+models/calibration.py). IP_LAP is timed as the engine calls it per frame (models/iplap/prior.py IplapGenerator.generate: the landmark
+generator over the 5-frame window, the five sketches drawn, the renderer, the uint8 cast), fp32.
 """
 from __future__ import annotations
 
@@ -82,12 +86,40 @@ def bench_gfpgan(device: torch.device, seconds: float) -> float:
     return timed(lambda: enhancer.enhance(head), seconds, device) * 1000
 
 
+IPLAP_BATCHES = {"cpu": (1,), "cuda": (1, 8, 16)}
+
+
+def bench_iplap(device: torch.device, seconds: float, references: list[int]) -> list[tuple]:
+    from models.iplap import LandmarkGenerator, Renderer
+    from models.iplap.prior import FrameLandmarks, IplapGenerator, References
+    generator = IplapGenerator(LandmarkGenerator().to(device), Renderer().to(device))
+    rng = np.random.default_rng(0)
+    frame = FrameLandmarks(rng.uniform(0.1, 0.9, (2, 74)).astype(np.float32),
+                           rng.uniform(0.1, 0.9, (2, 57)).astype(np.float32), (300, 260), 0.02)
+    rows = []
+    for count in references:
+        refs = References(torch.rand(1, count, 3, 128, 128, device=device),
+                          torch.rand(1, count, 3, 128, 128, device=device),
+                          torch.rand(1, 15, 2, 74, device=device), torch.rand(1, 15, 2, 57, device=device))
+        for batch in IPLAP_BATCHES[device.type]:
+            mels = rng.normal(size=(batch, 5, 80, 16)).astype(np.float32)
+            faces = rng.integers(0, 256, (batch, 128, 128, 3), dtype=np.uint8)
+            per_call = timed(lambda: generator.generate(mels, [[frame] * 5] * batch, faces, refs), seconds, device)
+            rows.append(report("iplap", batch, f"{count} reference faces, fp32", f"{batch / per_call:.3f}",
+                               f"{per_call / batch:.2f} s a frame"))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 288, 384], choices=sorted(SPECS))
+    parser.add_argument("--sizes", type=int, nargs="*", default=[96, 288, 384], choices=sorted(SPECS),
+                        help="Wav2Lip sizes to time (none: --sizes alone)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seconds", type=float, default=3.0, help="time spent per measurement")
     parser.add_argument("--skip_gfpgan", action="store_true")
+    parser.add_argument("--iplap_references", type=int, nargs="+", default=[1, 5, 25],
+                        help="IP_LAP: reference faces per frame to time (the reference uses 25)")
+    parser.add_argument("--skip_iplap", action="store_true")
     args = parser.parse_args()
     print(header())
     device = pick_device(args.device)
@@ -99,6 +131,9 @@ def main() -> None:
         bench_wav2lip(size, device, args.seconds)
     if not args.skip_gfpgan:
         print(f"\nGFPGANv1Clean 512, batch 1, fp32: {bench_gfpgan(device, args.seconds):.0f} ms per head")
+    if not args.skip_iplap:
+        print("\nmodel | batch | variant | frames/s | time")
+        bench_iplap(device, args.seconds, args.iplap_references)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from core.timebase import FPS
 from engine.backdrop import Backdrop
 
 log = logging.getLogger("engine")
+IPLAP_FILES = {"landmark_checkpoint": "landmarkgenerator_checkpoint.pth",
+               "renderer_checkpoint": "renderer_checkpoint.pth"}
 
 
 def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:
@@ -55,6 +57,23 @@ def check_frame_flags(args: argparse.Namespace) -> None:
         if manifest is not None and not manifest.get("matte"):
             raise ValueError(f"--background {args.background}: {args.data_dir} holds no matte; rebuild it with "
                              f"`python stream_out.py preprocess <video> --out {Path(args.data_dir).parent} --matte`")
+
+
+def check_iplap_flags(args: argparse.Namespace, live: bool) -> None:
+    """--model iplap against the rest, before anything loads."""
+    from models.predictor import pick_device
+    if args.checkpoint_path:
+        raise ValueError("--checkpoint_path is a Wav2Lip checkpoint; --model iplap takes --landmark_checkpoint and "
+                         "--renderer_checkpoint")
+    for flag in ("landmark_checkpoint", "renderer_checkpoint"):
+        if not getattr(args, flag):
+            raise ValueError(f"--model iplap needs --{flag} ({IPLAP_FILES[flag]}, linked from the README of "
+                             f"https://github.com/Weizhi-Zhong/IP_LAP)")
+    if args.iplap_references < 1:
+        raise ValueError(f"--iplap_references {args.iplap_references}: give 1 or more (the reference uses 25)")
+    if live and pick_device(args.device).type != "cuda":
+        raise ValueError("--model iplap cannot run live on the CPU (a frame takes seconds here); render to "
+                         "--outfile x.mp4, or run it on a CUDA GPU")
 
 
 def compile_batches(batches: tuple[int, ...], wanted: bool, device: str) -> tuple[int, ...]:
@@ -129,15 +148,25 @@ class Parts:
         from engine.loop import EngineConfig
 
         only_weights = args.blendshapes_only  # no lip model, no pixels
-        wav2lip = self._wav2lip(args, live, user) if args.checkpoint_path and not only_weights else None
+        iplap = args.model == "iplap" and not only_weights
+        if iplap:
+            check_iplap_flags(args, live)
+        wav2lip = self._wav2lip(args, live, user) if args.checkpoint_path and not only_weights and not iplap else None
         face_size = wav2lip.size if wav2lip is not None else None
+        if iplap:  # (imported here: models.iplap loads torch, which a stored OpenVINO Wav2Lip never needs)
+            from models.iplap import FACE as face_size
         cache = resolve_cache(args, face_size or 96).resolve()
         heads, between = args.enhance != "none", args.fps != FPS
         backdrop = Backdrop.parse(args.background)
-        presenter = self._get(("presenter", str(cache), face_size, heads, between, backdrop.needs_matte), user,
-                              lambda: self._presenter(cache, face_size, heads, between, backdrop.needs_matte))
+        presenter = self._get(("presenter", str(cache), face_size, heads, between, backdrop.needs_matte, iplap), user,
+                              lambda: self._presenter(cache, face_size, heads, between, backdrop.needs_matte, iplap))
         enhancer = self._enhancer(args, live, user) if heads else None
-        predictor = wav2lip if wav2lip is not None else None if only_weights else self._animator(presenter, user)
+        if wav2lip is not None:
+            predictor = wav2lip
+        elif iplap:
+            predictor = self._iplap(args, presenter, user)
+        else:
+            predictor = None if only_weights else self._animator(presenter, user)
         if predictor is not None and pick_pipeline(args.pipeline, predictor) == "device":
             from engine.resident import load_resident
             from engine.torch_composite import TorchCompositor
@@ -162,9 +191,28 @@ class Parts:
                          lambda: RifeInterpolator(args.rife_path, device))
 
     @staticmethod
-    def _presenter(cache: Path, face_size, heads: bool, between: bool, matte: bool):
+    def _presenter(cache: Path, face_size, heads: bool, between: bool, matte: bool, iplap: bool):
         from engine.presenter import Presenter
-        return Presenter(cache, face_size, load_heads=heads, load_between=between, load_matte=matte)
+        return Presenter(cache, face_size, load_heads=heads, load_between=between, load_matte=matte,
+                         load_iplap=iplap)
+
+    def _iplap(self, args: argparse.Namespace, presenter, user):
+        """IP_LAP for a presenter: both networks on the device, the references picked from its frames. Not put
+        behind a session's shared model worker: it needs each frame's window of cache frames."""
+        def iplap():
+            from engine.iplap import IplapLipSync
+            from models.iplap import load_landmark_generator, load_renderer
+            from models.iplap.prior import IplapGenerator
+            device = None if args.device == "auto" else args.device
+            generator = IplapGenerator(load_landmark_generator(args.landmark_checkpoint, device),
+                                       load_renderer(args.renderer_checkpoint, device))
+            model = IplapLipSync(generator, presenter, args.iplap_references)
+            if generator.device.type == "cuda":  # on a CPU one frame takes seconds: no warm-up there
+                model.warm_up(1)
+            return model
+        key = ("model", "iplap", str(Path(args.landmark_checkpoint).resolve()),
+               str(Path(args.renderer_checkpoint).resolve()), args.device, str(presenter.dir), args.iplap_references)
+        return self._get(key, user, iplap)
 
     def _animator(self, presenter, user):
         """One drawn-mouth animator for every presenter of a face size; one per presenter that has recorded mouths

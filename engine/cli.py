@@ -22,6 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML preset (wav2lip96|288|384) or file; its 'stream_out' section sets defaults")
     p.add_argument("--checkpoint_path", help="Wav2Lip generator checkpoint (wav2lip.pth, wav2lip_gan.pth, 288/384); "
                                              "without one, the weight-free mouth animator is used")
+    p.add_argument("--model", choices=("wav2lip", "iplap"), default="wav2lip",
+                   help="the lip model: wav2lip (--checkpoint_path; without one the mouth animator) or iplap "
+                        "(IP_LAP: --landmark_checkpoint and --renderer_checkpoint; a GPU feature, seconds per frame "
+                        "on a CPU)")
+    p.add_argument("--landmark_checkpoint", metavar="landmarkgenerator_checkpoint.pth", help="--model iplap: "
+                   "IP_LAP's landmark generator")
+    p.add_argument("--renderer_checkpoint", metavar="renderer_checkpoint.pth", help="--model iplap: IP_LAP's renderer")
+    p.add_argument("--iplap_references", type=int, default=25, metavar="N",
+                   help="--model iplap: reference faces the renderer warps from (the reference's 25; fewer are "
+                        "faster, each costs about as much as the rest of a frame)")
     p.add_argument("--data_dir", help="a presenter cache folder (from `stream_out.py preprocess`), or a cache root "
                                       "holding exactly one")
     p.add_argument("--face", help="uncached input: a video to preprocess first (uses --pads/--nosmooth)")

@@ -128,7 +128,9 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
     everything else passes as None.
 
     `lipsync` is anything with predict(mel_windows (B,80,16), faces (B,S,S,3) uint8, landmarks (B,K,2) in crop
-    pixels) -> faces: models.predictor.LipSyncPredictor (Wav2Lip) or models.mouthwarp.MouthAnimator.
+    pixels) -> faces: models.predictor.LipSyncPredictor (Wav2Lip) or models.mouthwarp.MouthAnimator. A model with
+    `window_frames` n > 1 (engine.iplap.IplapLipSync) gets each frame's last n mel windows (B,n,80,16) and, as a
+    fourth argument, the cache frames shown around it (B,n).
     A live run gives each frame's presentation `deadline` (monotonic) and a SkipPolicy: a frame the model would
     make late is shown as the cached frame instead, and counted in stats.skipped. `faces(indices)` gives the
     cached crops the model starts from: numpy from the presenter, or device tensors from the device pipeline.
@@ -138,6 +140,9 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
     policy = policy or SkipPolicy()
     faces = faces or (lambda indices: np.stack([presenter.face(i) for i in indices]))
     batch: list[tuple[FrameUnit, int]] = []
+    span = getattr(lipsync, "window_frames", 1)  # IP_LAP: each frame's window of 5 (see engine/iplap.py)
+    recent: deque = deque(maxlen=span)  # the last `span` units' mel windows, this one last
+    contexts: dict[int, np.ndarray] = {}
 
     def flush():
         if not batch:
@@ -147,12 +152,16 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
         mouths = None  # with no lip model (blendshapes only), no model inputs are gathered either
         if lipsync is not None:
             landmarks = np.stack([presenter.crop_landmarks(i) for i in indices])
-            windows = np.stack([u.window for u, _ in batch])
-            if getattr(lipsync, "scheduled", False):  # a model shared between sessions: it batches by deadline
+            if span > 1:
+                windows = np.stack([contexts.pop(u.index) for u, _ in batch])
+                shown = np.array([[ping_pong(max(0, u.index + d) + start_frame, presenter.frames)
+                                   for d in range(-(span // 2), span // 2 + 1)] for u, _ in batch])
+                mouths = lipsync.predict(windows, faces(indices), landmarks, shown)
+            elif getattr(lipsync, "scheduled", False):  # a model shared between sessions: it batches by deadline
                 due = min(deadline(u) for u, _ in batch) if deadline is not None else float("inf")
-                mouths = lipsync.predict(windows, faces(indices), landmarks, due=due)
+                mouths = lipsync.predict(np.stack([u.window for u, _ in batch]), faces(indices), landmarks, due=due)
             else:
-                mouths = lipsync.predict(windows, faces(indices), landmarks)
+                mouths = lipsync.predict(np.stack([u.window for u, _ in batch]), faces(indices), landmarks)
         skipped = mouths is None and lipsync is not None  # the shared model could not make their time
         for k, (unit, index) in enumerate(batch):  # (a meter reading pixels costs time the policy must see)
             measure(unit, index, driven=not skipped, face=mouths[k] if mouths is not None else None)
@@ -173,12 +182,15 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
 
     for unit in units:
         index = ping_pong(unit.index + start_frame, presenter.frames)
+        recent.append(unit.window)
         wanted = bool(unit.speaking and presenter.has_face[index])
         stats.speech += wanted
         skip = wanted and deadline is not None and policy.skip(time.monotonic(), deadline(unit), len(batch))
         stats.skipped += skip
         if wanted and not skip:
             batch.append((unit, index))
+            if span > 1:  # before the first frames, the first window stands in (IP_LAP's max(0, k - 2))
+                contexts[unit.index] = np.stack([recent[0]] * (span - len(recent)) + list(recent))
             if len(batch) >= batch_size:
                 yield from flush()
             continue

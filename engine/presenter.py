@@ -23,7 +23,7 @@ class PresenterError(UserError):
 
 class Presenter:
     def __init__(self, cache_dir: Path | str, face_size: int | None = None, load_heads: bool = False,
-                 load_between: bool = False, load_matte: bool = False):
+                 load_between: bool = False, load_matte: bool = False, load_iplap: bool = False):
         self.dir = Path(cache_dir)
         manifest = cache.read_manifest(self.dir)
         if manifest is None:
@@ -57,6 +57,7 @@ class Presenter:
         self.head_affine = det["head_affine"]
         self.head_affine_inv = det["head_affine_inv"]
         self.landmarks = det["landmarks"]
+        self.iplap_box = det["iplap_box"]
         self.frames = len(self.has_face)
         self._bg = self._read_all("bg", range(self.frames))
         self._bg_mid = self._read_all("bg_mid", range(self.frames - 1)) \
@@ -71,6 +72,11 @@ class Presenter:
         faces = np.flatnonzero(self.has_face)
         self._face = self._read_all("body_face", faces)
         self._head = self._read_all("heads", faces) if load_heads else {}
+        if load_iplap and not self.iplap_box[faces].any(axis=1).all():
+            raise PresenterError(f"{self.dir}: IP_LAP needs MediaPipe's 478-point face mesh on every frame with a "
+                                 f"face, and this cache was made with the {manifest.get('detector')} detector; "
+                                 f"rebuild it with `preprocess --detector mediapipe --force`")
+        self._iplap = self._read_all("iplap_face", faces) if load_iplap else {}
 
     def _read_all(self, sub: str, indices) -> dict[int, bytes]:
         folder = self.dir / sub
@@ -113,6 +119,10 @@ class Presenter:
 
     def head(self, i: int) -> np.ndarray:
         return self._decode(self._head[i])
+
+    def iplap_face(self, i: int) -> np.ndarray:
+        """IP_LAP's 128 x 128 crop of frame i (its box is iplap_box[i], y1, y2, x1, x2)."""
+        return self._decode(self._iplap[i])
 
     def crop_landmarks(self, i: int) -> np.ndarray:
         """Frame i's landmarks in body_face crop pixels (the crop is the padded box resized to face_size)."""

@@ -44,19 +44,22 @@ class Clip:
         return self.mel[:, start:start + MEL_WINDOW]
 
 
-def read_split(data_root: Path, split: str) -> list[Clip]:
-    """The clips listed in <data_root>/<split>.txt that have audio and at least a window of frames."""
+def split_folders(data_root: Path, split: str) -> tuple[Path, list[Path]]:
+    """(<data_root>/<split>.txt, the clip folders it lists: its first word per line, relative to data_root)."""
     data_root = Path(data_root)
     listing = data_root / f"{split}.txt"
     if not listing.is_file():
         raise DataError(f"{listing} is missing; export a training set with "
                         f"`python stream_out.py preprocess <videos> --train_dir {data_root}`")
+    folders = [Path(line.split()[0]) for line in listing.read_text().splitlines() if line.strip()]
+    return listing, [folder if folder.is_absolute() else data_root / folder for folder in folders]
+
+
+def read_split(data_root: Path, split: str) -> list[Clip]:
+    """The clips listed in <data_root>/<split>.txt that have audio and at least a window of frames."""
+    listing, folders = split_folders(data_root, split)
     clips = []
-    for line in listing.read_text().splitlines():
-        if not line.strip():
-            continue
-        folder = Path(line.split()[0])
-        folder = folder if folder.is_absolute() else data_root / folder
+    for folder in folders:
         frames = {int(p.stem): p for p in folder.glob("*.jpg") if p.stem.isdigit()}
         if len(frames) < 3 * SYNC_FRAMES or not (folder / "audio.wav").is_file():
             continue

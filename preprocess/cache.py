@@ -8,6 +8,7 @@ cache/<name>/
                   the recorded background; matte_mid/ holds the in-between frames' (--fps 50 --matte)
   body_face/      Wav2Lip crop (padded box, resized to face_size) - only frames with a face
   heads/          512x512 upright head (FFHQ alignment) for GFPGAN - only frames with a face
+  iplap_face/     IP_LAP's 128x128 face crop (its 131 mesh points plus 25 px) - frames with a face-mesh face
   audio.wav       16 kHz mono (absent when the source has no audio)
   face_det.npz    per-frame arrays, see FACE_DET_FIELDS
 """
@@ -23,11 +24,11 @@ import numpy as np
 
 from core.scratch import make_scratch, publish, remove
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: iplap_face/ and iplap_box (IP_LAP, --model iplap)
 MANIFEST = "manifest.json"
 FACE_DET = "face_det.npz"
 AUDIO = "audio.wav"
-IMAGE_DIRS = ("bg", "bg_mid", "body_face", "heads", "matte", "matte_mid")
+IMAGE_DIRS = ("bg", "bg_mid", "body_face", "heads", "iplap_face", "matte", "matte_mid")
 LOSSLESS_DIRS = ("matte", "matte_mid")  # PNG: an alpha must decode to the levels it was given
 FACE_DET_FIELDS = {
     "has_face": "bool (N,): a face was found on the frame; frames without one pass through untouched",
@@ -38,6 +39,8 @@ FACE_DET_FIELDS = {
     "head_box": "int32 (N,4): face box x1,y1,x2,y2 inside the upright head",
     "points5": "float32 (N,5,2): eyes, nose tip, mouth corners in frame pixels",
     "landmarks": "float32 (N,K,2): all detector landmarks in frame pixels (NaN without a face)",
+    "iplap_box": "int32 (N,4): IP_LAP's face crop y1,y2,x1,x2 in frame pixels (zeros without a face or without "
+                 "MediaPipe's 478-point mesh)",
 }
 
 
@@ -55,6 +58,7 @@ class FrameRecord:
     head_box: np.ndarray
     points5: np.ndarray
     landmarks: np.ndarray
+    iplap_box: np.ndarray
 
 
 class CacheWriter:

@@ -3,7 +3,8 @@
 The layout is what Rudrabha's, primepake's and stream-wav2lip's training scripts read: frames named by their
 index (frames without a face are simply absent, as in the reference preprocess), and filelists of folder names.
 The crops are the padded Wav2Lip crops the engine feeds the model, so a model trained on them sees at training
-time exactly what it gets live.
+time exactly what it gets live. For IP_LAP (python -m models.iplap.train) each clip also gets its 128 x 128 crops
+(`iplap/`) and its landmarks in those crops (`iplap_landmarks.npz`: pose, content, crop_size).
 """
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import shutil
 import zlib
 from pathlib import Path
 
+import numpy as np
+
 from core.scratch import make_scratch, publish, remove
+from models.iplap.data import CROPS, LANDMARKS
+from models.iplap.prior import CONTENT, POSE, crop_landmarks
 
 from . import cache
 
@@ -25,11 +30,30 @@ def export_training_clip(cache_dir: Path, train_dir: Path) -> Path:
     try:
         for crop in sorted((cache_dir / "body_face").glob("*.jpg")):
             shutil.copy2(crop, tmp / crop.name)
+        crops = sorted((cache_dir / "iplap_face").glob("*.jpg"))
+        if crops:
+            (tmp / CROPS).mkdir()
+            for crop in crops:
+                shutil.copy2(crop, tmp / CROPS / crop.name)
+            write_iplap_landmarks(cache.read_face_det(cache_dir), tmp / LANDMARKS)
         if (cache_dir / cache.AUDIO).is_file():
             shutil.copy2(cache_dir / cache.AUDIO, tmp / cache.AUDIO)
         return publish(tmp, target)
     finally:
         remove(tmp)
+
+
+def write_iplap_landmarks(det: dict, path: Path) -> None:
+    """Every frame's pose and content landmarks in its IP_LAP crop (NaN without one) and the crop's size."""
+    frames = len(det["has_face"])
+    pose = np.full((frames, 2, len(POSE)), np.nan, np.float32)
+    content = np.full((frames, 2, len(CONTENT)), np.nan, np.float32)
+    size = np.zeros((frames, 2), np.int32)
+    for i in np.flatnonzero(det["iplap_box"].any(axis=1)):
+        y1, y2, x1, x2 = box = det["iplap_box"][i]
+        pose[i], content[i] = crop_landmarks(det["landmarks"][i], box)
+        size[i] = (y2 - y1, x2 - x1)
+    np.savez(path, pose=pose, content=content, crop_size=size)
 
 
 def write_filelists(train_dir: Path) -> tuple[list[str], list[str]]:

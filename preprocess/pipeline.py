@@ -16,6 +16,7 @@ from tqdm import tqdm
 from core.ffmpeg import TRUNCATED_BELOW
 from core.flow import FlowInterpolator
 from core.timebase import FPS
+from models.iplap.prior import FACE, MESH_POINTS, crop_box
 
 from . import cache
 from .detect import Face, make_detector
@@ -113,7 +114,7 @@ def empty_record(num_landmarks: int) -> cache.FrameRecord:
     nan = np.full((num_landmarks, 2), np.nan, np.float32)
     return cache.FrameRecord(False, np.zeros(4, np.int32), np.zeros(4, np.float32), np.zeros((2, 3), np.float32),
                              np.zeros((2, 3), np.float32), np.zeros(4, np.int32), np.full((5, 2), np.nan, np.float32),
-                             nan)
+                             nan, np.zeros(4, np.int32))
 
 
 def crop_resized(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
@@ -140,8 +141,19 @@ def process_frame(writer: cache.CacheWriter, index: int, frame: np.ndarray, face
     if head_box is None:
         head_box = np.array([0, 0, cfg.head_size, cfg.head_size], np.int32)
     writer.add_record(cache.FrameRecord(True, box, face.box.astype(np.float32), forward, inverse, head_box,
-                                        face.points5, face.landmarks))
+                                        face.points5, face.landmarks, iplap_crop(writer, index, frame, face)))
     return True
+
+
+def iplap_crop(writer: cache.CacheWriter, index: int, frame: np.ndarray, face: Face) -> np.ndarray:
+    """IP_LAP's face crop (its box from the mesh, resized to 128 as its inference resizes), written to iplap_face/;
+    returns the box (y1, y2, x1, x2), zeros when the landmarks are not MediaPipe's 478-point mesh."""
+    if face.landmarks.shape[0] != MESH_POINTS or not np.isfinite(face.landmarks).all():
+        return np.zeros(4, np.int32)
+    h, w = frame.shape[:2]
+    y1, y2, x1, x2 = box = crop_box(face.landmarks, w, h)
+    writer.write_image("iplap_face", index, cv2.resize(frame[y1:y2, x1:x2], (FACE, FACE)))
+    return np.array(box, np.int32)
 
 
 def preprocess_video(source: Path, out_root: Path, cfg: PreprocessConfig, name: Optional[str] = None,

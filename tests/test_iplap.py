@@ -2,8 +2,10 @@
 reference's code computes (Weizhi-Zhong/IP_LAP models/landmark_generator.py, models/video_renderer.py)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -292,3 +294,343 @@ def test_wrong_files_say_what_they_are_in_one_line(released, tmp_path, case, loa
         load(path, "cpu")
     message = str(error.value)
     assert says in message and "Weizhi-Zhong/IP_LAP" in message and "\n" not in message
+
+
+# ---- the reference's inference_single.py around the networks, step by step ----
+
+ORI_SEQUENCE_IDX = [162, 127, 234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288,
+                    361, 323, 454, 356, 389, 70, 63, 105, 66, 107, 55, 65, 52, 53, 46, 336, 296, 334, 293, 300, 276,
+                    283, 282, 295, 285, 168, 6, 197, 195, 5, 48, 115, 220, 45, 4, 275, 440, 344, 278, 33, 246, 161,
+                    160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7, 362, 398, 384, 385, 386, 387, 388,
+                    466, 263, 249, 390, 373, 374, 380, 381, 382, 61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291,
+                    375, 321, 405, 314, 17, 84, 181, 91, 146, 78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324,
+                    318, 402, 317, 14, 87, 178, 88, 95]
+FULL_FACE_LANDMARK_SEQUENCE = [*range(0, 4), *range(21, 25), *range(25, 91), *range(4, 21), *range(91, 131)]
+
+
+def reference_groups():
+    from models.iplap import prior  # the edge sets are data, copied from the reference into prior.py
+    groups = [prior.LIPS, prior.LEFT_EYE, prior.LEFT_EYEBROW, prior.RIGHT_EYE, prior.RIGHT_EYEBROW, prior.FACE_OVAL,
+              prior.NOSE]
+    connection = frozenset().union(*groups)
+
+    def summarize_landmark(edge_set):
+        return {p for a, b in edge_set for p in (a, b)}
+    all_idx = summarize_landmark(connection)
+    pose_idx = summarize_landmark(prior.NOSE.union(*[prior.RIGHT_EYEBROW, prior.RIGHT_EYE, prior.LEFT_EYE,
+                                                     prior.LEFT_EYEBROW])).union([162, 127, 234, 93, 389, 356, 454,
+                                                                                  323])
+    return connection, all_idx, pose_idx, all_idx - pose_idx
+
+
+def reference_draw(full_landmarks, h, w, connection):
+    """The sketch of inference_single.py with draw_landmark.draw_landmarks."""
+    import math
+    image = np.zeros((int(h * 128 / min(h, w)), int(w * 128 / min(h, w)), 3))
+    rows, cols, _ = image.shape
+    coordinates = {}
+    for idx in range(full_landmarks.shape[1]):
+        x, y = full_landmarks[0, idx], full_landmarks[1, idx]
+        valid = [(v > 0 or math.isclose(0, v)) and (v < 1 or math.isclose(1, v)) for v in (x, y)]
+        if all(valid):
+            coordinates[ORI_SEQUENCE_IDX[FULL_FACE_LANDMARK_SEQUENCE[idx]]] = (
+                min(math.floor(x * cols), cols - 1), min(math.floor(y * rows), rows - 1))
+    for start, end in connection:
+        if start in coordinates and end in coordinates:
+            cv2.line(image, coordinates[start], coordinates[end], (224, 224, 224), 1)
+    return cv2.resize(image, (128, 128))
+
+
+def reference_inference_frame(frames, normalised, landmark_model, renderer, mels, centre, ref_img_N, Nl=15):
+    """inference_single.py from the detected landmarks (mediapipe's normalised x, y per mesh point) to the face
+    drawn for frame `centre` (its window centre-2 .. centre+2; mels: the chunks already chosen for it)."""
+    connection, all_idx, pose_idx, content_idx = reference_groups()
+    boxes, lip_dists, all_pose, all_content = [], [], [], []
+    for frame_idx, (frame, marks) in enumerate(zip(frames, normalised)):
+        h, w = frame.shape[:2]
+        dx, dy = marks[0] - marks[17]
+        lip_dists.append((frame_idx, np.linalg.norm((dx, dy))))
+        x_min, x_max, y_min, y_max = 999, -999, 999, -999
+        for idx, (x, y) in enumerate(marks):
+            if idx in all_idx:
+                x_min, x_max, y_min, y_max = min(x_min, x), max(x_max, x), min(y_min, y), max(y_max, y)
+        x_min, x_max = max(x_min - 25 / w, 0), min(x_max + 25 / w, 1)
+        y_min, y_max = max(y_min - 25 / h, 0), min(y_max + 25 / h, 1)
+        boxes.append((int(y_min * h), int(y_max * h), int(x_min * w), int(x_max * w)))
+        y1, y2, x1, x2 = boxes[-1]
+        pose = [[idx, (w * x - x1) / (x2 - x1), (h * y - y1) / (y2 - y1)] for idx, (x, y) in enumerate(marks)
+                if idx in pose_idx]
+        content = [[idx, (w * x - x1) / (x2 - x1), (h * y - y1) / (y2 - y1)] for idx, (x, y) in enumerate(marks)
+                   if idx in content_idx]
+        all_pose.append(sorted(pose, key=lambda t: ORI_SEQUENCE_IDX.index(t[0])))
+        all_content.append(sorted(content, key=lambda t: ORI_SEQUENCE_IDX.index(t[0])))
+    crops = [frame[y1:y2, x1:x2] for frame, (y1, y2, x1, x2) in zip(frames, boxes)]
+
+    def as_tensor(rows, count):
+        out = torch.zeros((len(rows), 2, count))
+        for i, row in enumerate(rows):
+            out[i, 0, :] = torch.FloatTensor([p[1] for p in row])
+            out[i, 1, :] = torch.FloatTensor([p[2] for p in row])
+        return out
+
+    lip_dist_idx = np.asarray([idx for idx, _ in sorted(lip_dists, key=lambda x: x[1])])
+    n = len(frames)
+    Nl_idxs = [lip_dist_idx[int(i)] for i in torch.linspace(0, n - 1, steps=Nl)]
+    Nl_pose = as_tensor([all_pose[i] for i in Nl_idxs], 74).unsqueeze(0)
+    Nl_content = as_tensor([all_content[i] for i in Nl_idxs], 57).unsqueeze(0)
+    ref_img_idx = [int(lip_dist_idx[int(i)]) for i in torch.linspace(0, n - 1, steps=ref_img_N)]
+    ref_full = torch.cat([as_tensor([all_pose[i] for i in ref_img_idx], 74),
+                          as_tensor([all_content[i] for i in ref_img_idx], 57)], dim=2).numpy()
+    ref_img_sketches = [reference_draw(ref_full[k], *crops[i].shape[:2], connection) for k, i in enumerate(ref_img_idx)]
+    ref_img_sketches = torch.FloatTensor(np.asarray(ref_img_sketches) / 255.0).unsqueeze(0).permute(0, 1, 4, 2, 3)
+    ref_imgs = [cv2.resize(crops[i].copy(), (128, 128)) for i in ref_img_idx]
+    ref_imgs = torch.FloatTensor(np.asarray(ref_imgs) / 255.0).unsqueeze(0).permute(0, 1, 4, 2, 3)
+
+    window = list(range(centre - 2, centre + 3))
+    T_mels = torch.FloatTensor(np.asarray(mels)).unsqueeze(1).unsqueeze(0)
+    T_pose = as_tensor([all_pose[i] for i in window], 74).unsqueeze(0)
+    with torch.no_grad():
+        predict_content = landmark_model(T_mels, T_pose, Nl_pose, Nl_content)
+    full = torch.cat([T_pose[0], predict_content], dim=2).cpu().numpy()
+    sketches = [torch.FloatTensor(reference_draw(full[t], *crops[i].shape[:2], connection)) / 255
+                for t, i in enumerate(window)]
+    target_sketches = torch.stack(sketches, dim=0).permute(0, 3, 1, 2).unsqueeze(0)
+    ori_face_img = torch.FloatTensor(cv2.resize(crops[centre], (128, 128)) / 255).permute(2, 0, 1)[None, None]
+    with torch.no_grad():
+        generated_face, _ = renderer(ori_face_img, target_sketches, ref_imgs, ref_img_sketches,
+                                     T_mels[:, 2].unsqueeze(0))
+    return {"face": generated_face, "boxes": boxes, "Nl": Nl_idxs, "refs": ref_img_idx,
+            "ref_sketches": ref_img_sketches, "target_sketches": target_sketches, "content": predict_content}
+
+
+def test_one_frame_equals_the_reference_inference_from_the_same_landmarks(built, released):
+    """A real presenter (the astronaut clip's cache: frames and MediaPipe meshes): boxes, reference choices,
+    sketches, predicted landmarks and the drawn face equal the reference's inference_single.py on the same
+    landmarks and frames (3 reference faces instead of 25, to keep the CPU time small)."""
+    from models.iplap.prior import (FrameLandmarks, IplapGenerator, crop_box, crop_landmarks, draw_sketch,
+                                    lip_openness, pick_references, spread_by_openness)
+    from preprocess import cache
+    folder = built["cache"] / "clip30"
+    det = cache.read_face_det(folder)
+    assert det["has_face"].all() and det["landmarks"].shape[1] == 478
+    frames = [cv2.imread(str(folder / "bg" / cache.frame_name(i, "bg"))) for i in range(len(det["has_face"]))]
+    height, width = frames[0].shape[:2]
+    normalised = [marks.astype(np.float64) / (width, height) for marks in det["landmarks"]]
+    landmark_model = load_landmark_generator(released["landmark"][0], "cpu")
+    renderer = load_renderer(released["renderer"][0], "cpu")
+    rng = np.random.default_rng(4)
+    mels = (rng.random((5, 80, 16)) * 8 - 4).astype(np.float32)
+    centre = 40
+    expected = reference_inference_frame(frames, normalised, landmark_model, renderer, mels, centre, ref_img_N=3)
+
+    points = [normalised_marks * (width, height) for normalised_marks in normalised]
+    boxes = [crop_box(p, width, height) for p in points]
+    assert boxes == expected["boxes"]
+    ours = []
+    for p, box in zip(points, boxes):
+        pose, content = crop_landmarks(p, box)
+        ours.append(FrameLandmarks(pose, content, (box[1] - box[0], box[3] - box[2]), lip_openness(p, width, height)))
+    faces = [cv2.resize(f[y1:y2, x1:x2], (128, 128)) for f, (y1, y2, x1, x2) in zip(frames, boxes)]
+    assert spread_by_openness([f.openness for f in ours], 15) == [int(i) for i in expected["Nl"]]
+    assert spread_by_openness([f.openness for f in ours], 3) == expected["refs"]
+    references = pick_references(ours, faces, torch.device("cpu"), face_count=3)
+    torch.testing.assert_close(references.sketches, expected["ref_sketches"], rtol=0, atol=1e-6)
+    assert references.sketches.max() > 0.5  # lines were drawn
+    generator = IplapGenerator(landmark_model, renderer)
+    window = [ours[centre - 2:centre + 3]]
+    drawn = generator.render(mels[None], window, faces[centre][None], references)
+    torch.testing.assert_close(drawn, expected["face"], rtol=1e-5, atol=1e-5)
+    content = expected["content"].numpy()
+    for t, frame in enumerate(window[0]):
+        np.testing.assert_allclose(draw_sketch(frame.pose, content[t], *frame.crop_size),
+                                   expected["target_sketches"][0, t].permute(1, 2, 0).numpy(), atol=1e-6)
+    face = generator.generate(mels[None], window, faces[centre][None], references)[0]
+    assert face.dtype == np.uint8 and face.shape == (128, 128, 3)
+    assert np.abs(face.astype(int) - (expected["face"][0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).max() <= 1
+
+
+# ---- in the engine: --model iplap from a presenter cache ----
+
+@pytest.fixture(scope="module")
+def iplap_cache(media, tmp_path_factory) -> Path:
+    """clip25 at IP_LAP's face size: 100 frames, a card hiding the face from 2.0 s to 2.6 s."""
+    from preprocess.pipeline import PreprocessConfig, preprocess_video
+    root = tmp_path_factory.mktemp("iplap_cache")
+    return root / preprocess_video(media["clip25"], root, PreprocessConfig(face_size=128), progress=False).name
+
+
+def iplap_args(released, cache: Path, *more: str):
+    from engine.cli import build_parser
+    return build_parser().parse_args(["--model", "iplap", "--landmark_checkpoint", str(released["landmark"][0]),
+                                      "--renderer_checkpoint", str(released["renderer"][0]), "--data_dir",
+                                      str(cache), "--device", "cpu", *more])
+
+
+def test_the_cache_holds_iplaps_crops_and_boxes(iplap_cache):
+    from models.iplap.prior import crop_box
+    from engine.presenter import Presenter
+    presenter = Presenter(iplap_cache, 128, load_iplap=True)
+    faces = np.flatnonzero(presenter.has_face)
+    assert 0 < len(faces) < presenter.frames  # the card hides the face on some frames
+    assert not presenter.iplap_box[~presenter.has_face].any()
+    for i in faces[::20]:
+        y1, y2, x1, x2 = presenter.iplap_box[i]
+        assert (y1, y2, x1, x2) == crop_box(presenter.landmarks[i], presenter.width, presenter.height)
+        expected = cv2.resize(presenter.background(i)[y1:y2, x1:x2], (128, 128))
+        assert np.abs(presenter.iplap_face(i).astype(int) - expected).mean() < 3  # the same crop, JPEG apart
+
+
+def test_a_render_draws_only_speech_inside_the_face_box(released, iplap_cache, media):
+    """Random-weight checkpoints in the released layout, one reference face (CPU time): frame and audio counts
+    follow the input, silence and faceless frames are the cached frames untouched, speech changes only the face
+    box of each frame."""
+    from audio.decode import load_audio
+    from conftest import CollectSink
+    from engine.assemble import Parts
+    from engine.iplap import IplapLipSync
+    from engine.loop import render_file
+    from engine.presenter import ping_pong
+    from engine.timeline import FrameTimeline
+    presenter, predictor, compositor, cfg = Parts().build(
+        iplap_args(released, iplap_cache, "--iplap_references", "1", "--batch_size", "3"), live=False)
+    assert isinstance(predictor, IplapLipSync) and presenter.face_size == 128
+    speech = load_audio(media["speech"])
+    loud = int(np.argmax(np.convolve(speech ** 2, np.ones(3200), "valid")))  # the loudest 0.2 s
+    audio = np.concatenate([np.zeros(6400, np.float32), speech[loud:loud + 3200], np.zeros(9600, np.float32)])
+    sink = CollectSink()
+    stats = render_file(audio, presenter, predictor, compositor, [sink], cfg, progress=False)
+    timeline = FrameTimeline()
+    units = timeline.push(audio) + timeline.finish()
+    assert stats.frames == len(sink.frames) == len(units) == -(-len(audio) // 640)
+    assert np.array_equal(np.concatenate(sink.audio)[:len(audio)], audio)
+    drawn = 0
+    for unit in units:
+        index = ping_pong(unit.index, presenter.frames)
+        diff = np.abs(sink.frames[unit.index].astype(int) - presenter.background(index).astype(int)).max(axis=2)
+        if not (unit.speaking and presenter.has_face[index]):
+            assert diff.max() == 0
+            continue
+        x1, y1, x2, y2 = presenter.box[index]
+        assert diff[y1:y2, x1:x2].max() > 0
+        diff[y1:y2, x1:x2] = 0
+        assert diff.max() == 0
+        drawn += 1
+    assert drawn == stats.inferred and 4 <= drawn < len(units) - 8
+
+
+@pytest.mark.parametrize("change, says", [
+    (("--renderer_checkpoint", ""), "--model iplap needs --renderer_checkpoint (renderer_checkpoint.pth"),
+    (("--checkpoint_path", "wav2lip.pth"), "--checkpoint_path is a Wav2Lip checkpoint"),
+    (("--iplap_references", "0"), "--iplap_references 0: give 1 or more"),
+    (("live",), "--model iplap cannot run live on the CPU"),
+])
+def test_iplap_flags_are_checked_before_anything_loads(released, iplap_cache, change, says):
+    from engine.assemble import Parts
+    args = iplap_args(released, iplap_cache, *(change if change[0] != "live" else ()))
+    with pytest.raises(ValueError, match=re.escape(says)):
+        Parts().build(args, live=change[0] == "live")
+
+
+def test_a_cache_at_another_face_size_is_told_to_rebuild(released, built):
+    from engine.assemble import Parts
+    from engine.presenter import PresenterError
+    with pytest.raises(PresenterError, match="rebuild it with `preprocess --face_size 128`"):
+        Parts().build(iplap_args(released, built["cache"] / "clip25"), live=False)
+
+
+# ---- training on our LRS2-style export ----
+
+@pytest.fixture(scope="module")
+def training_root(built, tmp_path_factory) -> Path:
+    """The export's one clip with sound (clip25) as both splits."""
+    root = tmp_path_factory.mktemp("iplap_train")
+    for split in ("train", "val"):
+        (root / f"{split}.txt").write_text(f"{built['train'] / 'clip25'}\n")
+    return root
+
+
+def test_the_training_export_holds_iplaps_crops_and_landmarks(built, training_root):
+    from audio.mel import melspectrogram
+    from audio.decode import load_audio
+    from core.timebase import mel_start
+    from models.dataset import batch
+    from models.iplap.data import IplapSampler, read_iplap_split
+    from models.iplap.prior import crop_landmarks
+    from preprocess import cache
+    clip, det = read_iplap_split(training_root, "train")[0], cache.read_face_det(built["cache"] / "clip25")
+    assert clip.folder.name == "clip25"
+    assert np.array_equal(np.isfinite(clip.pose).all(axis=(1, 2)), det["has_face"])
+    assert len(list((clip.folder / "iplap").glob("*.jpg"))) == det["has_face"].sum()
+    i = int(np.flatnonzero(det["has_face"])[7])
+    pose, content = crop_landmarks(det["landmarks"][i], det["iplap_box"][i])
+    assert np.array_equal(clip.pose[i], pose) and np.array_equal(clip.content[i], content)
+    mel = melspectrogram(load_audio(clip.folder / "audio.wav"))
+    assert np.array_equal(clip.mel_window(9), mel[:, mel_start(7):mel_start(7) + 16]) and clip.mel_window(1) is None
+    sampler = IplapSampler([clip], 0)
+    mels, pose, content, ref_pose, ref_content = batch([sampler.landmark() for _ in range(2)])
+    assert (mels.shape, pose.shape, content.shape, ref_pose.shape, ref_content.shape) == (
+        (2, 5, 1, 80, 16), (2, 5, 2, 74), (2, 5, 2, 57), (2, 15, 2, 74), (2, 15, 2, 57))
+    face, sketches, ref_faces, ref_sketches, mel = sampler.renderer()
+    assert (face.shape, sketches.shape, ref_faces.shape, mel.shape) == ((1, 3, 128, 128), (5, 3, 128, 128),
+                                                                       (3, 3, 128, 128), (1, 1, 80, 16))
+    assert 0 <= face.min() and face.max() <= 1 and sketches.max() > 0.5
+
+
+def test_landmark_training_lowers_the_loss_in_the_released_layout_and_resumes(training_root, tmp_path):
+    from models.dataset import batch
+    from models.iplap.data import IplapSampler, read_iplap_split
+    from models.iplap.train import landmark_loss, train_landmark
+    from models.loader import read_checkpoint
+    from models.train import TrainConfig
+    validation = IplapSampler(read_iplap_split(training_root, "val"), 99)
+    held_out = batch([validation.landmark() for _ in range(8)])
+    torch.manual_seed(0)  # the training's own seed: the same initial weights
+    with torch.no_grad():
+        before = landmark_loss(LandmarkGenerator().eval(), held_out, torch.device("cpu")).item()
+    cfg = TrainConfig(batch_size=4, steps=10, lr=1e-3, eval_interval=10, eval_batches=1, checkpoint_interval=10)
+    last = train_landmark(training_root, tmp_path, cfg, device="cpu", progress=False)
+    with torch.no_grad():
+        after = landmark_loss(load_landmark_generator(last, "cpu"), held_out, torch.device("cpu")).item()
+    assert after < 0.7 * before, (before, after)
+    state, extra = read_checkpoint(last)
+    raw = torch.load(last, weights_only=True)
+    assert all(k.startswith("module.") for k in raw["state_dict"]) and extra["global_step"] == 10
+    assert set(raw) == {"state_dict", "optimizer", "global_step", "global_epoch"}
+    resumed = train_landmark(training_root, tmp_path, TrainConfig(**{**cfg.__dict__, "steps": 11}), device="cpu",
+                             progress=False)
+    assert read_checkpoint(resumed)[1]["global_step"] == 11
+
+
+def test_renderer_training_lowers_the_warp_loss_then_trains_with_the_gan(training_root, tmp_path):
+    """A step of the reference's first phase (the warped reference's perceptual loss) on a batch of two lowers
+    that loss on the samples it saw; a second, resumed, runs the full loss and the discriminator. One reference
+    face and a VGG19 of random weights in torchvision's layout, to keep the CPU time small (a step is seconds)."""
+    from models.dataset import batch
+    from models.iplap.arch import vgg19_features
+    from models.iplap.data import IplapSampler, read_iplap_split
+    from models.iplap.train import WARP_WEIGHT, load_vgg19, train_renderer
+    from models.train import TrainConfig
+    vgg = tmp_path / "vgg19.pth"
+    torch.save({f"features.{k}": v for k, v in vgg19_features().state_dict().items()}, vgg)
+    clips = read_iplap_split(training_root, "train")
+    # seed 12345 is the evaluation's: with the one clip as both splits, the evaluation after the step sees the
+    # step's own samples
+    cfg = TrainConfig(batch_size=2, steps=1, lr=1e-3, eval_interval=1, eval_batches=1, checkpoint_interval=1,
+                      seed=12345)
+    sampler = IplapSampler(clips, cfg.seed)
+    seen = batch([sampler.renderer(1) for _ in range(2)])
+    torch.manual_seed(cfg.seed)
+    initial = Renderer().eval()
+    load_vgg19(initial, str(vgg))
+    with torch.no_grad():
+        before = (WARP_WEIGHT * initial.perceptual(initial(*seen)[1], seen[0][:, 0])).item()
+    evals = []
+    train_renderer(training_root, tmp_path / "ckpt", cfg, vgg19=str(vgg), device="cpu", progress=False,
+                   references=1, on_eval=lambda step, loss: evals.append(loss))
+    assert evals[0] < before, (before, evals)
+    full = train_renderer(training_root, tmp_path / "ckpt", TrainConfig(**{**cfg.__dict__, "steps": 2}),
+                          device="cpu", progress=False, gan_after_epoch=-1, references=1)
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert names == ["checkpoint_step000000001.pth", "checkpoint_step000000002.pth",
+                     "disc_checkpoint_step000000001.pth", "disc_checkpoint_step000000002.pth"]
+    assert torch.isfinite(next(iter(load_renderer(full, "cpu").state_dict().values()))).all()

@@ -4,9 +4,9 @@ missing package as a failure in CI.
 core (errors, timebase, ffmpeg, scratch) <- audio (decode, mel) <- models <- preprocess <- engine, tools, demo <-
 stream_out.py. models/ in particular never imports engine/ or preprocess/, so a model can be trained, loaded and
 measured without the live loop or the video pipeline; preprocess/ uses models/ only to keep what a model needs
-from the footage (the mouth animator's library of the presenter's mouths). One exception: a module's
-`if __name__ == "__main__":` block is a command line (`python -m models.evaluate`), the top layer wherever its file
-sits, so what it imports is not counted; importing the module never runs it."""
+from the footage (the mouth animator's library of the presenter's mouths, IP_LAP's crops and landmarks). One
+exception: a module's `if __name__ == "__main__":` block is a command line (`python -m models.evaluate`), the top
+layer wherever its file sits, so what it imports is not counted; importing the module never runs it."""
 from __future__ import annotations
 
 import ast

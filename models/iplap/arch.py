@@ -17,7 +17,7 @@ Layer facts read in the reference's models/landmark_generator.py and models/vide
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -151,9 +151,12 @@ class AdaINLayer(nn.Module):
         self.mlp_gamma = nn.Linear(hidden, channels)
         self.mlp_beta = nn.Linear(hidden, channels)
 
-    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
-        hidden = self.mlp_shared(modulation.flatten(1))
-        return self.norm(x) * (1 + self.mlp_gamma(hidden)[..., None, None]) + self.mlp_beta(hidden)[..., None, None]
+    def modulation(self, vector: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.mlp_shared(vector.flatten(1))
+        return self.mlp_gamma(hidden)[..., None, None], self.mlp_beta(hidden)[..., None, None]
+
+    def modulate(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) * (1 + gamma) + beta
 
 
 class SPADELayer(nn.Module):
@@ -167,15 +170,20 @@ class SPADELayer(nn.Module):
         self.gamma = nn.Conv2d(hidden, channels, 3, 1, 1)
         self.beta = nn.Conv2d(hidden, channels, 3, 1, 1)
 
-    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+    def modulation(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.conv1(features)
+        return self.gamma(hidden), self.beta(hidden)
+
+    def modulate(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         normalized = self.norm(x)
-        hidden = self.conv1(modulation)
-        return normalized + normalized * self.gamma(hidden) + self.beta(hidden)
+        return normalized + normalized * gamma + beta
 
 
 class ModulatedBlock(nn.Module):
     """norm 1 -> LeakyReLU(0.2) -> conv_1 -> norm 2 -> LeakyReLU(0.2) -> conv_2, the norms modulated by a second
-    input. The reference's AdaIN and SPADE blocks, whose norms are named `adain_layer_*` / `spade_layer_*`."""
+    input. The reference's AdaIN and SPADE blocks, whose norms are named `adain_layer_*` / `spade_layer_*`.
+    The modulation depends on the second input only, so a caller that reuses one (the flow network, once per
+    reference face) computes it once with `modulations` and passes it in."""
 
     def __init__(self, channels: int, prefix: str, make_norm: Callable[[], nn.Module]):
         super().__init__()
@@ -186,10 +194,16 @@ class ModulatedBlock(nn.Module):
         for name in self.norm_names:
             self.add_module(name, make_norm())
 
-    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
-        first, second = (getattr(self, name) for name in self.norm_names)
-        x = self.conv_1(self.leaky_relu(first(x, modulation)))
-        return self.conv_2(self.leaky_relu(second(x, modulation)))
+    def norms(self) -> tuple[nn.Module, nn.Module]:
+        return tuple(getattr(self, name) for name in self.norm_names)
+
+    def modulations(self, modulation: torch.Tensor) -> tuple:
+        return tuple(norm.modulation(modulation) for norm in self.norms())
+
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor, modulations: Optional[tuple] = None) -> torch.Tensor:
+        (first, second), (params_1, params_2) = self.norms(), modulations or self.modulations(modulation)
+        x = self.conv_1(self.leaky_relu(first.modulate(x, *params_1)))
+        return self.conv_2(self.leaky_relu(second.modulate(x, *params_2)))
 
 
 def adain(channels: int, modulation: int) -> ModulatedBlock:
@@ -245,13 +259,16 @@ class DenseFlowNetwork(nn.Module):
         the N references by the predicted weights."""
         driving = sketches.flatten(1, 2)                            # (B, 3T, H, W)
         driving_small = resize_nearest(driving, FLOW_SIZE)
+        modulation_1 = self.spade_layer_1.modulations(driving_small)   # the same for every reference: once
+        modulation_2 = self.spade_layer_2.modulations(driving_small)
+        modulation_4 = self.spade_layer_4.modulations(driving)
         h1_sum = h2_sum = face_sum = weight_sum = 0.0
         for index in range(ref_faces.size(1)):
             face = ref_faces[:, index]
             h1 = self.conv1_relu(self.conv1_bn(self.conv1(torch.cat([face, ref_sketches[:, index]], dim=1))))
             h2 = self.conv2_relu(self.conv2_bn(self.conv2(h1)))
-            x = self.spade_layer_2(self.spade_layer_1(h2, driving_small), driving_small)
-            x = self.spade_layer_4(self.pixel_shuffle_1(x), driving)
+            x = self.spade_layer_2(self.spade_layer_1(h2, driving_small, modulation_1), driving_small, modulation_2)
+            x = self.spade_layer_4(self.pixel_shuffle_1(x), driving, modulation_4)
             deformation = deformation_of(self.conv_4(x))
             weight = self.conv_5(x)
             weight_sum = weight_sum + weight

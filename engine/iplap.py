@@ -1,0 +1,82 @@
+"""--model iplap: IP_LAP draws the presenter's mouth from the cache, and hands the engine the same crops Wav2Lip
+does, so the feathered paste-back, GFPGAN and every sink stay as they are.
+
+IP_LAP generates a face in its own crop (the mesh's extent plus 25 pixels, iplap_face/ in the cache). Its result is
+warped into the Wav2Lip crop of the frame (body_face/, the padded box the compositor pastes), over the cached crop:
+one resampling from IP_LAP's 128 pixels to the crop, where the reference resizes to its box and pastes. Where its
+crop does not reach, the cached pixels stay. The cache should be made at face_size 128, IP_LAP's own size (the
+`iplap` preset does that); a smaller one would lose detail in the paste.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from models.iplap import FACE, T_FRAMES
+from models.iplap.prior import (REFERENCE_FACES, FrameLandmarks, IplapGenerator, crop_landmarks, lip_openness,
+                                pick_references)
+
+from .presenter import Presenter
+
+log = logging.getLogger("engine")
+
+
+class IplapLipSync:
+    """The engine's lip model for IP_LAP: predict(windows (B, 5, 80, 16), crops (B, S, S, 3), landmarks, frames
+    (B, 5) cache frames of each window) -> crops. `window_frames` tells the model stage to hand it each frame's
+    window of five: the mel windows of frames f - 4 .. f (IP_LAP's frame k hears frame k - 2) and the cache frames
+    shown at f - 2 .. f + 2."""
+
+    window_frames = T_FRAMES
+
+    def __init__(self, generator: IplapGenerator, presenter: Presenter, references: int = REFERENCE_FACES):
+        self.generator = generator
+        self.presenter = presenter
+        self.size = presenter.face_size
+        self.device = generator.device
+        width, height = presenter.width, presenter.height
+        self.frames: dict[int, FrameLandmarks] = {}
+        for i in np.flatnonzero(presenter.has_face):
+            y1, y2, x1, x2 = box = presenter.iplap_box[i]
+            points = presenter.landmarks[i]
+            self.frames[int(i)] = FrameLandmarks(*crop_landmarks(points, box), (int(y2 - y1), int(x2 - x1)),
+                                                 lip_openness(points, width, height))
+        faces = list(self.frames)
+        self.references = pick_references([self.frames[i] for i in faces],
+                                          [presenter.iplap_face(i) for i in faces], generator.device,
+                                          face_count=references)
+        log.info("IP_LAP: %d reference faces and 15 reference landmark sets from %d frames of %s", references,
+                 len(faces), presenter.dir.name)
+
+    def warm_up(self, batch: int = 1) -> None:
+        """One generation, so that the first spoken frame does not pay for first-call allocations."""
+        face = next(iter(self.frames))
+        self.predict(np.zeros((batch, T_FRAMES, 80, 16), np.float32), np.stack([self.presenter.face(face)] * batch),
+                     None, np.full((batch, T_FRAMES), face))
+
+    def predict(self, mel_windows: np.ndarray, faces: np.ndarray, landmarks: Optional[np.ndarray],
+                frames: np.ndarray) -> np.ndarray:
+        """frames (B, 5): the cache frames of each window, the middle one the frame drawn (it has a face; a
+        neighbour without one lends the middle frame's landmarks)."""
+        middles = frames[:, T_FRAMES // 2]
+        window = [[self.frames.get(int(j), self.frames[int(m)]) for j in row] for row, m in zip(frames, middles)]
+        generated = self.generator.generate(mel_windows, window, np.stack([self.presenter.iplap_face(int(m))
+                                                                           for m in middles]), self.references)
+        return np.stack([self.into_crop(crop, face, int(m)) for crop, face, m in zip(faces, generated, middles)])
+
+    def into_crop(self, crop: np.ndarray, face: np.ndarray, index: int) -> np.ndarray:
+        """The generated 128 x 128 face warped from IP_LAP's box into frame `index`'s Wav2Lip crop (pixel centres
+        mapped through frame coordinates), over the cached crop."""
+        y1, y2, x1, x2 = self.presenter.iplap_box[index]
+        bx1, by1, bx2, by2 = self.presenter.box[index]
+        size = crop.shape[0]
+        sx, sy = (x2 - x1) / FACE * size / (bx2 - bx1), (y2 - y1) / FACE * size / (by2 - by1)
+        tx = (x1 - bx1 + 0.5 * (x2 - x1) / FACE) * size / (bx2 - bx1) - 0.5
+        ty = (y1 - by1 + 0.5 * (y2 - y1) / FACE) * size / (by2 - by1) - 0.5
+        out = crop.copy()
+        cv2.warpAffine(face, np.array([[sx, 0, tx], [0, sy, ty]], np.float64), (size, size), dst=out,
+                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+        return out
