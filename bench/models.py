@@ -90,7 +90,7 @@ IPLAP_BATCHES = {"cpu": (1,), "cuda": (1, 8, 16)}
 
 
 def bench_iplap(device: torch.device, seconds: float, references: list[int]) -> list[tuple]:
-    from models.iplap import LandmarkGenerator, Renderer
+    from models.iplap.arch import LandmarkGenerator, Renderer
     from models.iplap.prior import FrameLandmarks, IplapGenerator, References
     generator = IplapGenerator(LandmarkGenerator().to(device), Renderer().to(device))
     rng = np.random.default_rng(0)

@@ -2,9 +2,9 @@
 does, so the feathered paste-back, GFPGAN and every sink stay as they are.
 
 IP_LAP generates a face in its own crop (the mesh's extent plus 25 pixels, iplap_face/ in the cache). Its result is
-warped into the Wav2Lip crop of the frame (body_face/, the padded box the compositor pastes), over the cached crop:
-one resampling from IP_LAP's 128 pixels to the crop, where the reference resizes to its box and pastes. Where its
-crop does not reach, the cached pixels stay. The cache should be made at face_size 128, IP_LAP's own size (the
+warped into the Wav2Lip crop of the frame (body_face/, the padded box the compositor pastes), over the cached crop,
+and the compositor resizes that crop into the frame: two resamplings, where the reference resizes its face into
+its box once. Where its crop does not reach, the cached pixels stay. The cache should be made at face_size 128, IP_LAP's own size (the
 `iplap` preset does that); a smaller one would lose detail in the paste.
 """
 from __future__ import annotations
@@ -15,9 +15,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from models.iplap import FACE, T_FRAMES
-from models.iplap.prior import (REFERENCE_FACES, FrameLandmarks, IplapGenerator, crop_landmarks, lip_openness,
-                                pick_references)
+from models.iplap.mesh import FACE, T_FRAMES, crop_landmarks, lip_openness
+from models.iplap.prior import REFERENCE_FACES, FrameLandmarks, IplapGenerator, pick_references
 
 from .presenter import Presenter
 
@@ -45,9 +44,8 @@ class IplapLipSync:
             self.frames[int(i)] = FrameLandmarks(*crop_landmarks(points, box), (int(y2 - y1), int(x2 - x1)),
                                                  lip_openness(points, width, height))
         faces = list(self.frames)
-        self.references = pick_references([self.frames[i] for i in faces],
-                                          [presenter.iplap_face(i) for i in faces], generator.device,
-                                          face_count=references)
+        self.references = pick_references([self.frames[i] for i in faces], lambda k: presenter.iplap_face(faces[k]),
+                                          generator.device, face_count=references)
         log.info("IP_LAP: %d reference faces and 15 reference landmark sets from %d frames of %s", references,
                  len(faces), presenter.dir.name)
 
@@ -65,18 +63,21 @@ class IplapLipSync:
         window = [[self.frames.get(int(j), self.frames[int(m)]) for j in row] for row, m in zip(frames, middles)]
         generated = self.generator.generate(mel_windows, window, np.stack([self.presenter.iplap_face(int(m))
                                                                            for m in middles]), self.references)
-        return np.stack([self.into_crop(crop, face, int(m)) for crop, face, m in zip(faces, generated, middles)])
+        return np.stack([into_crop(crop, face, self.presenter.iplap_box[m], self.presenter.box[m])
+                         for crop, face, m in zip(faces, generated, middles)])
 
-    def into_crop(self, crop: np.ndarray, face: np.ndarray, index: int) -> np.ndarray:
-        """The generated 128 x 128 face warped from IP_LAP's box into frame `index`'s Wav2Lip crop (pixel centres
-        mapped through frame coordinates), over the cached crop."""
-        y1, y2, x1, x2 = self.presenter.iplap_box[index]
-        bx1, by1, bx2, by2 = self.presenter.box[index]
-        size = crop.shape[0]
-        sx, sy = (x2 - x1) / FACE * size / (bx2 - bx1), (y2 - y1) / FACE * size / (by2 - by1)
-        tx = (x1 - bx1 + 0.5 * (x2 - x1) / FACE) * size / (bx2 - bx1) - 0.5
-        ty = (y1 - by1 + 0.5 * (y2 - y1) / FACE) * size / (by2 - by1) - 0.5
-        out = crop.copy()
-        cv2.warpAffine(face, np.array([[sx, 0, tx], [0, sy, ty]], np.float64), (size, size), dst=out,
-                       flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
-        return out
+
+def into_crop(crop: np.ndarray, face: np.ndarray, iplap_box, box) -> np.ndarray:
+    """IP_LAP's 128 x 128 face, whose crop is iplap_box (y1, y2, x1, x2) of the frame, warped into the frame's
+    Wav2Lip crop (box x1, y1, x2, y2, resized to crop's size) over the cached crop: pixel centres mapped through
+    frame coordinates, one bilinear resampling."""
+    y1, y2, x1, x2 = (float(v) for v in iplap_box)
+    bx1, by1, bx2, by2 = (float(v) for v in box)
+    size = crop.shape[0]
+    sx, sy = (x2 - x1) / FACE * size / (bx2 - bx1), (y2 - y1) / FACE * size / (by2 - by1)
+    tx = (x1 - bx1 + 0.5 * (x2 - x1) / FACE) * size / (bx2 - bx1) - 0.5
+    ty = (y1 - by1 + 0.5 * (y2 - y1) / FACE) * size / (by2 - by1) - 0.5
+    out = crop.copy()
+    cv2.warpAffine(face, np.array([[sx, 0, tx], [0, sy, ty]], np.float64), (size, size), dst=out,
+                   flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT)
+    return out

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterable, Protocol
 
 import cv2
 import numpy as np
@@ -102,11 +102,12 @@ def score_track(judge: Judge, track: FaceTrack, vshift: int = VSHIFT) -> SyncSco
     return score(*judge.features(track), vshift)
 
 
-def paper_crops(frames: Sequence[np.ndarray], face_boxes: np.ndarray, crop_scale: float = CROP_SCALE) -> np.ndarray:
+def paper_crops(frames: Iterable[np.ndarray], face_boxes: np.ndarray, crop_scale: float = CROP_SCALE) -> np.ndarray:
     """run_pipeline.py's crop_video on one track: the boxes' half-size and centre median-filtered over 13 frames,
-    the frame padded with grey 110, a square of 2.8 half-sizes (crop_scale 0.4) reaching 1.8 below the centre and
-    1.4 either side, resized to 224 x 224 (cv2's bilinear). face_boxes: (T, 4) x1, y1, x2, y2 per frame, T >= 13:
-    the filter pads with zeros (at a track's ends too, as in the reference), so a shorter track would smooth to 0."""
+    the frame padded with grey 110, a square of 2.8 half-sizes reaching 1.8 below the centre and 1.4 either side,
+    resized to 224 x 224 (cv2's bilinear). frames: read one at a time; face_boxes: (T, 4) x1, y1, x2, y2 per frame,
+    T >= 13, the filter's length (it pads with zeros at a track's ends, as in the reference, where tracks are at
+    least 100 frames)."""
     boxes = np.asarray(face_boxes, np.float64)
     if len(boxes) < SMOOTH_TAPS:
         raise ValueError(f"a track to crop needs {SMOOTH_TAPS} frames or more (the box filter's length); got "

@@ -21,7 +21,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("inputs", nargs="+", type=Path, help="video files and/or folders of videos")
     parser.add_argument("--out", required=True, type=Path, help="cache root; one folder per video is made in it")
     parser.add_argument("--face_size", type=int, default=96, choices=FACE_SIZES,
-                        help="Wav2Lip crop size: 96, 288 or 384, to match the model (default 96)")
+                        help="face crop size, to match the model: 96, 288 or 384 for Wav2Lip, 128 for IP_LAP "
+                             "(default 96)")
     parser.add_argument("--pads", type=int, nargs=4, default=[0, 10, 0, 0], metavar=("TOP", "BOTTOM", "LEFT", "RIGHT"),
                         help="pixels added around the face box, as Wav2Lip's --pads (default 0 10 0 0: chin included)")
     parser.add_argument("--nosmooth", action="store_true", help="do not smooth boxes and landmarks over time")

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.scratch import make_scratch, publish, remove
-from models.iplap.data import CROPS, LANDMARKS
-from models.iplap.prior import CONTENT, POSE, crop_landmarks
+from models.iplap.mesh import CONTENT, EXPORT_CROPS, EXPORT_LANDMARKS, POSE, crop_landmarks
 
 from . import cache
 
@@ -32,10 +31,10 @@ def export_training_clip(cache_dir: Path, train_dir: Path) -> Path:
             shutil.copy2(crop, tmp / crop.name)
         crops = sorted((cache_dir / "iplap_face").glob("*.jpg"))
         if crops:
-            (tmp / CROPS).mkdir()
+            (tmp / EXPORT_CROPS).mkdir()
             for crop in crops:
-                shutil.copy2(crop, tmp / CROPS / crop.name)
-            write_iplap_landmarks(cache.read_face_det(cache_dir), tmp / LANDMARKS)
+                shutil.copy2(crop, tmp / EXPORT_CROPS / crop.name)
+            write_iplap_landmarks(cache.read_face_det(cache_dir), tmp / EXPORT_LANDMARKS)
         if (cache_dir / cache.AUDIO).is_file():
             shutil.copy2(cache_dir / cache.AUDIO, tmp / cache.AUDIO)
         return publish(tmp, target)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from core.ffmpeg import TRUNCATED_BELOW
 from core.flow import FlowInterpolator
 from core.timebase import FPS
-from models.iplap.prior import FACE, MESH_POINTS, crop_box
+from models.iplap.mesh import FACE, MESH_POINTS, crop_box
 
 from . import cache
 from .detect import Face, make_detector
@@ -29,7 +29,7 @@ from .video import VideoError, VideoInfo, decode_frames, extract_audio, probe
 log = logging.getLogger("preprocess")
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"}
-FACE_SIZES = (96, 288, 384)
+FACE_SIZES = (96, 128, 288, 384)  # the Wav2Lip sizes, and IP_LAP's 128
 
 
 @dataclass(frozen=True)

@@ -243,8 +243,8 @@ def test_renderer_equals_the_reference_forward(released):
     rng = torch.Generator().manual_seed(3)
     face = torch.rand(2, 1, 3, 128, 128, generator=rng)
     sketches = (torch.rand(2, 5, 3, 128, 128, generator=rng) > 0.9).float()
-    ref_faces = torch.rand(2, 3, 3, 128, 128, generator=rng)
-    ref_sketches = (torch.rand(2, 3, 3, 128, 128, generator=rng) > 0.9).float()
+    ref_faces = torch.rand(2, 2, 3, 128, 128, generator=rng)
+    ref_sketches = (torch.rand(2, 2, 3, 128, 128, generator=rng) > 0.9).float()
     mels = torch.rand(2, 1, 1, 80, 16, generator=rng) * 8 - 4
     with torch.no_grad():
         ours = model(face, sketches, ref_faces, ref_sketches, mels)
@@ -309,16 +309,16 @@ FULL_FACE_LANDMARK_SEQUENCE = [*range(0, 4), *range(21, 25), *range(25, 91), *ra
 
 
 def reference_groups():
-    from models.iplap import prior  # the edge sets are data, copied from the reference into prior.py
-    groups = [prior.LIPS, prior.LEFT_EYE, prior.LEFT_EYEBROW, prior.RIGHT_EYE, prior.RIGHT_EYEBROW, prior.FACE_OVAL,
-              prior.NOSE]
+    from models.iplap import mesh  # the edge sets are data, copied from the reference into mesh.py
+    groups = [mesh.LIPS, mesh.LEFT_EYE, mesh.LEFT_EYEBROW, mesh.RIGHT_EYE, mesh.RIGHT_EYEBROW, mesh.FACE_OVAL,
+              mesh.NOSE]
     connection = frozenset().union(*groups)
 
     def summarize_landmark(edge_set):
         return {p for a, b in edge_set for p in (a, b)}
     all_idx = summarize_landmark(connection)
-    pose_idx = summarize_landmark(prior.NOSE.union(*[prior.RIGHT_EYEBROW, prior.RIGHT_EYE, prior.LEFT_EYE,
-                                                     prior.LEFT_EYEBROW])).union([162, 127, 234, 93, 389, 356, 454,
+    pose_idx = summarize_landmark(mesh.NOSE.union(*[mesh.RIGHT_EYEBROW, mesh.RIGHT_EYE, mesh.LEFT_EYE,
+                                                     mesh.LEFT_EYEBROW])).union([162, 127, 234, 93, 389, 356, 454,
                                                                                   323])
     return connection, all_idx, pose_idx, all_idx - pose_idx
 
@@ -403,12 +403,27 @@ def reference_inference_frame(frames, normalised, landmark_model, renderer, mels
             "ref_sketches": ref_img_sketches, "target_sketches": target_sketches, "content": predict_content}
 
 
+def test_sketches_equal_the_reference_drawing_at_every_crop_size():
+    """Crop sizes whose canvas rounds differently if h * (128 / m) is computed instead of h * 128 / m (98, 130 x 107,
+    ...) among random ones; points outside the crop are left out with their edges."""
+    from models.iplap.mesh import draw_sketch
+    connection = reference_groups()[0]
+    rng = np.random.default_rng(5)
+    sizes = [(98, 120), (130, 107), (49, 60), (161, 187), (196, 196)] + [tuple(rng.integers(40, 400, 2))
+                                                                        for _ in range(25)]
+    for h, w in sizes:
+        pose = rng.uniform(-0.03, 1.03, (2, 74)).astype(np.float32)
+        content = rng.uniform(-0.03, 1.03, (2, 57)).astype(np.float32)
+        theirs = reference_draw(np.concatenate([pose, content], axis=1), int(h), int(w), connection) / 255.0
+        assert np.abs(draw_sketch(pose, content, int(h), int(w)) - theirs).max() < 1e-6, (h, w)
+
+
 def test_one_frame_equals_the_reference_inference_from_the_same_landmarks(built, released):
     """A real presenter (the astronaut clip's cache: frames and MediaPipe meshes): boxes, reference choices,
     sketches, predicted landmarks and the drawn face equal the reference's inference_single.py on the same
     landmarks and frames (3 reference faces instead of 25, to keep the CPU time small)."""
-    from models.iplap.prior import (FrameLandmarks, IplapGenerator, crop_box, crop_landmarks, draw_sketch,
-                                    lip_openness, pick_references, spread_by_openness)
+    from models.iplap.mesh import crop_box, crop_landmarks, draw_sketch, lip_openness
+    from models.iplap.prior import FrameLandmarks, IplapGenerator, pick_references, spread_by_openness
     from preprocess import cache
     folder = built["cache"] / "clip30"
     det = cache.read_face_det(folder)
@@ -433,7 +448,7 @@ def test_one_frame_equals_the_reference_inference_from_the_same_landmarks(built,
     faces = [cv2.resize(f[y1:y2, x1:x2], (128, 128)) for f, (y1, y2, x1, x2) in zip(frames, boxes)]
     assert spread_by_openness([f.openness for f in ours], 15) == [int(i) for i in expected["Nl"]]
     assert spread_by_openness([f.openness for f in ours], 3) == expected["refs"]
-    references = pick_references(ours, faces, torch.device("cpu"), face_count=3)
+    references = pick_references(ours, faces.__getitem__, torch.device("cpu"), face_count=3)
     torch.testing.assert_close(references.sketches, expected["ref_sketches"], rtol=0, atol=1e-6)
     assert references.sketches.max() > 0.5  # lines were drawn
     generator = IplapGenerator(landmark_model, renderer)
@@ -467,7 +482,7 @@ def iplap_args(released, cache: Path, *more: str):
 
 
 def test_the_cache_holds_iplaps_crops_and_boxes(iplap_cache):
-    from models.iplap.prior import crop_box
+    from models.iplap.mesh import crop_box
     from engine.presenter import Presenter
     presenter = Presenter(iplap_cache, 128, load_iplap=True)
     faces = np.flatnonzero(presenter.has_face)
@@ -478,6 +493,54 @@ def test_the_cache_holds_iplaps_crops_and_boxes(iplap_cache):
         assert (y1, y2, x1, x2) == crop_box(presenter.landmarks[i], presenter.width, presenter.height)
         expected = cv2.resize(presenter.background(i)[y1:y2, x1:x2], (128, 128))
         assert np.abs(presenter.iplap_face(i).astype(int) - expected).mean() < 3  # the same crop, JPEG apart
+
+
+def test_the_model_stage_hands_a_window_model_five_mel_windows_and_the_frames_around(built, media):
+    """For frame f: the mel windows of frames f-4 .. f (the first standing in before the start) and the cache frames
+    shown at f-2 .. f+2 (clamped at the start), along the presenter's ping-pong from start_frame."""
+    from audio.decode import load_audio
+    from engine.loop import lip_sync
+    from engine.presenter import Presenter, ping_pong
+    from engine.timeline import FrameTimeline
+
+    class Recorder:
+        window_frames = 5
+
+        def __init__(self):
+            self.calls = []
+
+        def predict(self, windows, faces, landmarks, frames):
+            self.calls.append((windows.copy(), frames.copy()))
+            return faces
+
+    presenter = Presenter(built["cache"] / "clip30")  # a face on every frame
+    timeline = FrameTimeline()
+    units = timeline.push(load_audio(media["speech"])[:32000]) + timeline.finish()
+    recorder = Recorder()
+    list(lip_sync(units, presenter, recorder, batch_size=3, start_frame=70))
+    windows = np.concatenate([w for w, _ in recorder.calls])
+    shown = np.concatenate([f for _, f in recorder.calls])
+    speaking = [u for u in units if u.speaking]
+    assert 10 < len(speaking) == len(windows) and windows.shape[1:] == (5, 80, 16)
+    for unit, window, frames in zip(speaking, windows, shown):
+        assert np.array_equal(window, np.stack([units[max(0, unit.index - 4 + t)].window for t in range(5)]))
+        assert frames.tolist() == [ping_pong(max(0, unit.index + d) + 70, presenter.frames) for d in range(-2, 3)]
+
+
+def test_the_face_goes_from_iplaps_crop_into_the_wav2lip_crop_in_place(iplap_cache):
+    """IP_LAP's own crop of a frame, warped into the frame's Wav2Lip crop, lands on that crop's pixels."""
+    from engine.iplap import into_crop
+    from engine.presenter import Presenter
+    presenter = Presenter(iplap_cache, 128, load_iplap=True)
+    for i in np.flatnonzero(presenter.has_face)[::30]:
+        cached = presenter.face(i)
+        warped = into_crop(np.zeros_like(cached), presenter.iplap_face(i), presenter.iplap_box[i], presenter.box[i])
+        covered = warped.any(axis=2)
+        assert covered.mean() > 0.8  # IP_LAP's crop spans most of the Wav2Lip one
+        assert np.abs(warped[covered].astype(int) - cached[covered]).mean() < 4  # JPEG and resampling apart
+        shifted = into_crop(np.zeros_like(cached), presenter.iplap_face(i), presenter.iplap_box[i] + (3, 3, 3, 3),
+                            presenter.box[i])
+        assert np.abs(shifted[covered].astype(int) - cached[covered]).mean() > 6  # 3 pixels off shows
 
 
 def test_a_render_draws_only_speech_inside_the_face_box(released, iplap_cache, media):
@@ -495,8 +558,8 @@ def test_a_render_draws_only_speech_inside_the_face_box(released, iplap_cache, m
         iplap_args(released, iplap_cache, "--iplap_references", "1", "--batch_size", "3"), live=False)
     assert isinstance(predictor, IplapLipSync) and presenter.face_size == 128
     speech = load_audio(media["speech"])
-    loud = int(np.argmax(np.convolve(speech ** 2, np.ones(3200), "valid")))  # the loudest 0.2 s
-    audio = np.concatenate([np.zeros(6400, np.float32), speech[loud:loud + 3200], np.zeros(9600, np.float32)])
+    loud = int(np.argmax(np.convolve(speech ** 2, np.ones(1280), "valid")))  # the loudest 80 ms
+    audio = np.concatenate([np.zeros(6400, np.float32), speech[loud:loud + 1280], np.zeros(9600, np.float32)])
     sink = CollectSink()
     stats = render_file(audio, presenter, predictor, compositor, [sink], cfg, progress=False)
     timeline = FrameTimeline()
@@ -531,6 +594,18 @@ def test_iplap_flags_are_checked_before_anything_loads(released, iplap_cache, ch
         Parts().build(args, live=change[0] == "live")
 
 
+def test_the_preset_preprocesses_at_128_without_smoothing_and_preprocess_loads_no_torch():
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from preprocess.__main__ import parse_args
+    args = parse_args(["clip.mp4", "--out", "cache", "--config", "iplap"])
+    assert (args.face_size, args.nosmooth, args.detector) == (128, True, "mediapipe")
+    probe = "import sys, preprocess.pipeline, preprocess.export; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
 def test_a_cache_at_another_face_size_is_told_to_rebuild(released, built):
     from engine.assemble import Parts
     from engine.presenter import PresenterError
@@ -555,7 +630,7 @@ def test_the_training_export_holds_iplaps_crops_and_landmarks(built, training_ro
     from core.timebase import mel_start
     from models.dataset import batch
     from models.iplap.data import IplapSampler, read_iplap_split
-    from models.iplap.prior import crop_landmarks
+    from models.iplap.mesh import crop_landmarks
     from preprocess import cache
     clip, det = read_iplap_split(training_root, "train")[0], cache.read_face_det(built["cache"] / "clip25")
     assert clip.folder.name == "clip25"
@@ -601,10 +676,11 @@ def test_landmark_training_lowers_the_loss_in_the_released_layout_and_resumes(tr
     assert read_checkpoint(resumed)[1]["global_step"] == 11
 
 
-def test_renderer_training_lowers_the_warp_loss_then_trains_with_the_gan(training_root, tmp_path):
+def test_renderer_training_lowers_the_warp_loss_and_writes_both_checkpoints(training_root, tmp_path):
     """A step of the reference's first phase (the warped reference's perceptual loss) on a batch of two lowers
-    that loss on the samples it saw; a second, resumed, runs the full loss and the discriminator. One reference
-    face and a VGG19 of random weights in torchvision's layout, to keep the CPU time small (a step is seconds)."""
+    that loss on the samples it saw, and writes the renderer and the discriminator in the released layout. One
+    reference face and a VGG19 of random weights in torchvision's layout, to keep the CPU time small (a step takes
+    seconds here)."""
     from models.dataset import batch
     from models.iplap.arch import vgg19_features
     from models.iplap.data import IplapSampler, read_iplap_split
@@ -612,12 +688,13 @@ def test_renderer_training_lowers_the_warp_loss_then_trains_with_the_gan(trainin
     from models.train import TrainConfig
     vgg = tmp_path / "vgg19.pth"
     torch.save({f"features.{k}": v for k, v in vgg19_features().state_dict().items()}, vgg)
-    clips = read_iplap_split(training_root, "train")
+    with pytest.raises(ValueError, match="needs VGG19's ImageNet weights"):
+        train_renderer(training_root, tmp_path / "ckpt", TrainConfig(), device="cpu", progress=False)
     # seed 12345 is the evaluation's: with the one clip as both splits, the evaluation after the step sees the
     # step's own samples
     cfg = TrainConfig(batch_size=2, steps=1, lr=1e-3, eval_interval=1, eval_batches=1, checkpoint_interval=1,
                       seed=12345)
-    sampler = IplapSampler(clips, cfg.seed)
+    sampler = IplapSampler(read_iplap_split(training_root, "train"), cfg.seed)
     seen = batch([sampler.renderer(1) for _ in range(2)])
     torch.manual_seed(cfg.seed)
     initial = Renderer().eval()
@@ -625,12 +702,34 @@ def test_renderer_training_lowers_the_warp_loss_then_trains_with_the_gan(trainin
     with torch.no_grad():
         before = (WARP_WEIGHT * initial.perceptual(initial(*seen)[1], seen[0][:, 0])).item()
     evals = []
-    train_renderer(training_root, tmp_path / "ckpt", cfg, vgg19=str(vgg), device="cpu", progress=False,
-                   references=1, on_eval=lambda step, loss: evals.append(loss))
+    last = train_renderer(training_root, tmp_path / "ckpt", cfg, vgg19=str(vgg), device="cpu", progress=False,
+                          references=1, on_eval=lambda step, loss: evals.append(loss))
     assert evals[0] < before, (before, evals)
-    full = train_renderer(training_root, tmp_path / "ckpt", TrainConfig(**{**cfg.__dict__, "steps": 2}),
-                          device="cpu", progress=False, gan_after_epoch=-1, references=1)
-    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert names == ["checkpoint_step000000001.pth", "checkpoint_step000000002.pth",
-                     "disc_checkpoint_step000000001.pth", "disc_checkpoint_step000000002.pth"]
-    assert torch.isfinite(next(iter(load_renderer(full, "cpu").state_dict().values()))).all()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["checkpoint_step000000001.pth",
+                                                                      "disc_checkpoint_step000000001.pth"]
+    assert all(k.startswith("module.") for k in torch.load(last, weights_only=True)["state_dict"])
+
+
+def test_the_later_renderer_loss_adds_the_reference_terms():
+    """After the first epochs: 2.5 x warp + 4 x (perceptual + 250 x style) of the drawn face + 0.1 x 2.5 x LSGAN
+    (MSE to 1 at each scale's last output) + feature matching (L1 of the other outputs, x 4 / 4 / 2 x 2.5); the
+    discriminator's loss is half the LSGAN of fake (to 0) and real (to 1)."""
+    from models.iplap.train import MultiscaleDiscriminator, renderer_losses
+    torch.manual_seed(0)
+    model, disc = Renderer().eval(), MultiscaleDiscriminator()
+    drawn, warped, truth = (torch.rand(2, 3, 128, 128) for _ in range(3))
+    drawn.requires_grad_(True)
+    warp_only, _ = renderer_losses(model, disc, drawn, warped, truth, full=False)
+    full, disc_loss = renderer_losses(model, disc, drawn, warped, truth, full=True)
+    fake, real = disc(drawn), disc(truth)
+    assert len(fake) == 2 and [f.shape[1] for f in fake[0]] == [64, 128, 256, 512, 1]
+    gan = sum(((scale[-1] - 1) ** 2).mean() for scale in fake)
+    matching = sum(1.0 * 0.5 * 2.5 * (f - r).abs().mean()
+                   for fs, rs in zip(fake, real) for f, r in zip(fs[:-1], rs[:-1]))
+    expected = warp_only + 4 * model.perceptual(drawn, truth, 250.0) + 0.25 * gan + matching
+    torch.testing.assert_close(full, expected, rtol=1e-5, atol=1e-5)
+    expected_disc = 0.5 * (sum((scale[-1] ** 2).mean() for scale in disc(drawn.detach()))
+                           + sum(((scale[-1] - 1) ** 2).mean() for scale in real))
+    torch.testing.assert_close(disc_loss, expected_disc, rtol=1e-5, atol=1e-5)
+    full.backward()
+    assert drawn.grad is not None and drawn.grad.abs().sum() > 0

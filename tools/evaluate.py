@@ -44,7 +44,8 @@ class TrackScore:
     track: int
     first: int
     frames: int
-    score: SyncScore
+    score: Optional[SyncScore]  # None: this track could not be scored (error says why)
+    error: str = ""
 
 
 def face_runs(has_face: np.ndarray, minimum: int = MIN_TRACK) -> list[tuple[int, int]]:
@@ -65,21 +66,28 @@ def cached_tracks(folder: Path, paper: bool) -> Iterator[FaceTrack]:
         raise UserError(f"{folder.name}: no run of {MIN_TRACK} or more frames with a face to judge")
     for start, stop in runs:
         sub = "bg" if paper else "body_face"
-        frames = [cv2.imread(str(folder / sub / cache.frame_name(i, sub))) for i in range(start, stop)]
-        crops = paper_crops(frames, face_det["face_box"][start:stop]) if paper else np.stack(frames)
+        frames = (cv2.imread(str(folder / sub / cache.frame_name(i, sub))) for i in range(start, stop))
+        # full frames are read one at a time while cutting (a long 1080p track would not fit in memory)
+        crops = paper_crops(frames, face_det["face_box"][start:stop]) if paper else np.stack(list(frames))
         yield FaceTrack(crops, samples[start * SAMPLES_PER_FRAME:stop * SAMPLES_PER_FRAME], first=start)
 
 
 def score_video(video: Path, judge: Judge, face_size: int, cropped: bool, vshift: int,
                 progress: bool) -> list[TrackScore]:
+    """Every track of the video, each scored on its own: one that cannot be scored carries its reason."""
     with tempfile.TemporaryDirectory(prefix="evaluate-") as work:
         if cropped:
             tracks: Iterator[FaceTrack] = iter([read_face_track(video, Path(work))])
         else:
             result = preprocess_video(video, Path(work), PreprocessConfig(face_size=face_size), progress=progress)
             tracks = cached_tracks(Path(work) / result.name, isinstance(judge, PaperJudge))
-        return [TrackScore(video, n, track.first, len(track.frames), score_track(judge, track, vshift))
-                for n, track in enumerate(tracks, 1)]
+        scores = []
+        for n, track in enumerate(tracks, 1):
+            try:
+                scores.append(TrackScore(video, n, track.first, len(track.frames), score_track(judge, track, vshift)))
+            except ValueError as exc:
+                scores.append(TrackScore(video, n, track.first, len(track.frames), None, str(exc)))
+        return scores
 
 
 def reference_lines(score: SyncScore) -> str:
@@ -142,28 +150,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     for video in tqdm(args.videos, desc="videos", unit="video", disable=not several):
         try:
             if not video.is_file():
-                raise UserError(f"{video}: no such file")
+                raise UserError("no such file")
             tracks = score_video(video, judge, face_size, args.cropped, args.vshift, progress=not several)
         except (UserError, ValueError) as exc:
+            reason = str(exc) if str(exc).startswith(str(video)) else f"{video}: {exc}"
             if not several:
-                raise
-            failed[video] = str(exc)
-            log.error("%s", exc)
+                raise UserError(reason) from exc
+            failed[video] = reason
+            log.error("%s", reason)
             continue
         scores += tracks
         for track in tracks:
             if several or len(tracks) > 1:
                 tqdm.write(f"{video} track {track.track} (frames {track.first}-{track.first + track.frames - 1})")
-            tqdm.write(reference_lines(track.score))
+            if track.score is None:
+                log.error("%s track %d: %s", video, track.track, track.error)
+            else:
+                tqdm.write(reference_lines(track.score))
     if args.csv:
         write_csv(args.csv, scores, failed)
-    if not scores:
-        raise UserError(f"no video could be scored: {next(iter(failed.values()))}")
+    scored = [s for s in scores if s.score is not None]
+    if not scored:
+        reasons = list(failed.values()) + [f"{s.video} track {s.track}: {s.error}" for s in scores]
+        raise UserError(f"nothing could be scored: {reasons[0]}")
     if several or len(scores) > 1:
-        print(f"Mean over {len(scores)} tracks of {len(args.videos) - len(failed)} videos"
-              f"{f' ({len(failed)} failed)' if failed else ''}: "
-              f"Min dist {np.mean([s.score.min_dist for s in scores]):.3f}  "
-              f"Confidence {np.mean([s.score.confidence for s in scores]):.3f}")
+        unscored = len(failed) + len(scores) - len(scored)
+        print(f"Mean over {len(scored)} tracks of {len({s.video for s in scored})} videos"
+              f"{f' ({unscored} failed)' if unscored else ''}: "
+              f"Min dist {np.mean([s.score.min_dist for s in scored]):.3f}  "
+              f"Confidence {np.mean([s.score.confidence for s in scored]):.3f}")
     return 0
 
 
@@ -172,8 +187,9 @@ def write_csv(path: Path, scores: list[TrackScore], failed: dict[Path, str]) -> 
         rows = csv.DictWriter(out, CSV_FIELDS)
         rows.writeheader()
         for s in scores:
+            numbers = {"av_offset": s.score.offset, "min_dist": f"{s.score.min_dist:.6f}",
+                       "confidence": f"{s.score.confidence:.6f}"} if s.score is not None else {}
             rows.writerow({"video": s.video, "track": s.track, "first_frame": s.first, "frames": s.frames,
-                           "av_offset": s.score.offset, "min_dist": f"{s.score.min_dist:.6f}",
-                           "confidence": f"{s.score.confidence:.6f}", "error": ""})
+                           **numbers, "error": s.error})
         for video, reason in failed.items():
             rows.writerow({"video": video, "error": reason})

@@ -24,14 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..blocks import Layer, audio_encoder_512, conv, stack
+from .mesh import FACE, T_FRAMES
 
-T_FRAMES = 5          # frames per landmark-generator window; the renderer draws the middle one
-POSE_POINTS = 74      # the upper face's landmarks: they carry the head pose
-CONTENT_POINTS = 57   # jaw (17) and lips (40): predicted from the audio
-MOUTH_POINTS, JAW_POINTS = 40, 17
+MOUTH_POINTS, JAW_POINTS = 40, 17  # the 57 content landmarks: jaw first, then the lips
 D_MODEL = 512
-FACE = 128            # the renderer's face size
-FLOW_SIZE = 64        # its half-resolution feature maps
+FLOW_SIZE = 64        # the renderer's half-resolution feature maps
 
 
 def conv1d(cin: int, cout: int, kernel: int = 3, stride: int = 1, padding: int = 1, residual: bool = False,

@@ -1,5 +1,6 @@
 """IP_LAP training samples from our LRS2-style export (`preprocess --train_dir`), drawn as the reference's
-train_landmarks_generator.py and train_video_renderer.py draw them.
+train_landmarks_generator.py and train_video_renderer.py draw them, from the crops and landmarks the engine uses
+(the reference's own training preprocess cuts with 5 pixels of margin and stores 8-bit sketches; see the README).
 
 Each clip folder holds, besides the Wav2Lip crops: `iplap/00000.jpg …` (IP_LAP's 128 x 128 crops, frames without a
 face absent), `iplap_landmarks.npz` (pose (N, 2, 74) and content (N, 2, 57) landmarks in the crop's [0, 1], NaN
@@ -27,11 +28,9 @@ from audio.mel import melspectrogram
 from core.timebase import MEL_WINDOW, mel_start
 
 from ..dataset import DataError, split_folders
-from .arch import FACE, T_FRAMES
-from .prior import MEL_LAG, REFERENCE_LANDMARKS, draw_sketch
+from .mesh import EXPORT_CROPS, EXPORT_LANDMARKS, FACE, MEL_LAG, T_FRAMES, draw_sketch
+from .prior import REFERENCE_LANDMARKS
 
-CROPS = "iplap"
-LANDMARKS = "iplap_landmarks.npz"
 MIN_FRAMES = 25              # the reference's min_len
 TRAINING_REFERENCES = 3      # the renderer trains with 3 reference faces (ref_N), and runs with 25
 
@@ -59,9 +58,9 @@ class IplapClip:
         return self.mel[:, start:start + MEL_WINDOW]
 
     def face(self, frame: int) -> np.ndarray:
-        image = cv2.imread(str(self.folder / CROPS / f"{frame:05d}.jpg"))
+        image = cv2.imread(str(self.folder / EXPORT_CROPS / f"{frame:05d}.jpg"))
         if image is None:
-            raise DataError(f"{self.folder / CROPS}: frame {frame} is missing or unreadable")
+            raise DataError(f"{self.folder / EXPORT_CROPS}: frame {frame} is missing or unreadable")
         return cv2.resize(image, (FACE, FACE)) if image.shape[:2] != (FACE, FACE) else image
 
     def sketch(self, frame: int, content: Optional[np.ndarray] = None) -> np.ndarray:
@@ -74,16 +73,16 @@ def read_iplap_split(data_root: Path, split: str) -> list[IplapClip]:
     listing, folders = split_folders(data_root, split)
     clips = []
     for folder in folders:
-        if not (folder / LANDMARKS).is_file() or not (folder / "audio.wav").is_file():
+        if not (folder / EXPORT_LANDMARKS).is_file() or not (folder / "audio.wav").is_file():
             continue
-        with np.load(folder / LANDMARKS) as arrays:
+        with np.load(folder / EXPORT_LANDMARKS) as arrays:
             pose, content, size = arrays["pose"], arrays["content"], arrays["crop_size"]
         if len(pose) >= MIN_FRAMES:
             clips.append(IplapClip(folder, pose, content, size, melspectrogram(load_audio(folder / "audio.wav"))))
     if not clips:
-        raise DataError(f"{listing}: no clip with IP_LAP's crops and landmarks ({CROPS}/, {LANDMARKS}), audio.wav "
-                        f"and {MIN_FRAMES} frames or more; export it again with this version's `preprocess "
-                        f"--train_dir` (MediaPipe detector)")
+        raise DataError(f"{listing}: no clip with IP_LAP's crops and landmarks ({EXPORT_CROPS}/, "
+                        f"{EXPORT_LANDMARKS}), audio.wav and {MIN_FRAMES} frames or more; export it again with this "
+                        f"version's `preprocess --train_dir` (MediaPipe detector)")
     return clips
 
 

@@ -37,8 +37,8 @@ from ..dataset import batch
 from ..loader import CheckpointError, read_checkpoint
 from ..predictor import pick_device
 from ..train import TrainConfig, Trainer, run_steps
-from . import load_landmark_generator, load_renderer
-from .arch import LandmarkGenerator, Renderer, vgg19_features
+from .arch import LandmarkGenerator, Renderer
+from .loader import load_landmark_generator, load_renderer
 from .data import TRAINING_REFERENCES, IplapSampler, read_iplap_split
 
 log = logging.getLogger("train")
@@ -113,6 +113,20 @@ def feature_matching(fake: list[list[torch.Tensor]], real: list[list[torch.Tenso
     return sum(weight * F.l1_loss(f, r.detach()) for fs, rs in zip(fake, real) for f, r in zip(fs[:-1], rs[:-1]))
 
 
+def renderer_losses(model: Renderer, disc: MultiscaleDiscriminator, drawn: torch.Tensor, warped: torch.Tensor,
+                    truth: torch.Tensor, full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the renderer's loss, the discriminator's) for a batch: the warped reference's perceptual loss alone, or with
+    `full` the whole generator loss of the reference's later epochs."""
+    fake_detached, real = disc(drawn.detach()), disc(truth)
+    disc_loss = 0.5 * (lsgan_loss(fake_detached, False) + lsgan_loss(real, True))
+    loss = WARP_WEIGHT * model.perceptual(warped, truth)
+    if full:
+        fake = disc(drawn)
+        loss = loss + GENERATION_WEIGHT * model.perceptual(drawn, truth, STYLE_WEIGHT) \
+            + GAN_WEIGHT * lsgan_loss(fake, True) + feature_matching(fake, real)
+    return loss, disc_loss
+
+
 def load_vgg19(model: Renderer, path: str) -> None:
     """torchvision's vgg19 ImageNet file (`features.N.weight` ...) into the perceptual loss's VGG19."""
     state, _ = read_checkpoint(path)
@@ -154,16 +168,16 @@ def train_renderer(data_root: Path, checkpoint_dir: Path, cfg: TrainConfig, vgg1
                    on_eval: Optional[Callable[[int, float], None]] = None,
                    gan_after_epoch: int = GAN_AFTER_EPOCH, references: int = TRAINING_REFERENCES) -> Path:
     """Train the renderer and its discriminator; returns the last renderer checkpoint written."""
+    if not (vgg19 or pre_path or any(Path(checkpoint_dir).glob("checkpoint_step*.pth"))):
+        raise ValueError("the renderer's perceptual loss needs VGG19's ImageNet weights: --vgg19 vgg19-dcbb9e9d.pth "
+                         "(torchvision's file) or --pre_path renderer_checkpoint.pth (it holds them)")
     torch.manual_seed(cfg.seed)
     train, val = read_iplap_split(data_root, "train"), read_iplap_split(data_root, "val")
     model = load_renderer(pre_path, "cpu").train() if pre_path else Renderer()
     if vgg19:
         load_vgg19(model, vgg19)
     trainer = Trainer(model, cfg, checkpoint_dir, pick_device(device))
-    resumed = trainer.resume()
-    if not (vgg19 or pre_path or resumed):
-        raise ValueError("the renderer's perceptual loss needs VGG19's ImageNet weights: --vgg19 vgg19-dcbb9e9d.pth "
-                         "(torchvision's file) or --pre_path renderer_checkpoint.pth (it holds them)")
+    trainer.resume()
     disc = Trainer(MultiscaleDiscriminator(), cfg, checkpoint_dir, trainer.device, "disc_checkpoint", (0.5, 0.999))
     disc.resume()
     trainer.companions.append(disc)
@@ -176,25 +190,16 @@ def train_renderer(data_root: Path, checkpoint_dir: Path, cfg: TrainConfig, vgg1
             drawn, warped = model(face, sketches, ref_faces, ref_sketches, mel)
         return drawn.float(), warped.float(), face[:, 0]
 
-    def warp_loss(warped: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-        return WARP_WEIGHT * model.perceptual(warped, truth)
-
     def step() -> torch.Tensor:
-        drawn, warped, truth = draw(samples)
-        fake_detached, real = disc.model(drawn.detach()), disc.model(truth)
-        disc_loss = 0.5 * (lsgan_loss(fake_detached, False) + lsgan_loss(real, True))
-        loss = warp_loss(warped, truth)
-        if trainer.step * cfg.batch_size // len(train) > gan_after_epoch:
-            fake = disc.model(drawn)
-            loss = loss + GENERATION_WEIGHT * model.perceptual(drawn, truth, STYLE_WEIGHT) \
-                + GAN_WEIGHT * lsgan_loss(fake, True) + feature_matching(fake, real)
+        full = trainer.step * cfg.batch_size // len(train) > gan_after_epoch
+        loss, disc_loss = renderer_losses(model, disc.model, *draw(samples), full)
         trainer.backward(loss)
         disc.backward(disc_loss)
         return loss
 
     def eval_loss(sampler: IplapSampler) -> torch.Tensor:
         _, warped, truth = draw(sampler)
-        return warp_loss(warped, truth)
+        return WARP_WEIGHT * model.perceptual(warped, truth)
 
     return run_steps(trainer, step, evaluator(model, lambda: IplapSampler(val, 12345), eval_loss, cfg), "renderer",
                      progress, on_eval)
