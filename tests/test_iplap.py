@@ -733,3 +733,23 @@ def test_the_later_renderer_loss_adds_the_reference_terms():
     torch.testing.assert_close(disc_loss, expected_disc, rtol=1e-5, atol=1e-5)
     full.backward()
     assert drawn.grad is not None and drawn.grad.abs().sum() > 0
+
+
+@pytest.mark.cuda
+def test_cuda_draws_the_cpu_face(released):
+    """Both networks on the GPU, as the engine runs them there: the drawn face equals the CPU's."""
+    from models.iplap.prior import FrameLandmarks, IplapGenerator, References
+    rng = np.random.default_rng(6)
+    frame = FrameLandmarks(rng.uniform(0.1, 0.9, (2, 74)).astype(np.float32),
+                           rng.uniform(0.1, 0.9, (2, 57)).astype(np.float32), (150, 130), 0.02)
+    mels = rng.normal(size=(2, 5, 80, 16)).astype(np.float32)
+    faces = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+    refs = [torch.rand(1, 3, 3, 128, 128), torch.rand(1, 3, 3, 128, 128), torch.rand(1, 15, 2, 74),
+            torch.rand(1, 15, 2, 57)]
+    drawn = []
+    for device in ("cpu", "cuda"):
+        generator = IplapGenerator(load_landmark_generator(released["landmark"][0], device),
+                                   load_renderer(released["renderer"][0], device))
+        references = References(*(r.to(device) for r in refs))
+        drawn.append(generator.render(mels, [[frame] * 5] * 2, faces, references).cpu())
+    torch.testing.assert_close(drawn[1], drawn[0], rtol=1e-3, atol=1e-3)
