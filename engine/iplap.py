@@ -4,8 +4,8 @@ does, so the feathered paste-back, GFPGAN and every sink stay as they are.
 IP_LAP generates a face in its own crop (the mesh's extent plus 25 pixels, iplap_face/ in the cache). Its result is
 warped into the Wav2Lip crop of the frame (body_face/, the padded box the compositor pastes), over the cached crop,
 and the compositor resizes that crop into the frame: two resamplings, where the reference resizes its face into
-its box once. Where its crop does not reach, the cached pixels stay. The cache should be made at face_size 128, IP_LAP's own size (the
-`iplap` preset does that); a smaller one would lose detail in the paste.
+its box once. Where its crop does not reach, the cached pixels stay. The cache is made at face_size 128, IP_LAP's
+own size (the `iplap` preset does that), so the crop keeps the face's detail.
 """
 from __future__ import annotations
 

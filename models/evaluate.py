@@ -25,7 +25,6 @@ from typing import Iterable, Protocol
 
 import cv2
 import numpy as np
-import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal
 from scipy.io import wavfile

@@ -19,7 +19,7 @@ import cv2
 from audio.mfcc import mfcc
 from conftest import ROOT, require
 from demo.presenter import astronaut_bgr
-from models.evaluate import FaceTrack, PaperJudge, TrackError, paper_crops, read_face_track, score_track
+from models.evaluate import PaperJudge, TrackError, paper_crops, read_face_track, score_track
 from models.loader import CheckpointError
 from models.syncnet_v2 import (S, audio_windows, calc_pdist, embed, evaluate, lip_windows, load_syncnet_v2, score,
                                window_count)
@@ -301,7 +301,7 @@ def test_the_command_line_scores_a_filelist_with_mean_and_csv(released, track_vi
     track, and a one-line reason for each video it could not score."""
     path, model = released
     expected = reference_evaluate(model, *reference_load(track_video, tmp_path / "reference"))
-    small = face_track_video(tmp_path / "small.mp4", [f[:96, :96].copy() for f in face_crops(10)], voice(6400))
+    face_track_video(tmp_path / "small.mp4", [f[:96, :96].copy() for f in face_crops(10)], voice(6400))
     listing = tmp_path / "videos.txt"
     listing.write_text(f"{track_video}\n# a comment\n\nsmall.mp4\nmissing.mp4\n")
     table = tmp_path / "scores.csv"

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..blocks import Layer, audio_encoder_512, conv, stack
-from .mesh import FACE, T_FRAMES
+from .mesh import T_FRAMES
 
 MOUTH_POINTS, JAW_POINTS = 40, 17  # the 57 content landmarks: jaw first, then the lips
 D_MODEL = 512
