@@ -153,7 +153,7 @@ class Parts:
             check_iplap_flags(args, live)
         wav2lip = self._wav2lip(args, live, user) if args.checkpoint_path and not only_weights and not iplap else None
         face_size = wav2lip.size if wav2lip is not None else None
-        if iplap:  # (imported here: models.iplap loads torch, which a stored OpenVINO Wav2Lip never needs)
+        if iplap:
             from models.iplap import FACE as face_size
         cache = resolve_cache(args, face_size or 96).resolve()
         heads, between = args.enhance != "none", args.fps != FPS

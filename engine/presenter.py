@@ -5,6 +5,7 @@ Frames stay JPEG-encoded in memory and are decoded when needed: a 10 s 1080p cac
 """
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -15,6 +16,9 @@ import numpy as np
 from core.errors import UserError
 from preprocess import cache
 from preprocess.geometry import crop_landmarks
+
+
+log = logging.getLogger("engine")
 
 
 class PresenterError(UserError):
@@ -36,9 +40,14 @@ class Presenter:
                                  f"{manifest.get('format_version')}, this version reads {cache.FORMAT_VERSION}); "
                                  f"rebuild it with `python stream_out.py preprocess <video> --out {self.dir.parent} "
                                  f"--force`")
+        rebuild = "--config iplap" if load_iplap else f"--face_size {face_size}"
         if face_size is not None and manifest["face_size"] != face_size:
             raise PresenterError(f"{self.dir}: cache was made for {manifest['face_size']} px faces but the model needs "
-                                 f"{face_size} px; rebuild it with `preprocess --face_size {face_size}`")
+                                 f"{face_size} px; rebuild it with `preprocess {rebuild}`")
+        if load_iplap and manifest.get("smooth_radius"):
+            log.warning("%s: its face meshes are smoothed over ±%d frames, which damps the lips IP_LAP learns from; "
+                        "the reference's are per frame: rebuild with `preprocess --config iplap --force`",
+                        self.dir.name, manifest["smooth_radius"])
         self.face_size = manifest["face_size"]
         self.head_size = manifest.get("head_size", 512)
         self.width, self.height = manifest["width"], manifest["height"]

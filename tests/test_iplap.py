@@ -76,12 +76,16 @@ def released(tmp_path_factory):
 
 
 def test_released_files_load_on_the_cpu_in_eval_mode(released):
+    """Every entry as saved; the renderer's perceptual VGG19 only when loaded for training."""
     for (path, model), load in ((released["landmark"], load_landmark_generator),
-                                (released["renderer"], load_renderer)):
+                                (released["renderer"], lambda p, d: load_renderer(p, d, training=True))):
         loaded = load(path, "cpu")
         assert not loaded.training
         for (name, ours), theirs in zip(loaded.state_dict().items(), model.state_dict().values()):
             assert torch.equal(ours, theirs), name
+    inference = load_renderer(released["renderer"][0], "cpu").state_dict()
+    assert not any(k.startswith("perceptual.") for k in inference)
+    assert len(inference) == len(released["renderer"][1].state_dict()) - 32  # VGG19's 16 convolutions
 
 
 # ---- a step-by-step copy of the reference's forward passes, from its published code's facts ----
@@ -527,6 +531,21 @@ def test_the_model_stage_hands_a_window_model_five_mel_windows_and_the_frames_ar
         assert frames.tolist() == [ping_pong(max(0, unit.index + d) + 70, presenter.frames) for d in range(-2, 3)]
 
 
+def test_the_crop_warp_maps_pixel_centres_through_the_frame():
+    """By hand: IP_LAP's crop at x 30..158, y 40..168 (128 px, so 1:1) and a Wav2Lip box at x 20..276, y 30..286
+    (256 px into a 128 crop, so 2:1). Crop pixel c's centre is frame x = 2 (c + 0.5) - 0.5 + 20 = 2c + 20.5, which is
+    IP_LAP pixel 2c - 9.5; down, frame y = 2c + 30.5 is IP_LAP pixel 2c - 9.5 as well."""
+    from engine.iplap import into_crop
+    u, v = np.meshgrid(np.arange(128, dtype=np.float32), np.arange(128, dtype=np.float32))
+    face = np.stack([u, v, np.zeros_like(u)], axis=2)  # each pixel holds its own coordinates
+    crop = np.full((128, 128, 3), -1.0, np.float32)
+    warped = into_crop(crop, face, (40, 168, 30, 158), (20, 30, 276, 286))
+    inside = np.arange(10, 60)  # crop pixels whose IP_LAP position 2c - 9.5 lies well inside 0 .. 127
+    np.testing.assert_allclose(warped[inside[0], inside, 0], 2 * inside - 9.5, atol=1e-3)
+    np.testing.assert_allclose(warped[inside, inside[0], 1], 2 * inside - 9.5, atol=1e-3)
+    assert (warped[100:, 100:] == -1).all()  # beyond IP_LAP's crop: the cached pixels stay
+
+
 def test_the_face_goes_from_iplaps_crop_into_the_wav2lip_crop_in_place(iplap_cache):
     """IP_LAP's own crop of a frame, warped into the frame's Wav2Lip crop, lands on that crop's pixels."""
     from engine.iplap import into_crop
@@ -609,7 +628,7 @@ def test_the_preset_preprocesses_at_128_without_smoothing_and_preprocess_loads_n
 def test_a_cache_at_another_face_size_is_told_to_rebuild(released, built):
     from engine.assemble import Parts
     from engine.presenter import PresenterError
-    with pytest.raises(PresenterError, match="rebuild it with `preprocess --face_size 128`"):
+    with pytest.raises(PresenterError, match="rebuild it with `preprocess --config iplap`"):
         Parts().build(iplap_args(released, built["cache"] / "clip25"), live=False)
 
 
@@ -736,20 +755,29 @@ def test_the_later_renderer_loss_adds_the_reference_terms():
 
 
 @pytest.mark.cuda
-def test_cuda_draws_the_cpu_face(released):
-    """Both networks on the GPU, as the engine runs them there: the drawn face equals the CPU's."""
-    from models.iplap.prior import FrameLandmarks, IplapGenerator, References
-    rng = np.random.default_rng(6)
-    frame = FrameLandmarks(rng.uniform(0.1, 0.9, (2, 74)).astype(np.float32),
-                           rng.uniform(0.1, 0.9, (2, 57)).astype(np.float32), (150, 130), 0.02)
-    mels = rng.normal(size=(2, 5, 80, 16)).astype(np.float32)
-    faces = rng.integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
-    refs = [torch.rand(1, 3, 3, 128, 128), torch.rand(1, 3, 3, 128, 128), torch.rand(1, 15, 2, 74),
-            torch.rand(1, 15, 2, 57)]
-    drawn = []
+def test_cuda_gives_the_cpu_landmarks_and_face(released, monkeypatch):
+    """Both networks on the GPU, as the engine runs them there, in full fp32 (no TF32): the landmarks equal the
+    CPU's, and from the same sketches so does the face (a sketch is drawn on whole pixels, so a landmark a hair
+    apart could move a line: the renderer is compared on the CPU's sketches)."""
+    from models.iplap.mesh import draw_sketch
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    rng = torch.Generator().manual_seed(6)
+    mels, pose = torch.rand(2, 5, 1, 80, 16, generator=rng) * 8 - 4, torch.rand(2, 5, 2, 74, generator=rng)
+    ref_pose, ref_content = torch.rand(2, 15, 2, 74, generator=rng), torch.rand(2, 15, 2, 57, generator=rng)
+    face, ref_faces = torch.rand(2, 1, 3, 128, 128, generator=rng), torch.rand(2, 3, 3, 128, 128, generator=rng)
+    content, drawn = {}, {}
     for device in ("cpu", "cuda"):
-        generator = IplapGenerator(load_landmark_generator(released["landmark"][0], device),
-                                   load_renderer(released["renderer"][0], device))
-        references = References(*(r.to(device) for r in refs))
-        drawn.append(generator.render(mels, [[frame] * 5] * 2, faces, references).cpu())
-    torch.testing.assert_close(drawn[1], drawn[0], rtol=1e-3, atol=1e-3)
+        landmarks = load_landmark_generator(released["landmark"][0], device)
+        with torch.no_grad():
+            content[device] = landmarks(*(t.to(device) for t in (mels, pose, ref_pose, ref_content))).cpu()
+    torch.testing.assert_close(content["cuda"], content["cpu"], rtol=1e-4, atol=1e-4)
+    sketches = torch.from_numpy(np.stack([draw_sketch(p.numpy(), c.numpy(), 150, 130) for p, c in
+                                          zip(pose.flatten(0, 1), content["cpu"])])).permute(0, 3, 1, 2)
+    sketches = sketches.reshape(2, 5, 3, 128, 128)
+    for device in ("cpu", "cuda"):
+        renderer = load_renderer(released["renderer"][0], device)
+        with torch.no_grad():
+            drawn[device] = renderer(*(t.to(device) for t in (face, sketches, ref_faces, sketches[:, :3],
+                                                              mels[:, 2:3])))[0].cpu()
+    torch.testing.assert_close(drawn["cuda"], drawn["cpu"], rtol=1e-4, atol=1e-4)

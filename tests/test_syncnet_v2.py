@@ -302,8 +302,9 @@ def test_the_command_line_scores_a_filelist_with_mean_and_csv(released, track_vi
     path, model = released
     expected = reference_evaluate(model, *reference_load(track_video, tmp_path / "reference"))
     face_track_video(tmp_path / "small.mp4", [f[:96, :96].copy() for f in face_crops(10)], voice(6400))
+    face_track_video(tmp_path / "short.mp4", face_crops(5), voice(5 * 640))  # a track too short for a window
     listing = tmp_path / "videos.txt"
-    listing.write_text(f"{track_video}\n# a comment\n\nsmall.mp4\nmissing.mp4\n")
+    listing.write_text(f"{track_video}\n# a comment\n\nsmall.mp4\nshort.mp4\nmissing.mp4\n")
     table = tmp_path / "scores.csv"
     result = subprocess.run([sys.executable, "-m", "models.evaluate", "--syncnet_v2", str(path), "--cropped",
                              "--filelist", str(listing), "--csv", str(table), "--device", "cpu"],
@@ -313,16 +314,18 @@ def test_the_command_line_scores_a_filelist_with_mean_and_csv(released, track_vi
     assert lines[0] == f"{track_video} track 1 (frames 0-33)"
     assert lines[1:4] == [f"AV offset: \t{expected['offset']:d} ", f"Min dist: \t{expected['min_dist']:.3f}",
                           f"Confidence: \t{expected['confidence']:.3f}"]
-    assert lines[4] == (f"Mean over 1 tracks of 1 videos (2 failed): Min dist {expected['min_dist']:.3f}  "
-                        f"Confidence {expected['confidence']:.3f}")
+    assert lines[4] == (f"Mean over 1 tracks of 1 videos (2 videos failed, 1 tracks failed): Min dist "
+                        f"{expected['min_dist']:.3f}  Confidence {expected['confidence']:.3f}")
     assert "small.mp4: --cropped takes a 224 x 224 face track" in result.stderr and "96 x 96" in result.stderr
-    assert "missing.mp4: no such file" in result.stderr
+    assert "missing.mp4: no such file" in result.stderr and "short.mp4 track 1: SyncNet scoring needs" in result.stderr
     rows = list(csv.DictReader(table.open()))
-    assert [r["video"] for r in rows] == [str(track_video), str(tmp_path / "small.mp4"), str(tmp_path / "missing.mp4")]
+    assert [r["video"] for r in rows] == [str(tmp_path / name) if name != "track" else str(track_video)
+                                          for name in ("track", "short.mp4", "small.mp4", "missing.mp4")]
+    assert rows[1]["frames"] == "5" and rows[1]["min_dist"] == "" and "needs at least 6 frames" in rows[1]["error"]
     assert rows[0]["frames"] == "34" and int(rows[0]["av_offset"]) == expected["offset"] and rows[0]["error"] == ""
     assert abs(float(rows[0]["min_dist"]) - expected["min_dist"]) <= 1e-5 * max(1.0, expected["min_dist"])
     assert abs(float(rows[0]["confidence"]) - expected["confidence"]) <= 1e-5 * max(1.0, expected["min_dist"])
-    assert rows[1]["min_dist"] == "" and "224 x 224" in rows[1]["error"]
+    assert rows[2]["min_dist"] == "" and "224 x 224" in rows[2]["error"]
 
 
 def test_paper_crops_follow_run_pipeline_geometry():

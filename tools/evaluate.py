@@ -81,13 +81,17 @@ def score_video(video: Path, judge: Judge, face_size: int, cropped: bool, vshift
         else:
             result = preprocess_video(video, Path(work), PreprocessConfig(face_size=face_size), progress=progress)
             tracks = cached_tracks(Path(work) / result.name, isinstance(judge, PaperJudge))
-        scores = []
-        for n, track in enumerate(tracks, 1):
+        scores: list[TrackScore] = []
+        while True:  # each track on its own: cutting or scoring one that fails leaves the others
+            track, n = None, len(scores) + 1
             try:
+                track = next(tracks, None)
+                if track is None:
+                    return scores
                 scores.append(TrackScore(video, n, track.first, len(track.frames), score_track(judge, track, vshift)))
-            except ValueError as exc:
-                scores.append(TrackScore(video, n, track.first, len(track.frames), None, str(exc)))
-        return scores
+            except (ValueError, cv2.error) as exc:
+                first, frames = (track.first, len(track.frames)) if track is not None else (-1, 0)
+                scores.append(TrackScore(video, n, first, frames, None, str(exc)))
 
 
 def reference_lines(score: SyncScore) -> str:
@@ -160,13 +164,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             log.error("%s", reason)
             continue
         scores += tracks
+        if not several and all(t.score is None for t in tracks):
+            break  # said once, below
         for track in tracks:
-            if several or len(tracks) > 1:
-                tqdm.write(f"{video} track {track.track} (frames {track.first}-{track.first + track.frames - 1})")
             if track.score is None:
                 log.error("%s track %d: %s", video, track.track, track.error)
-            else:
-                tqdm.write(reference_lines(track.score))
+                continue
+            if several or len(tracks) > 1:
+                tqdm.write(f"{video} track {track.track} (frames {track.first}-{track.first + track.frames - 1})")
+            tqdm.write(reference_lines(track.score))
     if args.csv:
         write_csv(args.csv, scores, failed)
     scored = [s for s in scores if s.score is not None]
@@ -174,9 +180,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         reasons = list(failed.values()) + [f"{s.video} track {s.track}: {s.error}" for s in scores]
         raise UserError(f"nothing could be scored: {reasons[0]}")
     if several or len(scores) > 1:
-        unscored = len(failed) + len(scores) - len(scored)
-        print(f"Mean over {len(scored)} tracks of {len({s.video for s in scored})} videos"
-              f"{f' ({unscored} failed)' if unscored else ''}: "
+        unscored = [f"{count} {kind} failed" for count, kind in ((len(failed), "videos"),
+                                                                 (len(scores) - len(scored), "tracks")) if count]
+        note = f" ({', '.join(unscored)})" if unscored else ""
+        print(f"Mean over {len(scored)} tracks of {len({s.video for s in scored})} videos{note}: "
               f"Min dist {np.mean([s.score.min_dist for s in scored]):.3f}  "
               f"Confidence {np.mean([s.score.confidence for s in scored]):.3f}")
     return 0

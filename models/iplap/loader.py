@@ -1,7 +1,7 @@
 """Loading IP_LAP's released files: both are `{'state_dict': ...}` dicts; the reference's inference_single.py
 strips one `module.` prefix (DataParallel training) and loads strictly, so every entry must be there with its shape
 and nothing else. The renderer's file holds the VGG19 of its perceptual loss as well (`perceptual.model.network.*`):
-loaded, and dropped by the inference (models.iplap.prior.IplapGenerator).
+loaded, and dropped unless the renderer is loaded for training.
 """
 from __future__ import annotations
 
@@ -37,9 +37,13 @@ def load_landmark_generator(path: Union[str, Path], device: Device = None) -> La
     return _load(path, "iplap_landmark", device)
 
 
-def load_renderer(path: Union[str, Path], device: Device = None) -> Renderer:
-    """The renderer in eval mode on `device`, as load_landmark_generator."""
-    return _load(path, "iplap_renderer", device)
+def load_renderer(path: Union[str, Path], device: Device = None, training: bool = False) -> Renderer:
+    """The renderer in eval mode on `device`, as load_landmark_generator. Unless `training`, without the VGG19 of
+    its perceptual loss (80 MB that inference never runs), dropped before the move to the device."""
+    renderer = _load(path, "iplap_renderer", None if training else "cpu")
+    if not training:
+        renderer.perceptual = None
+    return renderer.to(pick_device(None if device is None else str(device)))
 
 
 def _load(path: Union[str, Path], kind: str, device: Device):

@@ -75,7 +75,6 @@ class IplapGenerator:
     def __init__(self, landmarks: LandmarkGenerator, renderer: Renderer):
         self.landmarks = landmarks.eval()
         self.renderer = renderer.eval()
-        self.renderer.perceptual = None  # the training loss's VGG19: 80 MB that inference never runs
         self.device = next(renderer.parameters()).device
 
     @torch.inference_mode()

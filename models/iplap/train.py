@@ -173,7 +173,7 @@ def train_renderer(data_root: Path, checkpoint_dir: Path, cfg: TrainConfig, vgg1
                          "(torchvision's file) or --pre_path renderer_checkpoint.pth (it holds them)")
     torch.manual_seed(cfg.seed)
     train, val = read_iplap_split(data_root, "train"), read_iplap_split(data_root, "val")
-    model = load_renderer(pre_path, "cpu").train() if pre_path else Renderer()
+    model = load_renderer(pre_path, "cpu", training=True).train() if pre_path else Renderer()
     if vgg19:
         load_vgg19(model, vgg19)
     trainer = Trainer(model, cfg, checkpoint_dir, pick_device(device))
