@@ -257,31 +257,40 @@ def train_wav2lip(data_root: Path, checkpoint_dir: Path, syncnet_path: str, cfg:
     return run_steps(trainer, step, evaluate, "wav2lip", progress, on_eval)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["syncnet", "wav2lip"])
-    p.add_argument("--size", type=int, default=96, choices=sorted(ARCH))
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every training command shares: where the data and checkpoints are, the schedule, the device."""
     p.add_argument("--data_root", required=True, help="folder with train.txt/val.txt (preprocess --train_dir)")
     p.add_argument("--checkpoint_dir", required=True, help="checkpoints go here; a rerun resumes from the newest")
-    p.add_argument("--syncnet", help="wav2lip: the trained lip expert (released layout)")
-    p.add_argument("--pre_path", help="start from this checkpoint (same architecture)")
-    p.add_argument("--gan", action="store_true", help="wav2lip: add the quality discriminator (96 only)")
-    p.add_argument("--batch_size", type=int, help="default 64 (syncnet) / 16 (wav2lip), as the reference")
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--checkpoint_interval", type=int, default=TrainConfig.checkpoint_interval)
     p.add_argument("--eval_interval", type=int, default=TrainConfig.eval_interval)
     p.add_argument("--eval_batches", type=int, default=TrainConfig.eval_batches)
+    p.add_argument("--device", default="auto")
+
+
+def run_schedule(args: argparse.Namespace) -> dict:
+    """TrainConfig's fields from add_run_flags' flags."""
+    return {"lr": args.lr, "steps": args.steps, "checkpoint_interval": args.checkpoint_interval,
+            "eval_interval": args.eval_interval, "eval_batches": args.eval_batches}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["syncnet", "wav2lip"])
+    p.add_argument("--size", type=int, default=96, choices=sorted(ARCH))
+    add_run_flags(p)
+    p.add_argument("--syncnet", help="wav2lip: the trained lip expert (released layout)")
+    p.add_argument("--pre_path", help="start from this checkpoint (same architecture)")
+    p.add_argument("--gan", action="store_true", help="wav2lip: add the quality discriminator (96 only)")
+    p.add_argument("--batch_size", type=int, help="default 64 (syncnet) / 16 (wav2lip), as the reference")
     p.add_argument("--syncnet_wt", type=float, help="sync loss weight once on (default: the reference's, 0.01; 0.03 "
                                                     "with --gan)")
     p.add_argument("--disc_wt", type=float, default=TrainConfig.disc_wt)
-    p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     cfg = TrainConfig(size=args.size, batch_size=args.batch_size or (64 if args.what == "syncnet" else 16),
-                      lr=args.lr, steps=args.steps, checkpoint_interval=args.checkpoint_interval,
-                      eval_interval=args.eval_interval, eval_batches=args.eval_batches, syncnet_wt=args.syncnet_wt,
-                      disc_wt=args.disc_wt)
+                      syncnet_wt=args.syncnet_wt, disc_wt=args.disc_wt, **run_schedule(args))
     if args.what == "syncnet":
         last = train_syncnet(Path(args.data_root), Path(args.checkpoint_dir), cfg, args.pre_path, args.device)
     else:

@@ -36,7 +36,7 @@ from torch import nn
 from ..dataset import batch
 from ..loader import CheckpointError, read_checkpoint
 from ..predictor import pick_device
-from ..train import TrainConfig, Trainer, run_steps
+from ..train import TrainConfig, Trainer, add_run_flags, run_schedule, run_steps
 from .arch import LandmarkGenerator, Renderer
 from .loader import load_landmark_generator, load_renderer
 from .data import TRAINING_REFERENCES, IplapSampler, read_iplap_split
@@ -220,26 +220,17 @@ def evaluator(model: nn.Module, sampler: Callable[[], IplapSampler], loss_of: Ca
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.iplap.train", description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["landmark", "renderer"])
-    p.add_argument("--data_root", required=True, help="folder with train.txt/val.txt (preprocess --train_dir)")
-    p.add_argument("--checkpoint_dir", required=True, help="checkpoints go here; a rerun resumes from the newest")
+    add_run_flags(p)
     p.add_argument("--pre_path", help="start from this checkpoint (the same half of IP_LAP)")
     p.add_argument("--vgg19", help="renderer: torchvision's VGG19 ImageNet file for the perceptual loss")
     p.add_argument("--batch_size", type=int, help="default 128 (landmark) / 96 (renderer), as the reference")
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--checkpoint_interval", type=int, default=TrainConfig.checkpoint_interval)
-    p.add_argument("--eval_interval", type=int, default=TrainConfig.eval_interval)
-    p.add_argument("--eval_batches", type=int, default=TrainConfig.eval_batches)
     p.add_argument("--references", type=int, default=TRAINING_REFERENCES,
                    help="renderer: reference faces per training sample (the reference's ref_N, 3)")
     p.add_argument("--gan_after_epoch", type=int, default=GAN_AFTER_EPOCH,
                    help="renderer: epochs of warp loss alone before the full loss (the reference's 25)")
-    p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    cfg = TrainConfig(batch_size=args.batch_size or (128 if args.what == "landmark" else 96), lr=args.lr,
-                      steps=args.steps, checkpoint_interval=args.checkpoint_interval,
-                      eval_interval=args.eval_interval, eval_batches=args.eval_batches)
+    cfg = TrainConfig(batch_size=args.batch_size or (128 if args.what == "landmark" else 96), **run_schedule(args))
     if args.what == "landmark":
         last = train_landmark(Path(args.data_root), Path(args.checkpoint_dir), cfg, args.pre_path, args.device)
     else:
