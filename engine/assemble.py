@@ -151,7 +151,8 @@ class Parts:
         iplap = args.model == "iplap" and not only_weights
         if iplap:
             check_iplap_flags(args, live)
-        wav2lip = self._wav2lip(args, live, user) if args.checkpoint_path and not only_weights and not iplap else None
+        wav2lip = self._wav2lip(args, live, user, lambda size: self._check_cache(args, size)) \
+            if args.checkpoint_path and not only_weights and not iplap else None
         face_size = wav2lip.size if wav2lip is not None else None
         if iplap:
             from models.iplap import FACE as face_size
@@ -179,6 +180,14 @@ class Parts:
                            silence_db=args.silence_db, latency_ms=args.latency_ms, backdrop=backdrop,
                            interpolator=self._interpolator(args, user))
         return presenter, predictor, compositor, cfg
+
+    @staticmethod
+    def _check_cache(args: argparse.Namespace, face_size: int) -> None:
+        """A --data_dir that cannot be played for this model fails here, before the model is converted or moved
+        (seconds to minutes); a --face video is preprocessed for the model afterwards."""
+        if not getattr(args, "face", None):
+            from engine.presenter import playable_manifest
+            playable_manifest(resolve_cache(args, face_size), face_size)
 
     def _interpolator(self, args: argparse.Namespace, user):
         """RIFE for the in-between frames (--interpolator rife), loaded once per file and device; None: DIS."""
@@ -238,19 +247,23 @@ class Parts:
         key = str(presenter.dir) if own else presenter.face_size
         return self._get(("model", "animator", key), user, animator)
 
-    def _wav2lip(self, args, live: bool, user):
+    def _wav2lip(self, args, live: bool, user, check_size: Callable[[int], None]):
         """Wav2Lip for the flags: a conversion stored before, found by the checkpoint file's hash (no torch); else
-        the checkpoint loaded, converted or put on its device, and the conversion remembered for the next run."""
+        the checkpoint loaded, converted or put on its device, and the conversion remembered for the next run.
+        `check_size(face size)` runs as soon as the checkpoint's size is known, before the model is prepared."""
         batch = args.live_batch_size if live else args.batch_size
         store = runtime_cache(args)
 
         def wav2lip():
             from models.stored import remember_conversion, stored_predictor
             model = stored_predictor(args.checkpoint_path, store, args.dtype, batch) if host_openvino(args) else None
-            if model is None:
+            if model is not None:
+                check_size(model.size)
+            else:
                 from models.loader import load_generator
                 from models.predictor import LipSyncPredictor
                 generator = load_generator(args.checkpoint_path, args.trust_checkpoint)
+                check_size(generator.spec.size)
                 model = LipSyncPredictor(generator.model, args.device, args.dtype, batch_size=batch,
                                          runtime=args.runtime, store_dir=store, own_model=True,
                                          compile_batches=compile_batches((batch,), args.compile, args.device))

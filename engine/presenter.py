@@ -25,25 +25,32 @@ class PresenterError(UserError):
     """A cache that cannot be played; the message says what to run."""
 
 
+def playable_manifest(cache_dir: Path, face_size: Optional[int] = None, iplap: bool = False) -> dict:
+    """The manifest of a cache that can be played for a model of `face_size` (None: any). Cheap, so the command
+    line asks it before converting a model, not after. Raises PresenterError saying what to run."""
+    manifest = cache.read_manifest(cache_dir)
+    if manifest is None:
+        building = any(cache_dir.parent.glob(f".{cache_dir.name}.swl-*.partial"))
+        hint = " (it is still being built or was interrupted)" if building else ""
+        raise PresenterError(f"{cache_dir}: no finished presenter cache here{hint}; build one with "
+                             f"`python stream_out.py preprocess <video> --out {cache_dir.parent}`")
+    if manifest.get("format_version") != cache.FORMAT_VERSION:
+        raise PresenterError(f"{cache_dir}: made by another version of stream-wav2lip (cache format "
+                             f"{manifest.get('format_version')}, this version reads {cache.FORMAT_VERSION}); "
+                             f"rebuild it with `python stream_out.py preprocess <video> --out {cache_dir.parent} "
+                             f"--force`")
+    rebuild = "--config iplap" if iplap else f"--face_size {face_size}"
+    if face_size is not None and manifest["face_size"] != face_size:
+        raise PresenterError(f"{cache_dir}: cache was made for {manifest['face_size']} px faces but the model needs "
+                             f"{face_size} px; rebuild it with `preprocess {rebuild}`")
+    return manifest
+
+
 class Presenter:
     def __init__(self, cache_dir: Path | str, face_size: int | None = None, load_heads: bool = False,
                  load_between: bool = False, load_matte: bool = False, load_iplap: bool = False):
         self.dir = Path(cache_dir)
-        manifest = cache.read_manifest(self.dir)
-        if manifest is None:
-            building = any(self.dir.parent.glob(f".{self.dir.name}.swl-*.partial"))
-            hint = " (it is still being built or was interrupted)" if building else ""
-            raise PresenterError(f"{self.dir}: no finished presenter cache here{hint}; build one with "
-                                 f"`python stream_out.py preprocess <video> --out {self.dir.parent}`")
-        if manifest.get("format_version") != cache.FORMAT_VERSION:
-            raise PresenterError(f"{self.dir}: made by another version of stream-wav2lip (cache format "
-                                 f"{manifest.get('format_version')}, this version reads {cache.FORMAT_VERSION}); "
-                                 f"rebuild it with `python stream_out.py preprocess <video> --out {self.dir.parent} "
-                                 f"--force`")
-        rebuild = "--config iplap" if load_iplap else f"--face_size {face_size}"
-        if face_size is not None and manifest["face_size"] != face_size:
-            raise PresenterError(f"{self.dir}: cache was made for {manifest['face_size']} px faces but the model needs "
-                                 f"{face_size} px; rebuild it with `preprocess {rebuild}`")
+        manifest = playable_manifest(self.dir, face_size, load_iplap)
         if load_iplap and manifest.get("smooth_radius"):
             log.warning("%s: its face meshes are smoothed over ±%d frames, which damps the lips IP_LAP learns from; "
                         "the reference's are per frame: rebuild with `preprocess --config iplap --force`",
