@@ -93,6 +93,15 @@ def built(media, tmp_path_factory):
             "results": {r.name: r for r in results}}
 
 
+@pytest.fixture(scope="session")
+def cache288(media, tmp_path_factory):
+    """clip30 preprocessed for the 288 px models: (its result, the cache root)."""
+    from preprocess.pipeline import PreprocessConfig, run_batch
+
+    root = tmp_path_factory.mktemp("cache288")
+    return run_batch([media["clip30"]], root, PreprocessConfig(face_size=288), progress=False)[0], root
+
+
 CUTOUT_SECONDS = 1.6
 CUTOUT_PATH = FacePath()
 

@@ -222,14 +222,15 @@ def test_live_pacing_holds_for_20_seconds_of_streamed_speech_without_drift(rig, 
     assert abs((times[-1] - times[0]) - (len(times) - 1) / 25) < 0.02
 
 
-def test_bad_inputs_give_one_clear_message(checkpoint, built, media, talk, tmp_path, capsys):
-    from preprocess.pipeline import PreprocessConfig, run_batch
-    common = ["--audio_files", str(talk[0]), "--outfile", str(tmp_path / "x.mp4")]
+def test_bad_inputs_give_one_clear_message(checkpoint, built, cache288, talk, tmp_path, capsys):
+    """Each in one line, and a cache that does not fit the model before the model is converted."""
+    runtime = tmp_path / "runtime"
+    common = ["--audio_files", str(talk[0]), "--outfile", str(tmp_path / "x.mp4"), "--runtime_cache", str(runtime)]
     assert "no finished presenter cache" in cli_error(
         capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(tmp_path / "nothing"), *common)
-    run_batch([media["clip30"]], tmp_path / "c288", PreprocessConfig(face_size=288), progress=False)
     assert "made for 288 px faces but the model needs 96 px" in cli_error(
-        capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(tmp_path / "c288" / "clip30"), *common)
+        capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(cache288[1] / "clip30"), *common)
+    assert not runtime.exists() or not any(runtime.rglob("*.xml"))  # nothing was converted for either
     (tmp_path / "broken.mp3").write_bytes(b"\x00" * 500)
     assert "not a readable audio file" in cli_error(
         capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(built["cache"] / "clip25"),

@@ -119,16 +119,15 @@ def test_training_export_has_the_lrs2_layout(built):
     assert not list(train.glob(".*partial"))
 
 
-def test_rerun_skips_finished_caches_and_rebuilds_changed_settings(built, media):
+def test_rerun_skips_finished_caches_and_rebuilds_changed_settings(built, media, cache288):
     again = run_batch([media["clip30"]], built["cache"], built["cfg"], progress=False)
     assert again[0].status == "skipped" and again[0].frames == 75
-    bigger = PreprocessConfig(face_size=288)
-    rebuilt = run_batch([media["clip30"]], built["root"] / "cache288", bigger, progress=False)
-    assert rebuilt[0].status == "done"
-    crop = next((built["root"] / "cache288" / "clip30" / "body_face").glob("*.jpg"))
+    bigger, root288 = cache288  # the same clip with another face size: built, not skipped
+    assert bigger.status == "done" and bigger.frames == 75
+    crop = next((root288 / "clip30" / "body_face").glob("*.jpg"))
     assert cv2.imread(str(crop)).shape == (288, 288, 3)
-    forced = run_batch([media["clip30"]], built["root"] / "cache288", PreprocessConfig(face_size=288, force=True),
-                       progress=False)
+    assert run_batch([media["clip30"]], root288, PreprocessConfig(face_size=288), progress=False)[0].status == "skipped"
+    forced = run_batch([media["clip30"]], root288, PreprocessConfig(face_size=288, force=True), progress=False)
     assert forced[0].status == "done"
 
 
@@ -172,7 +171,7 @@ def test_sfd_without_weights_says_what_is_missing(media, tmp_path):
 
 
 def test_killed_run_resumes_to_a_correct_cache(media, tmp_path):
-    long_clip = make_presenter_clip(tmp_path / "long.mp4", 8.0, 25)
+    long_clip = make_presenter_clip(tmp_path / "long.mp4", 4.0, 25)
     out = tmp_path / "cache"
     cmd = [sys.executable, "-m", "preprocess", str(media["clip30"]), str(long_clip), "--out", str(out), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -189,8 +188,8 @@ def test_killed_run_resumes_to_a_correct_cache(media, tmp_path):
     again = run_batch([media["clip30"], long_clip], out, PreprocessConfig(), progress=False)
     assert [r.status for r in again] == ["skipped", "done"]
     manifest = cache.read_manifest(out / "long")
-    assert manifest["frames"] == 200 == len(list((out / "long" / "bg").glob("*.jpg")))
-    assert json.loads((out / "long" / "manifest.json").read_text())["faces"] == 200
+    assert manifest["frames"] == 100 == len(list((out / "long" / "bg").glob("*.jpg")))
+    assert json.loads((out / "long" / "manifest.json").read_text())["faces"] == 100
     assert sorted(p.name for p in out.iterdir()) == ["clip30", "long"]  # the stale partial folder is gone
 
 
