@@ -197,7 +197,7 @@ def test_an_int8_check_that_cannot_tell_anything_says_so(int8_predictor, wide_ge
 def test_conversion_and_calibration_report_no_usage(tmp_path):
     """openvino-telemetry, with no consent file (a fresh home) and no CI variable, counts silence as consent: a
     conversion and an int8 calibration through models/runtime.py must send nothing; openvino's own converter
-    called straight would (the control shows the check can see a send)."""
+    called straight would, on any model (the control, on a small one, shows the check can see a send)."""
     import subprocess
     import sys
     from conftest import ROOT
@@ -212,15 +212,15 @@ from models import wav2lip96
 from models.blocks import Wav2Lip
 from models.runtime import convert, quantize_int8
 
-net = Wav2Lip(wav2lip96.GENERATOR).eval()
 if sys.argv[1] == "ours":
+    net = Wav2Lip(wav2lip96.GENERATOR).eval()
     convert(net)
     quantize_int8(net, [(np.random.rand(2, 1, 80, 16).astype(np.float32),
                          np.random.rand(2, 6, 96, 96).astype(np.float32))])
 else:
     import openvino as ov
     with torch.no_grad():
-        ov.convert_model(net, example_input=(torch.zeros(2, 1, 80, 16), torch.zeros(2, 6, 96, 96)))
+        ov.convert_model(torch.nn.Linear(4, 2).eval(), example_input=torch.zeros(1, 4))
 print("SENT", len(sent))
 """.format(root=str(ROOT))
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
