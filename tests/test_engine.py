@@ -114,13 +114,18 @@ def test_mask_leaves_no_box_edge():
     assert mask[67, 48] > 0.99 and mask[:29].max() == 0  # mouth replaced; brows and eyes (top 30%) never touched
 
 
-def test_mp4_from_the_command_line_after_one_prepare_for_every_presenter(checkpoint, built, talk, tmp_path):
+@pytest.fixture(scope="module")
+def prepared(checkpoint) -> subprocess.CompletedProcess:
+    """`stream_out.py prepare` of the test checkpoint into this run's runtime cache (conftest), as a user runs it
+    once: every command line run of the checkpoint after it starts from that conversion."""
+    return subprocess.run([sys.executable, "stream_out.py", "prepare", "--checkpoint_path", str(checkpoint)],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+def test_mp4_from_the_command_line_after_one_prepare_for_every_presenter(checkpoint, prepared, built, talk, tmp_path):
     out = tmp_path / "result.mp4"
     short = tmp_path / "short.wav"  # speech, silence, speech: 5 s
     soundfile.write(str(short), talk[1][: 16000 * 5], 16000)
-    runtime = tmp_path.parent / f"{tmp_path.name}-runtime"
-    prepared = subprocess.run([sys.executable, "stream_out.py", "prepare", "--checkpoint_path", str(checkpoint),
-                               "--runtime_cache", str(runtime)], cwd=ROOT, capture_output=True, text=True)
     assert prepared.returncode == 0 and "prepared wav2lip96" in prepared.stdout, prepared.stderr[-2000:]
     assert "calibrating int8" in prepared.stderr  # auto: int8 on every CPU
     second = tmp_path.parent / f"{tmp_path.name}-second.wav"
@@ -130,7 +135,7 @@ def test_mp4_from_the_command_line_after_one_prepare_for_every_presenter(checkpo
         renders.append(subprocess.run([sys.executable, "-X", "importtime", "stream_out.py", "--checkpoint_path",
                                        str(checkpoint),
                                        "--data_dir", str(built["cache"] / cache), "--audio_files", str(audio),
-                                       "--outfile", str(target), "--runtime_cache", str(runtime)],
+                                       "--outfile", str(target)],
                                       cwd=ROOT, capture_output=True, text=True))
         assert renders[-1].returncode == 0, renders[-1].stderr[-2000:]
     for proc in renders:  # both presenters start from the prepared conversion, found by the file's hash
@@ -264,7 +269,7 @@ def test_unreachable_obs_is_one_message_and_no_exception(caplog):
     assert not [r for r in caplog.records if r.name.startswith("obsws")]  # no library traceback either
 
 
-def test_sigterm_finishes_the_mp4_like_ctrl_c(checkpoint, built, talk, tmp_path):
+def test_sigterm_finishes_the_mp4_like_ctrl_c(checkpoint, prepared, built, talk, tmp_path):
     """SIGTERM (a service manager, `kill`) goes the Ctrl-C way: the mp4 is finished, nothing else is left."""
     import signal
     long_audio = tmp_path / "long.wav"
