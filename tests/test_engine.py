@@ -197,31 +197,31 @@ def test_live_udp_stream_reaches_a_listener(rig, talk, tmp_path):
     assert kinds == {"video", "audio"}
 
 
-def test_live_pacing_holds_for_20_seconds_of_streamed_speech_without_drift(rig, talk, caplog):
-    """Speech streamed the way a TTS client sends it (20 ms chunks, 0.1 s ahead) for 20 s, the mouth animator on
+def test_live_pacing_holds_for_12_seconds_of_streamed_speech_without_drift(rig, talk, caplog):
+    """Speech streamed the way a TTS client sends it (20 ms chunks, 0.1 s ahead) for 12 s, the mouth animator on
     it: every input sample comes out in order, the mouth is driven, and the clock neither drifts nor slips."""
     presenter, _, compositor = rig
     sink = CollectSink(live=True)
     animator = MouthAnimator(presenter.face_size)
     animator.warm_up(1)  # as the command line does: the first call imports scipy, and alone this test would pay it
     engine = LiveEngine(presenter, animator, compositor, [sink], EngineConfig())
-    speech = np.tile(talk[1], 3)[: 20 * 16000]
+    speech = np.tile(talk[1], 2)[: 12 * 16000]
     Feeder(engine.buffer, (speech[i:i + 320] for i in range(0, len(speech), 320)), ahead_seconds=0.1).start()
     stats = engine.run()
     offsets = np.array(stats.present_offsets)
     times = np.array(sink.times)
     drift = np.polyfit(np.arange(len(times)) / 25, times - times[0], 1)[0] - 1  # s per s
     heard = stats.latency_ms()["input"]
-    logging.getLogger("test").info("20 s live run: median offset %.2f ms, p99 %.2f ms, drift %.3f ms/min; input to "
+    logging.getLogger("test").info("12 s live run: median offset %.2f ms, p99 %.2f ms, drift %.3f ms/min; input to "
                                    "screen p50 %.0f ms", 1000 * np.median(offsets), 1000 * np.percentile(offsets, 99),
                                    60000 * drift, heard["p50"])
     out = np.concatenate(sink.audio)
     assert np.array_equal(out[: len(speech)], speech) and not out[len(speech):].any()  # no gap, nothing lost
-    assert stats.speech > 200 and stats.inferred == stats.speech  # the animator keeps up: every speech frame driven
+    assert stats.speech > 150 and stats.inferred == stats.speech  # the animator keeps up: every speech frame driven
     assert 100 < heard["p50"] < 300  # 87.5 ms after the window's last chunk, plus up to 0.1 s it waited queued
     # The clock must not drift and must stay tight; a shared 2-core machine may oversleep a frame now and then
     # (seen: 3.5% of frames 20-35 ms late while other work ran), which is scheduling, not drift.
-    assert stats.frames >= 500 and stats.late <= 0.05 * stats.frames
+    assert stats.frames >= 300 and stats.late <= 0.05 * stats.frames
     assert np.median(offsets) < 0.005 and np.percentile(offsets, 99) < 0.04
     assert abs(drift * 60) < 0.005  # under 5 ms a minute
     assert abs((times[-1] - times[0]) - (len(times) - 1) / 25) < 0.02

@@ -121,13 +121,16 @@ def test_released_96_checkpoint_with_optimizer_and_module_prefix_loads_unchanged
     assert torch.equal(_outputs(load_generator(legacy).model, 96), _outputs(model, 96))
 
 
-@pytest.mark.parametrize("spec", [wav2lip288.GENERATOR, wav2lip288.GENERATOR_PRELU_2021, wav2lip384.GENERATOR],
-                         ids=lambda s: s.name)
-def test_high_resolution_generators_load_from_bare_and_prefixed_state_dicts(spec, tmp_path):
+# the 384 in the released layout only: its bare copy would test the same prefix stripping again, for 4 s more
+@pytest.mark.parametrize("spec, bare", [(wav2lip288.GENERATOR, True), (wav2lip288.GENERATOR_PRELU_2021, True),
+                                        (wav2lip384.GENERATOR, False)],
+                         ids=["wav2lip288", "wav2lip288_prelu2021", "wav2lip384"])
+def test_high_resolution_generators_load_from_bare_and_prefixed_state_dicts(spec, bare, tmp_path):
     model = randomise_batchnorm(Wav2Lip(spec))
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "prefixed.pth")
-    torch.save(model.state_dict(), tmp_path / "bare.pth")
-    for name in ("prefixed.pth", "bare.pth"):
+    if bare:
+        torch.save(model.state_dict(), tmp_path / "bare.pth")
+    for name in ("prefixed.pth", "bare.pth")[:2 if bare else 1]:
         loaded = load_generator(tmp_path / name)
         assert loaded.spec.name == spec.name
         for a, b in zip(loaded.model.state_dict().values(), model.state_dict().values()):
