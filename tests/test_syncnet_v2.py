@@ -282,10 +282,16 @@ def track_video(tmp_path_factory) -> Path:
     return face_track_video(folder / "track.mp4", face_crops(34), voice(34 * 640))
 
 
-def test_cropped_track_scores_equal_the_reference(released, track_video, tmp_path):
+@pytest.fixture(scope="module")
+def track_reference(released, track_video, tmp_path_factory) -> tuple[list[np.ndarray], np.ndarray, dict]:
+    """The track as the reference loads it (frames, samples) and its reference scores."""
+    images, audio = reference_load(track_video, tmp_path_factory.mktemp("reference") / "frames")
+    return images, audio, reference_evaluate(released[1], images, audio)
+
+
+def test_cropped_track_scores_equal_the_reference(released, track_video, track_reference, tmp_path):
     _, model = released
-    images, audio = reference_load(track_video, tmp_path / "reference")
-    expected = reference_evaluate(model, images, audio)
+    images, audio, expected = track_reference
     track = read_face_track(track_video, tmp_path)
     assert np.array_equal(track.frames, np.stack(images)) and np.array_equal(track.samples, audio)
     result = score_track(PaperJudge(model), track)
@@ -296,11 +302,11 @@ def test_cropped_track_scores_equal_the_reference(released, track_video, tmp_pat
     np.testing.assert_allclose(result.framewise_confidence, expected["framewise_confidence"], rtol=1e-5, atol=1e-5)
 
 
-def test_the_command_line_scores_a_filelist_with_mean_and_csv(released, track_video, tmp_path):
+def test_the_command_line_scores_a_filelist_with_mean_and_csv(released, track_video, track_reference, tmp_path):
     """`python -m models.evaluate --cropped --filelist`: the reference's lines per video, the mean, a CSV row per
     track, and a one-line reason for each video it could not score."""
-    path, model = released
-    expected = reference_evaluate(model, *reference_load(track_video, tmp_path / "reference"))
+    path = released[0]
+    expected = track_reference[2]
     face_track_video(tmp_path / "small.mp4", [f[:96, :96].copy() for f in face_crops(10)], voice(6400))
     face_track_video(tmp_path / "short.mp4", face_crops(5), voice(5 * 640))  # a track too short for a window
     listing = tmp_path / "videos.txt"
