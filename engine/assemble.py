@@ -256,10 +256,9 @@ class Parts:
 
         def wav2lip():
             from models.stored import remember_conversion, stored_predictor
-            model = stored_predictor(args.checkpoint_path, store, args.dtype, batch) if host_openvino(args) else None
-            if model is not None:
-                check_size(model.size)
-            else:
+            model = stored_predictor(args.checkpoint_path, store, args.dtype, batch, check_size) \
+                if host_openvino(args) else None
+            if model is None:
                 from models.loader import load_generator
                 from models.predictor import LipSyncPredictor
                 generator = load_generator(args.checkpoint_path, args.trust_checkpoint)

@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -146,15 +146,18 @@ def wanted_precision(dtype: Optional[str]) -> Optional[str]:
 
 
 def stored_predictor(checkpoint: Union[str, Path], store_folder: Union[str, Path], dtype: Optional[str],
-                     batch_size: int) -> Optional[StoredPredictor]:
+                     batch_size: int, check_size: Callable[[int], None] = lambda size: None
+                     ) -> Optional[StoredPredictor]:
     """The predictor for a checkpoint converted before for this precision, or None (then: convert). An int8 request
-    finds what ran for it: the int8 model, or fp32 where int8 failed its check."""
+    finds what ran for it: the int8 model, or fp32 where int8 failed its check. `check_size(face size)` runs on the
+    index entry, before the stored model is read and compiled."""
     wanted = wanted_precision(dtype)
     if wanted is None:
         return None
     entry = CheckpointIndex(store_folder).find(checkpoint, wanted)
     if entry is None:
         return None
+    check_size(entry["size"])
     try:
         return StoredPredictor(entry, OpenVinoStore(Path(store_folder)), batch_size)
     except (FileNotFoundError, OSError, RuntimeError) as exc:  # removed or damaged since: convert again
