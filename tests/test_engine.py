@@ -227,15 +227,23 @@ def test_live_pacing_holds_for_12_seconds_of_streamed_speech_without_drift(rig, 
     assert abs((times[-1] - times[0]) - (len(times) - 1) / 25) < 0.02
 
 
-def test_bad_inputs_give_one_clear_message(checkpoint, built, cache288, talk, tmp_path, capsys):
-    """Each in one line, and a cache that does not fit the model before the model is converted."""
+def test_bad_inputs_give_one_clear_message(checkpoint, prepared, built, cache288, talk, tmp_path, capsys, caplog):
+    """Each in one line; a cache that does not fit the model before the model is converted, or, once prepared,
+    before its stored conversion is read."""
     runtime = tmp_path / "runtime"
-    common = ["--audio_files", str(talk[0]), "--outfile", str(tmp_path / "x.mp4"), "--runtime_cache", str(runtime)]
+    common = ["--audio_files", str(talk[0]), "--outfile", str(tmp_path / "x.mp4"), "--device", "cpu"]
     assert "no finished presenter cache" in cli_error(
-        capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(tmp_path / "nothing"), *common)
+        capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(tmp_path / "nothing"), *common,
+        "--runtime_cache", str(runtime))
     assert "made for 288 px faces but the model needs 96 px" in cli_error(
-        capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(cache288[1] / "clip30"), *common)
+        capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(cache288[1] / "clip30"), *common,
+        "--runtime_cache", str(runtime))
     assert not runtime.exists() or not any(runtime.rglob("*.xml"))  # nothing was converted for either
+    assert prepared.returncode == 0  # the run's runtime cache holds this checkpoint's conversion
+    with caplog.at_level(logging.INFO):
+        assert "made for 288 px faces but the model needs 96 px" in cli_error(
+            capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(cache288[1] / "clip30"), *common)
+    assert not [r for r in caplog.records if "from the stored conversion" in r.getMessage()]
     (tmp_path / "broken.mp3").write_bytes(b"\x00" * 500)
     assert "not a readable audio file" in cli_error(
         capsys, "--checkpoint_path", str(checkpoint), "--data_dir", str(built["cache"] / "clip25"),
@@ -272,6 +280,7 @@ def test_unreachable_obs_is_one_message_and_no_exception(caplog):
 def test_sigterm_finishes_the_mp4_like_ctrl_c(checkpoint, prepared, built, talk, tmp_path):
     """SIGTERM (a service manager, `kill`) goes the Ctrl-C way: the mp4 is finished, nothing else is left."""
     import signal
+    assert prepared.returncode == 0  # so the run starts from the stored conversion and is stopped while rendering
     long_audio = tmp_path / "long.wav"
     soundfile.write(str(long_audio), np.tile(talk[1], 4), 16000)
     out = tmp_path / "partial.mp4"
