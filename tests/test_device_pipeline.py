@@ -109,7 +109,7 @@ def test_the_device_pipeline_on_cuda_equals_the_host_path(presenter, media, mode
     model = randomise_batchnorm(Wav2Lip(wav2lip96.GENERATOR))
     predictor = LipSyncPredictor(model, cuda, "fp16", runtime="torch", batch_size=8)
     enhancer = GfpganEnhancer(build_gfpgan(), cuda) if mode == "face" else None
-    audio = load_audio(media["speech"])[: 16000]
+    audio = load_audio(media["speech"])[: 16000 * 2]
     sinks = []
     for compositor in (Compositor(presenter, mode, enhancer), TorchCompositor(presenter, resident, mode, enhancer)):
         sinks.append(CollectSink())
