@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,15 +120,18 @@ def test_training_export_has_the_lrs2_layout(built):
     assert not list(train.glob(".*partial"))
 
 
-def test_rerun_skips_finished_caches_and_rebuilds_changed_settings(built, media, cache288):
+def test_rerun_skips_finished_caches_and_rebuilds_changed_settings(built, media, cache288, tmp_path):
     again = run_batch([media["clip30"]], built["cache"], built["cfg"], progress=False)
     assert again[0].status == "skipped" and again[0].frames == 75
-    bigger, root288 = cache288  # the same clip with another face size: built, not skipped
-    assert bigger.status == "done" and bigger.frames == 75
-    crop = next((root288 / "clip30" / "body_face").glob("*.jpg"))
-    assert cv2.imread(str(crop)).shape == (288, 288, 3)
+    built288, root288 = cache288
+    assert built288.status == "done" and built288.frames == 75
+    assert cv2.imread(str(next((root288 / "clip30" / "body_face").glob("*.jpg")))).shape == (288, 288, 3)
     assert run_batch([media["clip30"]], root288, PreprocessConfig(face_size=288), progress=False)[0].status == "skipped"
-    forced = run_batch([media["clip30"]], root288, PreprocessConfig(face_size=288, force=True), progress=False)
+    shutil.copytree(root288 / "clip30", tmp_path / "clip30")  # that 288 px cache, asked for at 96 px: rebuilt
+    rebuilt = run_batch([media["clip30"]], tmp_path, PreprocessConfig(), progress=False)
+    assert rebuilt[0].status == "done"
+    assert cv2.imread(str(next((tmp_path / "clip30" / "body_face").glob("*.jpg")))).shape == (96, 96, 3)
+    forced = run_batch([media["clip30"]], tmp_path, PreprocessConfig(force=True), progress=False)
     assert forced[0].status == "done"
 
 
