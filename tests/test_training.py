@@ -138,11 +138,12 @@ def test_generator_steps_lower_l1_and_checkpoints_round_trip(synced_set, tmp_pat
     raw = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
     assert set(raw) == {"state_dict", "optimizer", "global_step", "global_epoch"} and raw["global_step"] == 3
     assert all(k.startswith("module.") for k in raw["state_dict"])  # as DataParallel wrote the released files
-    # a rerun with more steps resumes from step 3 instead of starting over
+    # a rerun with more steps resumes from step 3 instead of starting over: its only step is step 4
+    rerun_steps = []
     with caplog.at_level(logging.INFO, "train"):
         train_wav2lip(synced_set["train"], tmp_path / "gen", str(expert), TrainConfig(**{**cfg.__dict__, "steps": 4}),
-                      progress=False)
-    assert "resumed from" in caplog.text and "step 3" in caplog.text
+                      progress=False, on_eval=lambda step, loss: rerun_steps.append(step))
+    assert "resumed from" in caplog.text and "(step 3)" in caplog.text and rerun_steps == [4]
     resumed = torch.load(tmp_path / "gen" / "checkpoint_step000000004.pth", weights_only=True, mmap=True)
     assert resumed["global_step"] == 4
 
