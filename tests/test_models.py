@@ -124,7 +124,7 @@ def test_released_96_checkpoint_with_optimizer_and_module_prefix_loads_unchanged
 # the 384 in the released layout only: its bare copy would test the same prefix stripping again, for 4 s more
 @pytest.mark.parametrize("spec, bare", [(wav2lip288.GENERATOR, True), (wav2lip288.GENERATOR_PRELU_2021, True),
                                         (wav2lip384.GENERATOR, False)],
-                         ids=["wav2lip288", "wav2lip288_prelu2021", "wav2lip384"])
+                         ids=["wav2lip288", "wav2lip288_prelu2021", "wav2lip384_prefixed_only"])
 def test_high_resolution_generators_load_from_bare_and_prefixed_state_dicts(spec, bare, tmp_path):
     model = randomise_batchnorm(Wav2Lip(spec))
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "prefixed.pth")

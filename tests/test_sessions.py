@@ -293,9 +293,10 @@ def test_ray_serve_places_sessions_on_both_replicas_and_each_streams_frames(buil
     assert sorted(body["host"] for _, body in created) == [0, 1]  # one on each replica
     assert [e["type"] for e in heard] == ["speech_started", "speech_ended"] and spoken[0] == 200
     assert talkers[0][0] == 200 and talkers[1] == (409, "another page is talking to this presenter")
-    # Pacing is measured on its own (test_engine); here two cores also run Ray's controller, its proxy, both
-    # replicas and the client, and the scheduler makes some frames late (CI saw 6 of 242, over 20 ms each): this
-    # asserts that each session streams and lip-syncs, with at most 1 frame in 10 late.
+    # Pacing is held to no late frame for sessions in one process (the three-session test above) and measured in
+    # test_engine; here two cores also run Ray's controller, its proxy, both replicas and the client, and the
+    # scheduler makes some frames late (CI saw 6 of 242, over 20 ms each; 7 of 122 here with both sessions
+    # speaking at once): this asserts that each session streams and lip-syncs, with at most 1 frame in 10 late.
     for status in statuses:
         assert status["frames"] > 50 and status["lip_synced"] > 25 and status["late"] <= status["frames"] / 10, \
             {k: status[k] for k in ("frames", "lip_synced", "late")}
