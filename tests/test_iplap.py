@@ -577,8 +577,8 @@ def test_a_render_draws_only_speech_inside_the_face_box(released, iplap_cache, m
         iplap_args(released, iplap_cache, "--iplap_references", "1", "--batch_size", "3"), live=False)
     assert isinstance(predictor, IplapLipSync) and presenter.face_size == 128
     speech = load_audio(media["speech"])
-    loud = int(np.argmax(np.convolve(speech ** 2, np.ones(1280), "valid")))  # the loudest 80 ms
-    audio = np.concatenate([np.zeros(6400, np.float32), speech[loud:loud + 1280], np.zeros(9600, np.float32)])
+    loud = int(np.argmax(np.convolve(speech ** 2, np.ones(640), "valid")))  # the loudest 40 ms
+    audio = np.concatenate([np.zeros(6400, np.float32), speech[loud:loud + 640], np.zeros(9600, np.float32)])
     sink = CollectSink()
     stats = render_file(audio, presenter, predictor, compositor, [sink], cfg, progress=False)
     timeline = FrameTimeline()
