@@ -210,7 +210,11 @@ def test_live_pacing_holds_for_12_seconds_of_streamed_speech_without_drift(rig, 
     stats = engine.run()
     offsets = np.array(stats.present_offsets)
     times = np.array(sink.times)
-    drift = np.polyfit(np.arange(len(times)) / 25, times - times[0], 1)[0] - 1  # s per s
+    # drift: how the median lag behind the 25 fps grid moves from the first third to the last (s per s); medians,
+    # so that a frame the scheduler made late now and then does not count as the clock drifting
+    lag = times - times[0] - np.arange(len(times)) / 25
+    third = len(lag) // 3
+    drift = (np.median(lag[-third:]) - np.median(lag[:third])) / ((len(lag) - third) / 25)
     heard = stats.latency_ms()["input"]
     logging.getLogger("test").info("12 s live run: median offset %.2f ms, p99 %.2f ms, drift %.3f ms/min; input to "
                                    "screen p50 %.0f ms", 1000 * np.median(offsets), 1000 * np.percentile(offsets, 99),
