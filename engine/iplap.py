@@ -15,7 +15,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from models.iplap.mesh import FACE, T_FRAMES, crop_landmarks, lip_openness
+from models.iplap.mesh import FACE, T_FRAMES, crop_geometry, lip_openness
 from models.iplap.prior import REFERENCE_FACES, FrameLandmarks, IplapGenerator, pick_references
 
 from .presenter import Presenter
@@ -39,9 +39,8 @@ class IplapLipSync:
         width, height = presenter.width, presenter.height
         self.frames: dict[int, FrameLandmarks] = {}
         for i in np.flatnonzero(presenter.has_face):
-            y1, y2, x1, x2 = box = presenter.iplap_box[i]
             points = presenter.landmarks[i]
-            self.frames[int(i)] = FrameLandmarks(*crop_landmarks(points, box), (int(y2 - y1), int(x2 - x1)),
+            self.frames[int(i)] = FrameLandmarks(*crop_geometry(points, presenter.iplap_box[i]),
                                                  lip_openness(points, width, height))
         faces = list(self.frames)
         self.references = pick_references([self.frames[i] for i in faces], lambda k: presenter.iplap_face(faces[k]),

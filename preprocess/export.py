@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from core.scratch import make_scratch, publish, remove
-from models.iplap.mesh import CONTENT, EXPORT_CROPS, EXPORT_LANDMARKS, POSE, crop_landmarks
+from models.iplap.mesh import CONTENT, EXPORT_CROPS, EXPORT_LANDMARKS, POSE, crop_geometry
 
 from . import cache
 
@@ -49,9 +49,7 @@ def write_iplap_landmarks(det: dict, path: Path) -> None:
     content = np.full((frames, 2, len(CONTENT)), np.nan, np.float32)
     size = np.zeros((frames, 2), np.int32)
     for i in np.flatnonzero(det["iplap_box"].any(axis=1)):
-        y1, y2, x1, x2 = box = det["iplap_box"][i]
-        pose[i], content[i] = crop_landmarks(det["landmarks"][i], box)
-        size[i] = (y2 - y1, x2 - x1)
+        pose[i], content[i], size[i] = crop_geometry(det["landmarks"][i], det["iplap_box"][i])
     np.savez(path, pose=pose, content=content, crop_size=size)
 
 

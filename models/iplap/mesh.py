@@ -91,6 +91,13 @@ def crop_landmarks(points: np.ndarray, box: Sequence[int]) -> tuple[np.ndarray, 
     return scaled[list(POSE)].T.astype(np.float32), scaled[list(CONTENT)].T.astype(np.float32)
 
 
+def crop_geometry(points: np.ndarray, box: Sequence[int]) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """A frame as IP_LAP's crop holds it: its pose and content landmarks (crop_landmarks) and the crop's (height,
+    width) in frame pixels, which the sketch's aspect needs."""
+    y1, y2, x1, x2 = (int(v) for v in box)
+    return (*crop_landmarks(points, box), (y2 - y1, x2 - x1))
+
+
 def lip_openness(points: np.ndarray, width: int, height: int) -> float:
     dx, dy = (points[UPPER_LIP] - points[LOWER_LIP]) / (width, height)
     return float(np.hypot(dx, dy))
