@@ -38,22 +38,24 @@ def dispatch(argv: list[str]) -> int:
 
         from preprocess.__main__ import parse_args, run
         return run(parse_args(rest, argparse.ArgumentParser(prog="stream_out.py preprocess")))
-    if command == "demo":
-        from demo.__main__ import main as demo_main
-        return demo_main(rest)
     if command == "prepare":
         from tools.prepare import main as prepare_main
         return prepare_main(rest)
     if command == "evaluate":
         from tools.evaluate import main as evaluate_main
         return evaluate_main(rest)
+    from engine.cli import main as engine_main, obs_setup, ray_serve
+    if command == "demo":
+        from demo.__main__ import prepare
+        engine_argv, video = prepare(rest)
+        code = engine_main(engine_argv)
+        if code == 0 and video is not None:
+            print(f"demo video: {video.resolve()}")
+        return code
     if command == "obs-setup":
-        from engine.obs import main as obs_main
-        return obs_main(rest)
+        return obs_setup(rest)
     if command == "ray-serve":
-        from engine.ray_serve import main as ray_main
-        return ray_main(rest)
-    from engine.cli import main as engine_main
+        return ray_serve(rest)
     if command == "serve":  # the engine with the network API; --listen defaults to 127.0.0.1:8765
         return engine_main(rest if any(a.startswith("--listen") for a in rest) else [*rest, "--listen", "127.0.0.1:8765"])
     return engine_main(argv)

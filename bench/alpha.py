@@ -4,7 +4,7 @@ On the cut-out presenter (demo/presenter.py: the astronaut cut along a known out
 true matte is known), at 640x360 and 1280x720:
 - the matte's time per frame (selfie segmentation + guided filter; the [1, 2, 1] time filter is not timed), and
   its IoU with the truth;
-- a key colour's time per frame (engine/backdrop.py: keyed), and the IoU of what ffmpeg's chromakey (similarity
+- a key colour's time per frame (engine/render/backdrop.py: keyed), and the IoU of what ffmpeg's chromakey (similarity
   0.2) keys back out of the H.264 file with the truth;
 - the encoders' frames/s on the BGRA frames, with the sinks' own options: ProRes 4444 (.mov), lossless VP9 with
   alpha (.webm files) and realtime VP9 with alpha (the live WebM stream), with ffmpeg's own threads.
@@ -28,12 +28,12 @@ sys.path.append(str(Path(__file__).resolve().parent))  # after the repository: b
 
 from machine import header  # noqa: E402
 from demo.presenter import FacePath, frame_at, person_matte  # noqa: E402
-from engine.backdrop import Backdrop, keyed  # noqa: E402
-from engine.sinks import Mp4Sink, WebmAlphaSink  # noqa: E402
+from engine.render.backdrop import Backdrop, keyed  # noqa: E402
+from engine.outputs.sinks import Mp4Sink, WebmAlphaSink  # noqa: E402
 from preprocess.matte import PersonMatte, to_levels  # noqa: E402
 
 def encoders(folder: Path) -> dict[str, list[str]]:
-    """The alpha outputs' own ffmpeg options (engine/sinks.py), video only."""
+    """The alpha outputs' own ffmpeg options (engine/outputs/sinks.py), video only."""
     return {"ProRes 4444 (.mov file)": [*Mp4Sink(folder / "x.mov", alpha=True)._formats()[0], "-f", "mov"],
             "VP9 lossless + alpha (.webm file)": [*Mp4Sink(folder / "x.webm", alpha=True)._formats()[0], "-f", "webm"],
             "VP9 realtime + alpha (live WebM)": ["-an", *WebmAlphaSink(fps=25)._formats()]}

@@ -24,12 +24,12 @@ from machine import header  # noqa: E402
 from audio.decode import load_audio  # noqa: E402
 from core.timebase import SAMPLE_RATE  # noqa: E402
 from demo.presenter import speak  # noqa: E402
-from engine.blendshapes import BlendshapeMeter  # noqa: E402
-from engine.composite import Compositor  # noqa: E402
-from engine.loop import EngineConfig, LiveEngine, lip_sync, render_file  # noqa: E402
-from engine.presenter import Presenter  # noqa: E402
-from engine.sources import Feeder  # noqa: E402
-from engine.timeline import frame_units  # noqa: E402
+from engine.render.blendshapes import BlendshapeMeter  # noqa: E402
+from engine.render.composite import Compositor  # noqa: E402
+from engine.render.loop import EngineConfig, LiveEngine, lip_sync, render_file  # noqa: E402
+from engine.render.presenter import Presenter  # noqa: E402
+from engine.render.sources import Feeder  # noqa: E402
+from engine.render.timeline import frame_units  # noqa: E402
 from models.mouthwarp import MouthAnimator  # noqa: E402
 from models.mouthwarp.library import library_for  # noqa: E402
 from preprocess.detect import CropMesh  # noqa: E402

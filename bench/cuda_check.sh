@@ -67,7 +67,7 @@ step tests 120 python3 - "$carry" <<'EOF'
 import sys, traceback
 from pathlib import Path
 sys.path[:0] = [".", "tests"]
-from engine.presenter import Presenter
+from engine.render.presenter import Presenter
 import test_device_pipeline as t
 
 carry = Path(sys.argv[1])

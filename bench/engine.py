@@ -39,14 +39,14 @@ from audio.decode import load_audio  # noqa: E402
 from core.timebase import SAMPLE_RATE  # noqa: E402
 from demo.presenter import FacePath, make_presenter_clip, speak  # noqa: E402
 from engine.assemble import pick_pipeline  # noqa: E402
-from engine.cli import use_gpu_encoder  # noqa: E402
-from engine.composite import Compositor  # noqa: E402
-from engine.loop import EngineConfig, LiveEngine, render_file, to_host  # noqa: E402
-from engine.presenter import Presenter  # noqa: E402
-from engine.resident import load_resident, resident_bytes  # noqa: E402
-from engine.sinks import Mp4Sink, NullSink  # noqa: E402
-from engine.sources import Feeder  # noqa: E402
-from engine.torch_composite import TorchCompositor  # noqa: E402
+from engine.outputs.targets import use_gpu_encoder  # noqa: E402
+from engine.render.composite import Compositor  # noqa: E402
+from engine.render.loop import EngineConfig, LiveEngine, render_file, to_host  # noqa: E402
+from engine.render.presenter import Presenter  # noqa: E402
+from engine.render.resident import load_resident, resident_bytes  # noqa: E402
+from engine.outputs.sinks import Mp4Sink, NullSink  # noqa: E402
+from engine.render.sources import Feeder  # noqa: E402
+from engine.render.torch_composite import TorchCompositor  # noqa: E402
 from models import wav2lip96, wav2lip288, wav2lip384  # noqa: E402
 from models.blocks import Wav2Lip  # noqa: E402
 from models.mouthwarp import MouthAnimator  # noqa: E402

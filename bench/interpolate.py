@@ -1,4 +1,4 @@
-"""--fps 50: the cost of the optical-flow in-between frame (engine/interpolate.py) on this machine.
+"""--fps 50: the cost of the optical-flow in-between frame (engine/render/interpolate.py) on this machine.
 
 python bench/interpolate.py [--frames 50]
 The generated presenter (demo/presenter.py) moving fast, drawn at 1280x720 and 1920x1080. The whole frame (what

@@ -6,7 +6,7 @@ python bench/sessions.py [--size 0|96|288|384] [--enhance none|lip|face --gfpgan
 --size 0 (default) is the weight-free mouth animator; 96/288/384 is Wav2Lip at that size with random weights, saved
 in the released checkpoint layout and loaded as a user's file would be (speed does not depend on the weights).
 
-Every session runs in one process as `stream_out.py serve` hosts them (engine/sessions.py: the shared presenter, one
+Every session runs in one process as `stream_out.py serve` hosts them (engine/serve/sessions.py: the shared presenter, one
 model worker batching every session's frames by deadline), with a null output, and speaks all the time: speech is
 pushed in 20 ms chunks kept 0.1 s ahead of its clock (the WebSocket transport is not in the figures). Each step adds
 `step` sessions and holds `hold` seconds; for that hold it prints per session the worst fps, the late and skipped
@@ -31,9 +31,9 @@ from machine import header  # noqa: E402
 from core.timebase import FPS, SAMPLE_RATE  # noqa: E402
 from demo.presenter import FacePath, make_presenter_clip  # noqa: E402
 from engine.cli import parse_args  # noqa: E402
-from engine.sessions import LoadMeter, Sessions, SessionsConfig  # noqa: E402
-from engine.sinks import NullSink  # noqa: E402
-from engine.sources import Feeder  # noqa: E402
+from engine.serve.sessions import LoadMeter, Sessions, SessionsConfig  # noqa: E402
+from engine.outputs.sinks import NullSink  # noqa: E402
+from engine.render.sources import Feeder  # noqa: E402
 from preprocess.pipeline import PreprocessConfig, preprocess_video  # noqa: E402
 
 RESOLUTIONS = {"540p": (960, 540, 1.2), "720p": (1280, 720, 1.4), "1080p": (1920, 1080, 2.1)}
@@ -91,7 +91,7 @@ def main() -> None:
     pcm = load_audio(args.speech or speak("Welcome back to the stream. Today we look at how a lip sync engine keeps "
                                           "audio and video together, frame by frame.", work / "speech.wav"))
     # admission off for the ramp (it is what is being measured); its verdict is printed beside each step
-    sessions = Sessions(parse_args(flags), SessionsConfig(root=Path("/"), max_sessions=args.max, cpu_cores=1e9,
+    sessions = Sessions(parse_args(flags).engine(), SessionsConfig(root=Path("/"), max_sessions=args.max, cpu_cores=1e9,
                                                           worker_share=1e9))
     default_budget = SessionsConfig(max_sessions=10 ** 6)  # the CPU and model-worker checks only
     meter = LoadMeter(window=args.hold)
@@ -104,8 +104,7 @@ def main() -> None:
     try:
         while len(sessions) < args.max:
             for _ in range(args.step):
-                session_flags = parse_args([*flags, "--data_dir", str(cache)])
-                session_flags.outfile = []  # the null output only
+                session_flags = parse_args([*flags, "--data_dir", str(cache)]).engine().replace(outfile=())  # the null output only
                 session = sessions.start(session_flags, f"s{len(sessions)}", extra_sinks=(NullSink(),),
                                          admit=False)
                 feeders.append(Feeder(session.engine.buffer, chunks_forever(pcm), ahead_seconds=0.1,

@@ -26,10 +26,10 @@ from machine import header  # noqa: E402  (bench/ is on the path as the script's
 from chromium import Chromium, find_chromium, mouth_box, round_trips_ms, talk_wav  # noqa: E402
 from audio.decode import load_audio  # noqa: E402
 from demo.presenter import FacePath, make_presenter_clip, speak  # noqa: E402
-from engine.composite import Compositor  # noqa: E402
-from engine.loop import EngineConfig, LiveEngine  # noqa: E402
-from engine.presenter import Presenter  # noqa: E402
-from engine.server import Server, ServerConfig  # noqa: E402
+from engine.render.composite import Compositor  # noqa: E402
+from engine.render.loop import EngineConfig, LiveEngine  # noqa: E402
+from engine.render.presenter import Presenter  # noqa: E402
+from engine.serve.server import Server, ServerConfig  # noqa: E402
 from models.mouthwarp import MouthAnimator  # noqa: E402
 from preprocess.pipeline import PreprocessConfig, preprocess_video  # noqa: E402
 

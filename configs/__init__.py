@@ -1,10 +1,11 @@
-"""YAML presets (one per model size). Each top-level section holds the defaults of one command's flags."""
+"""Typed configuration: the specs (spec.py), their command lines (flags.py) and the YAML presets here, one per model
+size. Each top-level section of a preset holds the defaults of one command's spec."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 PRESETS = Path(__file__).resolve().parent
 
@@ -24,31 +25,23 @@ def resolve(name_or_path: str) -> Path:
     return path
 
 
-def apply_defaults(parser: argparse.ArgumentParser, config: str, section: str) -> None:
-    """Make a YAML section the parser's defaults, so explicit flags still override the file."""
+def load_section(config: str, section: str, spec: type[BaseModel]) -> dict:
+    """A preset's `section`, checked against `spec`: unknown keys and values of the wrong type, choice or range
+    fail with the file and the key named."""
     path = resolve(config)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     values = data.get(section) or {}
-    flags = {action.dest for action in parser._actions}
-    unknown = sorted(set(values) - flags)
+    unknown = sorted(set(values) - set(spec.model_fields))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) in '{section}': {', '.join(unknown)}")
-    for action in parser._actions:  # defaults skip argparse's own check of the choices
-        if action.dest in values and action.choices is not None and values[action.dest] not in action.choices:
-            raise ConfigError(f"{path}: '{action.dest}: {values[action.dest]}' in '{section}' is not one of "
-                              f"{', '.join(map(str, action.choices))}")
-    parser.set_defaults(**values)
-
-
-def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None, section: str) -> argparse.Namespace:
-    """Parse flags; a --config preset's `section` supplies the defaults first, so explicit flags still win."""
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        try:
-            apply_defaults(parser, known.config, section)
-        except ConfigError as exc:
-            parser.error(str(exc))
-    return parser.parse_args(argv)
+    try:
+        spec.model_validate(values)
+    except ValidationError as exc:  # the fields the section leaves out (required ones) are the command line's
+        errors = [e for e in exc.errors() if e["loc"] and e["loc"][0] in values]
+        if errors:
+            key, reason = errors[0]["loc"][0], errors[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"{path}: '{key}: {values[key]}' in '{section}': {reason}") from None
+    return values

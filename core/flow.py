@@ -3,7 +3,7 @@
 Both directions are computed; each side is warped halfway with the flow from the midpoint (the quadratic
 approximation of Super SloMo at t = 1/2) and the two are blended, each pixel weighted by how well its side's
 forward and backward flows agree there, so a region one frame hides (an occlusion) comes from the frame that shows
-it. Used for 50 fps output (engine/interpolate.py) and the in-between backgrounds a cache can store
+it. Used for 50 fps output (engine/render/interpolate.py) and the in-between backgrounds a cache can store
 (preprocess --fps 50).
 """
 from __future__ import annotations

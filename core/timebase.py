@@ -8,6 +8,7 @@ a 50 fps output changes FPS here and nowhere else.
 from __future__ import annotations
 
 FPS = 25                                   # video frames a second (every source is normalised to it)
+OUTPUT_RATES = (FPS, 2 * FPS)              # what an output may run at: the model's rate, or an in-between frame each
 SAMPLE_RATE = 16000                        # audio samples a second (every input is resampled to it)
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS     # 640: the audio shown with one video frame
 N_FFT = 800                                # STFT window (50 ms)

@@ -12,6 +12,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 from core.timebase import SAMPLE_RATE
 from preprocess.pipeline import PreprocessConfig, run_batch, summary_table
@@ -35,7 +36,9 @@ def make_speech(folder: Path, sentences=SENTENCES) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def prepare(argv: list[str] | None = None) -> tuple[list[str], Optional[Path]]:
+    """Make the sample presenter's cache and speech; the engine's argv that speaks them, and the video it writes
+    (None when the flags send it elsewhere). The engine's own command line runs it (stream_out.py)."""
     parser = argparse.ArgumentParser(prog="python stream_out.py demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="where the sample media, cache and video go")
     parser.add_argument("--short", action="store_true", help="one short sentence and a 2 s presenter loop (tests)")
@@ -49,17 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     results = run_batch([clip], args.out / "cache", PreprocessConfig(face_size=args.face_size))
     print(summary_table(results))
     if results[0].status == "failed":
-        return 1
+        raise RuntimeError(f"the sample presenter could not be preprocessed: {results[0].message}")
+    video = None
     if "--outfile" not in engine_args:
-        engine_args += ["--outfile", str(args.out / "demo.mp4")]
-    from engine.cli import main as engine_main
-    code = engine_main(["--data_dir", str(args.out / "cache" / results[0].name), "--audio_files", str(speech),
-                        *engine_args])
-    if code == 0 and str(args.out / "demo.mp4") in engine_args:
-        print(f"demo video: {(args.out / 'demo.mp4').resolve()}")
-    return code
+        video = args.out / "demo.mp4"
+        engine_args += ["--outfile", str(video)]
+    return ["--data_dir", str(args.out / "cache" / results[0].name), "--audio_files", str(speech),
+            *engine_args], video
 
 
 if __name__ == "__main__":
-    from core.cli import run_command
-    sys.exit(run_command(main))
+    import stream_out
+    sys.exit(stream_out.main(["demo", *sys.argv[1:]]))

@@ -5,23 +5,27 @@ presenter cache or a model file that several sessions use is loaded once and sha
 the last session using it ends (release)."""
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 from pathlib import Path
 from typing import Callable
 
+from configs.spec import EngineSpec
 from core.timebase import FPS
-from engine.backdrop import Backdrop
+from engine.render.backdrop import Backdrop
+from engine.render.blendshapes import BlendshapeMeter
+from engine.render.composite import Compositor
+from engine.render.loop import EngineConfig
+from engine.render.presenter import Presenter, playable_manifest
 
 log = logging.getLogger("engine")
 IPLAP_FILES = {"landmark_checkpoint": "landmarkgenerator_checkpoint.pth",
                "renderer_checkpoint": "renderer_checkpoint.pth"}
 
 
-def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:
+def resolve_cache(args: EngineSpec, face_size: int) -> Path:
     from preprocess.cache import read_manifest
-    if getattr(args, "face", None):  # only then the detectors are imported (a render from a cache needs none)
+    if args.face:  # only then the detectors are imported (a render from a cache needs none)
         from preprocess.pipeline import PreprocessConfig, preprocess_video
         root = Path("out/cache")
         cfg = PreprocessConfig(face_size=face_size, pads=tuple(args.pads), smooth_radius=0 if args.nosmooth else 2,
@@ -41,7 +45,7 @@ def resolve_cache(args: argparse.Namespace, face_size: int) -> Path:
     return folder
 
 
-def check_frame_flags(args: argparse.Namespace) -> None:
+def check_frame_flags(args: EngineSpec) -> None:
     """--interpolator and --background against the rest, before anything loads: one line for what does not fit."""
     if args.interpolator == "rife":
         if args.fps == FPS:
@@ -51,7 +55,7 @@ def check_frame_flags(args: argparse.Namespace) -> None:
                              "from the model list in hzwer/Practical-RIFE's README)")
         if not Path(args.rife_path).is_file():
             raise ValueError(f"--rife_path {args.rife_path}: no such file")
-    if args.background != "video" and args.data_dir and not getattr(args, "face", None):
+    if args.background != "video" and args.data_dir and not args.face:
         from preprocess.cache import read_manifest
         manifest = read_manifest(Path(args.data_dir))
         if manifest is not None and not manifest.get("matte"):
@@ -59,7 +63,7 @@ def check_frame_flags(args: argparse.Namespace) -> None:
                              f"`python stream_out.py preprocess <video> --out {Path(args.data_dir).parent} --matte`")
 
 
-def check_iplap_flags(args: argparse.Namespace, live: bool) -> None:
+def check_iplap_flags(args: EngineSpec, live: bool) -> None:
     """--model iplap against the rest, before anything loads."""
     from models.predictor import pick_device
     if args.checkpoint_path:
@@ -97,13 +101,13 @@ def pick_pipeline(requested: str, predictor) -> str:
     return requested
 
 
-def runtime_cache(args: argparse.Namespace) -> Path:
+def runtime_cache(args: EngineSpec) -> Path:
     """--runtime_cache, or the user's cache folder: converted models, one per checkpoint, shared by presenters."""
     from models.openvino_cpu import default_runtime_cache
-    return Path(args.runtime_cache) if getattr(args, "runtime_cache", None) else default_runtime_cache()
+    return Path(args.runtime_cache) if args.runtime_cache else default_runtime_cache()
 
 
-def host_openvino(args: argparse.Namespace) -> bool:
+def host_openvino(args: EngineSpec) -> bool:
     """Will this run be OpenVINO on the CPU, as far as can be told without torch? (`auto` takes CUDA where there is an
     NVIDIA device node; then torch decides.)"""
     device = args.device in ("auto", "cpu") and not (args.device == "auto" and Path("/dev/nvidiactl").exists())
@@ -142,10 +146,8 @@ class Parts:
         with self._lock:
             return [obj for key, (obj, _) in self._loaded.items() if key[0] == kind]
 
-    def build(self, args: argparse.Namespace, live: bool, user: object = None):
+    def build(self, args: EngineSpec, live: bool, user: object = None):
         """(presenter, lip model, compositor, engine config) from the flags."""
-        from engine.composite import Compositor
-        from engine.loop import EngineConfig
 
         only_weights = args.blendshapes_only  # no lip model, no pixels
         iplap = args.model == "iplap" and not only_weights
@@ -169,8 +171,8 @@ class Parts:
         else:
             predictor = None if only_weights else self._animator(presenter, user)
         if predictor is not None and pick_pipeline(args.pipeline, predictor) == "device":
-            from engine.resident import load_resident
-            from engine.torch_composite import TorchCompositor
+            from engine.render.resident import load_resident  # torch: only for the device pipeline
+            from engine.render.torch_composite import TorchCompositor
             frames = self._get(("resident", str(cache), face_size, heads, str(predictor.device)), user,
                                lambda: load_resident(presenter, predictor.device, heads, args.resident_gib))
             compositor = TorchCompositor(presenter, frames, args.enhance, enhancer, args.color_match)
@@ -182,14 +184,13 @@ class Parts:
         return presenter, predictor, compositor, cfg
 
     @staticmethod
-    def _check_cache(args: argparse.Namespace, face_size: int) -> None:
+    def _check_cache(args: EngineSpec, face_size: int) -> None:
         """A --data_dir that cannot be played for this model fails here, before the model is converted or moved
         (seconds to minutes); a --face video is preprocessed for the model afterwards."""
-        if not getattr(args, "face", None):
-            from engine.presenter import playable_manifest
+        if not args.face:
             playable_manifest(resolve_cache(args, face_size), face_size)
 
-    def _interpolator(self, args: argparse.Namespace, user):
+    def _interpolator(self, args: EngineSpec, user):
         """RIFE for the in-between frames (--interpolator rife), loaded once per file and device; None: DIS."""
         check_frame_flags(args)
         if args.interpolator != "rife" or args.blendshapes_only:
@@ -201,15 +202,14 @@ class Parts:
 
     @staticmethod
     def _presenter(cache: Path, face_size, heads: bool, between: bool, matte: bool, iplap: bool):
-        from engine.presenter import Presenter
         return Presenter(cache, face_size, load_heads=heads, load_between=between, load_matte=matte,
                          load_iplap=iplap)
 
-    def _iplap(self, args: argparse.Namespace, presenter, user):
+    def _iplap(self, args: EngineSpec, presenter, user):
         """IP_LAP for a presenter: both networks on the device, the references picked from its frames. Not put
         behind a session's shared model worker: it needs each frame's window of cache frames."""
         def iplap():
-            from engine.iplap import IplapLipSync
+            from engine.render.iplap import IplapLipSync  # torch: only for IP_LAP
             from models.iplap import load_landmark_generator, load_renderer
             from models.iplap.prior import IplapGenerator
             device = None if args.device == "auto" else args.device
@@ -290,13 +290,12 @@ class Parts:
         return self._get(("model", path, args.device, args.gfpgan_dtype, batch), user, gfpgan)
 
 
-def blendshape_meter(args: argparse.Namespace, presenter, predictor):
+def blendshape_meter(args: EngineSpec, presenter, predictor):
     """A BlendshapeMeter when the flags ask for weights (--blendshapes, --blendshapes_only, --blendshapes_csv), else
     None. It reads the generated pixels or follows the animator, as --blendshapes_from says (auto: pixels for
     Wav2Lip, whose mouth only its pixels show; the animator's own shape for the animator)."""
     if not (args.blendshapes or args.blendshapes_csv):
         return None
-    from engine.blendshapes import BlendshapeMeter
     from models.mouthwarp import MouthAnimator
     # the animator itself, or a session's SharedModel of it (which passes its attributes through)
     animator = predictor if getattr(predictor, "name", None) == MouthAnimator.name else None

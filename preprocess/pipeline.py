@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from configs.spec import PreprocessSpec, default_of
 from core.ffmpeg import TRUNCATED_BELOW
 from core.flow import FlowInterpolator
 from core.timebase import FPS
@@ -29,17 +30,16 @@ from .video import VideoError, VideoInfo, decode_frames, extract_audio, probe
 log = logging.getLogger("preprocess")
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts"}
-FACE_SIZES = (96, 128, 288, 384)  # the Wav2Lip sizes, and IP_LAP's 128
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    face_size: int = 96
-    pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # top, bottom, left, right (Wav2Lip's --pads)
-    detector: str = "mediapipe"
+    face_size: int = default_of(PreprocessSpec, "face_size")
+    pads: tuple[int, int, int, int] = default_of(PreprocessSpec, "pads")  # top, bottom, left, right (Wav2Lip's)
+    detector: str = default_of(PreprocessSpec, "detector")
     smooth_radius: int = 2  # frames each side; 0 = --nosmooth
     head_size: int = 512
-    jpeg_quality: int = 95
+    jpeg_quality: int = default_of(PreprocessSpec, "jpeg_quality")
     force: bool = False
     train_dir: Optional[Path] = None
     allow_truncated: bool = False  # use a video that decodes to fewer frames than it declares

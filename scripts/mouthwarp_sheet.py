@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo.presenter import make_presenter_clip  # noqa: E402
 from demo.talking import known_openings, make_talking_clip  # noqa: E402
-from engine.presenter import Presenter  # noqa: E402
+from engine.render.presenter import Presenter  # noqa: E402
 from models.mouthwarp import MouthAnimator  # noqa: E402
 from models.mouthwarp.geometry import LAYOUTS, mouth_opening  # noqa: E402
 from models.mouthwarp.library import library_for  # noqa: E402

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from core.net import free_port
-from engine.obs import ObsSettings
+from engine.outputs.obs import ObsSettings
 
 PASSWORD = "obs-test-pass"
 GLOBAL_INI = """[General]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from demo.presenter import person_matte
-from engine.backdrop import Backdrop, keyed
+from engine.render.backdrop import Backdrop, keyed
 
 from conftest import CUTOUT_PATH as PATH, CUTOUT_SECONDS as SECONDS
 

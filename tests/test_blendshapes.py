@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from engine.presenter import Presenter
+from engine.render.presenter import Presenter
 from models.mouthwarp.animator import MAX_GAP, opened_lips
 from models.mouthwarp.blendshapes import (ARKIT_NAMES, LIVE_LINK_COLUMNS, mouth_weights, rest_mouth,
                                           write_live_link_csv)
@@ -214,10 +214,10 @@ def test_weights_read_on_the_generated_pixels_follow_the_mouth_drawn(built, medi
 
     from audio.decode import load_audio
     from engine.assemble import blendshape_meter
-    from engine.blendshapes import BlendshapeMeter
-    from engine.loop import lip_sync
-    from engine.model_worker import SharedModel
-    from engine.timeline import frame_units
+    from engine.render.blendshapes import BlendshapeMeter
+    from engine.render.loop import lip_sync
+    from engine.render.model_worker import SharedModel
+    from engine.render.timeline import frame_units
     from models.mouthwarp import MouthAnimator
     from models.mouthwarp.library import library_for
     from preprocess.detect import CropMesh

@@ -1,4 +1,4 @@
-"""The device pipeline (engine/resident.py, engine/torch_composite.py, the predictor's tensor path), run on the CPU
+"""The device pipeline (engine/render/resident.py, engine/render/torch_composite.py, the predictor's tensor path), run on the CPU
 here and against the host path it must equal; the tests marked cuda run the same on a GPU where one exists."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import torch
 
 from conftest import CollectSink
 from engine.assemble import pick_pipeline
-from engine.composite import Compositor
-from engine.loop import render_file
-from engine.presenter import Presenter
-from engine.resident import load_resident, resident_bytes
-from engine.torch_composite import TorchCompositor
+from engine.render.composite import Compositor
+from engine.render.loop import render_file
+from engine.render.presenter import Presenter
+from engine.render.resident import load_resident, resident_bytes
+from engine.render.torch_composite import TorchCompositor
 from models import wav2lip96
 from models.blocks import Wav2Lip
 from models.mouthwarp import MouthAnimator

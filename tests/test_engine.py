@@ -18,13 +18,13 @@ import soundfile
 
 from conftest import ROOT, CollectSink
 from audio.decode import load_audio
-from engine.composite import Compositor, lower_face_mask
-from engine.loop import EngineConfig, LiveEngine, render_file
-from engine.obs import ObsSettings, setup_media_source
-from engine.presenter import Presenter, ping_pong
-from engine.sinks import MpegTsSink, SinkError, VirtualCameraSink
-from engine.sources import Feeder
-from engine.timeline import FrameTimeline
+from engine.render.composite import Compositor, lower_face_mask
+from engine.render.loop import EngineConfig, LiveEngine, render_file
+from engine.outputs.obs import ObsSettings, setup_media_source
+from engine.render.presenter import Presenter, ping_pong
+from engine.outputs.sinks import MpegTsSink, SinkError, VirtualCameraSink
+from engine.render.sources import Feeder
+from engine.render.timeline import FrameTimeline
 from models import wav2lip96
 from models.blocks import SyncNet, Wav2Lip
 from models.loader import load_generator, save_checkpoint
@@ -274,9 +274,9 @@ def test_unreachable_obs_is_one_message_and_no_exception(caplog):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    with caplog.at_level(logging.ERROR, logger="engine.obs"):
+    with caplog.at_level(logging.ERROR, logger="engine.outputs.obs"):
         assert setup_media_source(ObsSettings(port=port, timeout=1), "udp://127.0.0.1:23000") is None
-    errors = [r for r in caplog.records if r.name == "engine.obs"]
+    errors = [r for r in caplog.records if r.name == "engine.outputs.obs"]
     assert len(errors) == 1 and "not reachable" in errors[0].getMessage()
     assert not [r for r in caplog.records if r.name.startswith("obsws")]  # no library traceback either
 
@@ -313,7 +313,7 @@ def test_microphone_errors_at_the_device_boundary():
     message says how to list devices."""
     import sounddevice
     from audio.decode import AudioError
-    from engine.sources import AudioBuffer, Microphone
+    from engine.render.sources import AudioBuffer, Microphone
     with pytest.raises(AudioError) as named:
         Microphone(AudioBuffer(), device="no-such-microphone").stop()
     assert "No input device matching 'no-such-microphone'" in str(named.value)
@@ -324,7 +324,7 @@ def test_microphone_errors_at_the_device_boundary():
 
 
 def test_colour_match_moves_the_mean_inside_the_mask():
-    from engine.composite import match_colour
+    from engine.render.composite import match_colour
     original = np.full((96, 96, 3), (90, 120, 200), np.uint8)
     generated = np.full((96, 96, 3), (60, 140, 170), np.uint8)
     fixed = match_colour(generated, original, lower_face_mask(96))
@@ -373,7 +373,7 @@ def test_enhanced_head_goes_back_through_the_inverse_affine(gfpgan_rig, mode):
 
 
 def test_head_mask_leaves_no_edge():
-    from engine.composite import head_face_mask
+    from engine.render.composite import head_face_mask
     mask = head_face_mask(512)
     assert mask[0].max() == mask[-1].max() == mask[:, 0].max() == mask[:, -1].max() == 0
     assert mask[371, 256] > 0.99 and mask[240, 193] > 0.9  # mouth and eyes of the FFHQ template inside
@@ -483,7 +483,7 @@ def test_scratch_left_by_a_killed_process_goes_at_the_next_start(tmp_path, caplo
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with caplog.at_level(logging.WARNING, logger="scratch"):
-        from engine.sinks import Mp4Sink
+        from engine.outputs.sinks import Mp4Sink
         sink = Mp4Sink(tmp_path / "out.mp4")
         sink.open(64, 64)
         own = sink._tmp
@@ -538,7 +538,7 @@ def test_an_hour_of_audio_becomes_frame_windows_in_bounded_memory(tmp_path):
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-t", "3600",
                     "-c:a", "pcm_s16le", str(hour)], check=True)
     # VmHWM: this process image's own peak (ru_maxrss would include the pytest process it was forked from)
-    code = ("import re, sys; from audio.decode import stream_audio; from engine.timeline import frame_units; "
+    code = ("import re, sys; from audio.decode import stream_audio; from engine.render.timeline import frame_units; "
             "n = sum(1 for _ in frame_units(stream_audio(sys.argv[1]))); "
             "print(n, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
     result = subprocess.run([sys.executable, "-c", code, str(hour)], cwd=ROOT, capture_output=True, text=True)
@@ -563,7 +563,7 @@ def test_live_run_streams_its_audio_files_and_ends_with_them(built, media, tmp_p
 
 
 def test_skip_policy_skips_only_frames_the_model_would_make_late_and_retries():
-    from engine.loop import SkipPolicy
+    from engine.render.loop import SkipPolicy
     policy = SkipPolicy(window=4, margin=0.02, retry_after=3)
     assert not policy.skip(now=10.0, deadline=10.05, pending=0)  # no cost known yet: only a frame already due
     assert policy.skip(now=10.04, deadline=10.05, pending=0)     # inside the margin: too late whatever the cost
@@ -584,7 +584,7 @@ def test_skip_policy_skips_only_frames_the_model_would_make_late_and_retries():
 def test_one_sample_chunks_queue_as_20_ms_entries():
     """A client sending one sample per message must not make the queue a list of single samples, which the clock
     would walk 640 at a time under the lock the server needs."""
-    from engine.sources import AudioBuffer
+    from engine.render.sources import AudioBuffer
     buffer = AudioBuffer()
     samples = np.arange(16000, dtype=np.float32) / 16000
     for value in samples:

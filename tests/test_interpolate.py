@@ -11,7 +11,7 @@ import pytest
 
 from demo.presenter import FacePath, frame_at
 from core.flow import FlowInterpolator
-from engine.interpolate import in_between_weights, interleaved, audio_share
+from engine.render.interpolate import in_between_weights, interleaved, audio_share
 
 FAST = FacePath(sway=120.0, bob=30.0, zoom=0.1, tilt=4.0, period=1.0)  # up to 30 px between two 25 fps frames
 
@@ -102,9 +102,9 @@ def test_a_cache_made_for_50_fps_interpolates_only_the_face_region(fast_cache, m
     frames keep a 20 ms clock."""
     from audio.decode import load_audio
     from conftest import CollectSink
-    from engine.composite import Compositor
-    from engine.loop import EngineConfig, render_file
-    from engine.presenter import Presenter, ping_pong
+    from engine.render.composite import Compositor
+    from engine.render.loop import EngineConfig, render_file
+    from engine.render.presenter import Presenter, ping_pong
     from models.mouthwarp import MouthAnimator
     presenter = Presenter(fast_cache, 96, load_between=True)
     assert Presenter(fast_cache, 96).background_between(4, 5) is None  # a 25 fps render: not read
@@ -157,9 +157,9 @@ def test_live_50_fps_keeps_a_20_ms_clock_and_an_interrupt_mutes_both_frames_of_a
 
     from audio.decode import load_audio
     from conftest import CollectSink
-    from engine.composite import Compositor
-    from engine.loop import EngineConfig, LiveEngine
-    from engine.presenter import Presenter, ping_pong
+    from engine.render.composite import Compositor
+    from engine.render.loop import EngineConfig, LiveEngine
+    from engine.render.presenter import Presenter, ping_pong
     from models.mouthwarp import MouthAnimator
     presenter = Presenter(fast_cache, 96, load_between=True)
     speech = load_audio(media["speech"])[: 16000 * 2]

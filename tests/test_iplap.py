@@ -479,15 +479,15 @@ def iplap_cache(media, tmp_path_factory) -> Path:
 
 
 def iplap_args(released, cache: Path, *more: str):
-    from engine.cli import build_parser
-    return build_parser().parse_args(["--model", "iplap", "--landmark_checkpoint", str(released["landmark"][0]),
+    from engine.cli import parse_args
+    return parse_args(["--model", "iplap", "--landmark_checkpoint", str(released["landmark"][0]),
                                       "--renderer_checkpoint", str(released["renderer"][0]), "--data_dir",
                                       str(cache), "--device", "cpu", *more])
 
 
 def test_the_cache_holds_iplaps_crops_and_boxes(iplap_cache):
     from models.iplap.mesh import crop_box
-    from engine.presenter import Presenter
+    from engine.render.presenter import Presenter
     presenter = Presenter(iplap_cache, 128, load_iplap=True)
     faces = np.flatnonzero(presenter.has_face)
     assert 0 < len(faces) < presenter.frames  # the card hides the face on some frames
@@ -503,9 +503,9 @@ def test_the_model_stage_hands_a_window_model_five_mel_windows_and_the_frames_ar
     """For frame f: the mel windows of frames f-4 .. f (the first standing in before the start) and the cache frames
     shown at f-2 .. f+2 (clamped at the start), along the presenter's ping-pong from start_frame."""
     from audio.decode import load_audio
-    from engine.loop import lip_sync
-    from engine.presenter import Presenter, ping_pong
-    from engine.timeline import FrameTimeline
+    from engine.render.loop import lip_sync
+    from engine.render.presenter import Presenter, ping_pong
+    from engine.render.timeline import FrameTimeline
 
     class Recorder:
         window_frames = 5
@@ -535,7 +535,7 @@ def test_the_crop_warp_maps_pixel_centres_through_the_frame():
     """By hand: IP_LAP's crop at x 30..158, y 40..168 (128 px, so 1:1) and a Wav2Lip box at x 20..276, y 30..286
     (256 px into a 128 crop, so 2:1). Crop pixel c's centre is frame x = 2 (c + 0.5) - 0.5 + 20 = 2c + 20.5, which is
     IP_LAP pixel 2c - 9.5; down, frame y = 2c + 30.5 is IP_LAP pixel 2c - 9.5 as well."""
-    from engine.iplap import into_crop
+    from engine.render.iplap import into_crop
     u, v = np.meshgrid(np.arange(128, dtype=np.float32), np.arange(128, dtype=np.float32))
     face = np.stack([u, v, np.zeros_like(u)], axis=2)  # each pixel holds its own coordinates
     crop = np.full((128, 128, 3), -1.0, np.float32)
@@ -548,8 +548,8 @@ def test_the_crop_warp_maps_pixel_centres_through_the_frame():
 
 def test_the_face_goes_from_iplaps_crop_into_the_wav2lip_crop_in_place(iplap_cache):
     """IP_LAP's own crop of a frame, warped into the frame's Wav2Lip crop, lands on that crop's pixels."""
-    from engine.iplap import into_crop
-    from engine.presenter import Presenter
+    from engine.render.iplap import into_crop
+    from engine.render.presenter import Presenter
     presenter = Presenter(iplap_cache, 128, load_iplap=True)
     for i in np.flatnonzero(presenter.has_face)[::30]:
         cached = presenter.face(i)
@@ -569,10 +569,10 @@ def test_a_render_draws_only_speech_inside_the_face_box(released, iplap_cache, m
     from audio.decode import load_audio
     from conftest import CollectSink
     from engine.assemble import Parts
-    from engine.iplap import IplapLipSync
-    from engine.loop import render_file
-    from engine.presenter import ping_pong
-    from engine.timeline import FrameTimeline
+    from engine.render.iplap import IplapLipSync
+    from engine.render.loop import render_file
+    from engine.render.presenter import ping_pong
+    from engine.render.timeline import FrameTimeline
     presenter, predictor, compositor, cfg = Parts().build(
         iplap_args(released, iplap_cache, "--iplap_references", "1", "--batch_size", "3"), live=False)
     assert isinstance(predictor, IplapLipSync) and presenter.face_size == 128
@@ -627,7 +627,7 @@ def test_the_preset_preprocesses_at_128_without_smoothing_and_preprocess_loads_n
 
 def test_a_cache_at_another_face_size_is_told_to_rebuild(released, built):
     from engine.assemble import Parts
-    from engine.presenter import PresenterError
+    from engine.render.presenter import PresenterError
     with pytest.raises(PresenterError, match="rebuild it with `preprocess --config iplap`"):
         Parts().build(iplap_args(released, built["cache"] / "clip25"), live=False)
 

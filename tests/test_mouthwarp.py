@@ -10,10 +10,10 @@ import pytest
 
 from conftest import ROOT, CollectSink
 from audio.decode import load_audio
-from engine.composite import Compositor
-from engine.loop import render_file
-from engine.presenter import Presenter, ping_pong
-from engine.timeline import FrameTimeline
+from engine.render.composite import Compositor
+from engine.render.loop import render_file
+from engine.render.presenter import Presenter, ping_pong
+from engine.render.timeline import FrameTimeline
 from models.mouthwarp import MouthAnimator, audio_features
 from models.mouthwarp.animator import paint_interior
 from models.mouthwarp.geometry import MEDIAPIPE_478, mouth_opening, polygon_mask

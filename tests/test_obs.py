@@ -14,11 +14,11 @@ import pytest
 
 from conftest import ROOT, CollectSink
 from audio.decode import load_audio
-from engine.composite import Compositor
-from engine.loop import EngineConfig, LiveEngine
-from engine.obs import INPUT_NAME, setup_media_source
-from engine.presenter import Presenter, ping_pong
-from engine.sinks import MpegTsSink
+from engine.render.composite import Compositor
+from engine.render.loop import EngineConfig, LiveEngine
+from engine.outputs.obs import INPUT_NAME, setup_media_source
+from engine.render.presenter import Presenter, ping_pong
+from engine.outputs.sinks import MpegTsSink
 from models.mouthwarp import MouthAnimator
 from core.net import free_port
 from obs_studio import PASSWORD
@@ -76,7 +76,7 @@ def test_a_request_obs_refuses_is_one_line(obs_studio, caplog):
     """An out-of-range audio offset: OBS answers the request with an error, which becomes one line, no traceback."""
     with caplog.at_level(logging.DEBUG):
         assert setup_media_source(obs_studio.settings, "udp://127.0.0.1:23999", audio_offset_ms=10 ** 7) is None
-    ours = [r.getMessage() for r in caplog.records if r.name == "engine.obs"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "engine.outputs.obs"]
     assert len(ours) == 1 and "OBS refused a request" in ours[0] and "\n" not in ours[0]
     assert not [r for r in caplog.records if r.name.startswith("obsws") and r.levelno >= logging.ERROR]
 
@@ -174,8 +174,8 @@ def test_engine_outlives_obs_and_the_input_recovers(obs_studio, stage):
 def test_obs_reads_the_alpha_stream(obs_studio, cutout):
     """--background alpha live: OBS's Media Source plays our WebM and shows the presenter with the cache's matte
     as its alpha (transparent around the presenter, opaque on it)."""
-    from engine.backdrop import Backdrop
-    from engine.sinks import WebmAlphaSink
+    from engine.render.backdrop import Backdrop
+    from engine.outputs.sinks import WebmAlphaSink
     presenter = Presenter(cutout["cache"], load_matte=True)
     url = f"udp://127.0.0.1:{free_port()}?pkt_size=1316"
     assert setup_media_source(obs_studio.settings, url, input_format="webm")  # listening before the stream starts

@@ -11,7 +11,7 @@ import torch
 
 from audio.decode import load_audio
 from audio.mel import frame_windows, melspectrogram
-from engine.presenter import Presenter
+from engine.render.presenter import Presenter
 from models import wav2lip96, wav2lip288, wav2lip384
 from models.blocks import Wav2Lip
 from models.openvino_cpu import int8_by_default

@@ -1,4 +1,4 @@
-"""engine/server.py: the network API against a live engine on a real cache, with espeak-ng speech and a real
+"""engine/serve/server.py: the network API against a live engine on a real cache, with espeak-ng speech and a real
 WebSocket/HTTP client; the WebRTC page in Debian's headless Chromium."""
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ from chromium import Chromium
 from conftest import CollectSink, require
 from wsclient import events_until, stream, url
 from demo.presenter import speak
-from engine.blendshapes import BlendshapeMeter
-from engine.composite import Compositor
-from engine.loop import EngineConfig, LiveEngine
-from engine.presenter import Presenter, ping_pong
+from engine.render.blendshapes import BlendshapeMeter
+from engine.render.composite import Compositor
+from engine.render.loop import EngineConfig, LiveEngine
+from engine.render.presenter import Presenter, ping_pong
 from audio.decode import PcmStream
 from core.net import free_port
-from engine.server import Gate, Server, ServerConfig, check_bind, is_loopback, parse_listen
+from engine.serve.server import Gate, Server, ServerConfig, check_bind, is_loopback, parse_listen
 from models.mouthwarp import MouthAnimator
 
 aiohttp = require("aiohttp")

@@ -1,4 +1,4 @@
-"""Many sessions in one server (engine/sessions.py, engine/model_worker.py, engine/metrics.py): created and ended over
+"""Many sessions in one server (engine/serve/sessions.py, engine/render/model_worker.py, engine/serve/metrics.py): created and ended over
 the API, on two real presenter caches, each fed its own espeak-ng speech, each recorded to its own MPEG-TS file."""
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import soundfile
 from conftest import require
 from core.timebase import LOOKAHEAD, SAMPLE_RATE, SAMPLES_PER_FRAME
 from demo.presenter import speak
-from engine.model_worker import ModelWorker
-from engine.presenter import ping_pong
-from engine.server import Server, ServerConfig
-from engine.sessions import SessionsConfig
+from engine.render.model_worker import ModelWorker
+from engine.render.presenter import ping_pong
+from engine.serve.server import Server, ServerConfig
+from engine.serve.sessions import SessionsConfig
 from wsclient import events_until, stream, url
 
 aiohttp = require("aiohttp")
@@ -260,7 +260,7 @@ def test_ray_serve_places_sessions_on_both_replicas_and_each_streams_frames(buil
     from core.net import free_port
     ray = require("ray")
     from ray import serve
-    from engine.ray_serve import deploy
+    from engine.serve.ray_serve import deploy
 
     port = free_port()
     upload = tmp_path / "upload.wav"
@@ -317,9 +317,9 @@ def test_interrupting_one_utterance_leaves_the_rendered_sound_of_another(built, 
     must not mute the frames already rendered from client 2's speech."""
     from audio.decode import load_audio
     from conftest import CollectSink
-    from engine.composite import Compositor
-    from engine.loop import EngineConfig, LiveEngine
-    from engine.presenter import Presenter
+    from engine.render.composite import Compositor
+    from engine.render.loop import EngineConfig, LiveEngine
+    from engine.render.presenter import Presenter
     from models.mouthwarp import MouthAnimator
 
     presenter = Presenter(built["cache"] / "clip30")

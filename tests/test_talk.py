@@ -1,4 +1,4 @@
-"""Talking to the presenter from a browser (engine/talk.py, the page's talk controls), in Debian's headless Chromium
+"""Talking to the presenter from a browser (engine/serve/talk.py, the page's talk controls), in Debian's headless Chromium
 with a fake microphone. A module of its own: with another live engine beside it, two cores would be too busy for
 the talk engine to keep up, and it would rightly show cached frames to stay on time."""
 from __future__ import annotations
@@ -12,10 +12,10 @@ from conftest import require
 from wsclient import url
 from audio.decode import load_audio
 from demo.presenter import speak
-from engine.composite import Compositor
-from engine.loop import EngineConfig, LiveEngine
-from engine.presenter import Presenter
-from engine.server import Server, ServerConfig
+from engine.render.composite import Compositor
+from engine.render.loop import EngineConfig, LiveEngine
+from engine.render.presenter import Presenter
+from engine.serve.server import Server, ServerConfig
 from models.mouthwarp import MouthAnimator
 
 require("aiohttp")

@@ -17,10 +17,10 @@ import torch
 from core.cli import run_command
 from demo.presenter import speak
 from audio.decode import load_audio
-from engine.composite import Compositor
-from engine.loop import render_file
-from engine.presenter import Presenter
-from engine.sinks import Mp4Sink
+from engine.render.composite import Compositor
+from engine.render.loop import render_file
+from engine.render.presenter import Presenter
+from engine.outputs.sinks import Mp4Sink
 from models import wav2lip96
 from models.blocks import QualityDiscriminator, SyncNet
 from models.dataset import DataError, Sampler, batch, read_split

@@ -16,7 +16,7 @@ import torch
 
 from .presenter import Presenter
 
-log = logging.getLogger("engine.resident")
+log = logging.getLogger("engine.render.resident")
 
 
 def resident_bytes(presenter: Presenter, with_heads: bool) -> int:

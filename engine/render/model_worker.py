@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-log = logging.getLogger("engine.model_worker")
+log = logging.getLogger("engine.render.model_worker")
 
 
 @dataclass(order=True)

@@ -1,6 +1,6 @@
 """A browser's microphone as speech: the audio track of a WebRTC peer, fed to a session's speech desk.
 
-The talker is one more client of the session's protocol (engine/protocol.py): its track's frames become the PCM of
+The talker is one more client of the session's protocol (engine/serve/protocol.py): its track's frames become the PCM of
 an utterance, opened while the page says it is talking (push-to-talk held, or always on) and closed when it stops,
 so caps, queue events and interrupts work as for a WebSocket client. The page speaks over the peer's data channel
 ("talk"): {"talking": true|false} in, the desk's events (queued, speech_started, speech_ended, error) out.
@@ -16,7 +16,7 @@ from typing import Optional
 
 from .protocol import ProtocolError, SpeechDesk
 
-log = logging.getLogger("engine.talk")
+log = logging.getLogger("engine.serve.talk")
 
 
 class TalkerBusy(RuntimeError):

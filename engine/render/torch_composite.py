@@ -1,4 +1,4 @@
-"""The compositor of engine/composite.py in torch, on whatever device the frames live: the device pipeline's.
+"""The compositor of engine/render/composite.py in torch, on whatever device the frames live: the device pipeline's.
 
 Same masks, same blend, same colour match and the same GFPGAN head path, written with tensor ops so that on a
 GPU nothing goes back to the host until the finished frame: cv2.resize becomes F.interpolate (bilinear, half-pixel

@@ -14,10 +14,10 @@ from typing import Optional
 
 import numpy as np
 
-from .sinks import to_int16
+from engine.outputs.sinks import to_int16
 from core.timebase import FPS, SAMPLE_RATE
 
-log = logging.getLogger("engine.webrtc")
+log = logging.getLogger("engine.serve.webrtc")
 VIDEO_CLOCK = 90_000
 
 
@@ -67,7 +67,7 @@ class WebRtcSink:
         self.max_peers = max_peers
         self.connect_seconds = connect_seconds  # a peer not connected by then is dropped: it would hold a slot
         self.peers: dict = {}  # RTCPeerConnection -> (video track, audio track)
-        self.talker: Optional[tuple] = None  # (peer, engine.talk.Talker): the one page whose microphone is heard
+        self.talker: Optional[tuple] = None  # (peer, Talker): the one page whose microphone is heard
         self.size: Optional[tuple[int, int]] = None
         self.last_frame: Optional[np.ndarray] = None
 
@@ -106,7 +106,7 @@ class WebRtcSink:
     async def answer(self, sdp: str, kind: str, desk=None) -> tuple[str, str]:
         """Take a browser's offer; return our answer (SDP, type). The peer gets the live video and audio.
 
-        An offer that sends audio is a page that talks: its microphone becomes speech on `desk` (engine/talk.py).
+        An offer that sends audio is a page that talks: its microphone becomes speech on `desk` (engine/serve/talk.py).
         Raises PeerLimit when max_peers viewers are connected, TalkerBusy when another page is talking; an offer
         that fails closes its peer at once, and a peer that has not connected within connect_seconds is closed
         then."""

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from audio.decode import PCM_FORMATS, RATES, AudioError, AudioTooLong, PcmStream, decode_upload
+from configs.spec import ServeSpec, default_of
 from core.timebase import SAMPLE_RATE
 
 # the JSON messages a client may send: type -> {field: exact Python type}
@@ -37,9 +38,12 @@ class QueueFull(ProtocolError):
 
 @dataclass(frozen=True)
 class SpeechLimits:
-    max_utterance_seconds: float = 300.0   # audio beyond this in one utterance is refused
-    max_queue_seconds: float = 300.0       # speech waiting to be spoken in this session, all clients together
-    max_client_queue_seconds: float = 60.0  # of which one WebSocket client may have waiting
+    """Audio beyond max_utterance_seconds in one utterance is refused; max_queue_seconds is the most speech waiting
+    to be spoken in a session, all clients together, of which one WebSocket client may have
+    max_client_queue_seconds (the last two are --max_queue_seconds and --max_client_queue_seconds)."""
+    max_utterance_seconds: float = 300.0
+    max_queue_seconds: float = default_of(ServeSpec, "max_queue_seconds")
+    max_client_queue_seconds: float = default_of(ServeSpec, "max_client_queue_seconds")
 
 
 def parse_message(text: str) -> dict:

@@ -17,7 +17,7 @@ import queue
 import subprocess
 import threading
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional
 
 import numpy as np
 
@@ -28,23 +28,11 @@ from core.scratch import make_scratch, publish, remove
 
 from core.timebase import FPS, SAMPLE_RATE
 
-log = logging.getLogger("engine.sinks")
+log = logging.getLogger("engine.outputs.sinks")
 
 
 class SinkError(UserError):
     """A sink that cannot start; the message says what to install or configure."""
-
-
-class Sink(Protocol):
-    """A sink may also have `wants_frames` (default True): while it is False, the live engine may hand it None
-    instead of a frame (nothing is decoded for it), with the frame's audio as usual."""
-    live: bool
-
-    def open(self, width: int, height: int) -> None: ...
-
-    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: float) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def to_int16(audio: np.ndarray) -> bytes:
@@ -106,7 +94,7 @@ class Mp4Sink:
                             f"(--background green)")
         writable_folder(self.path)
         self.crf, self.video_codec, self.fps, self.alpha = crf, video_codec, fps, alpha
-        self.nvenc_capable = not alpha and self.suffix != ".webm"  # what NVENC could take over (engine/cli.py)
+        self.nvenc_capable = not alpha and self.suffix != ".webm"  # what NVENC could take over (engine/outputs/targets.py)
         self._encoder: Optional[Child] = None
         self.frames = 0
 

@@ -13,7 +13,7 @@ import numpy as np
 from audio.decode import AudioError
 from core.timebase import SAMPLE_RATE
 
-log = logging.getLogger("engine.sources")
+log = logging.getLogger("engine.render.sources")
 MERGE_BELOW = SAMPLE_RATE // 50  # a pushed chunk joins a queued one of the same utterance shorter than 20 ms
 SPANS_KEPT = 10 * SAMPLE_RATE    # how far back interrupt() can find rendered speech: past any latency target
 

@@ -26,7 +26,7 @@ from .composite import Compositor
 from .backdrop import Backdrop
 from .interpolate import InBetween, Midpoint, OutputFrame, interleaved, audio_share
 from .presenter import Presenter, ping_pong
-from .sinks import Sink
+from .sink import Sink
 from .sources import AudioBuffer
 from .timeline import FrameTimeline, FrameUnit, frame_units
 
@@ -129,7 +129,7 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
 
     `lipsync` is anything with predict(mel_windows (B,80,16), faces (B,S,S,3) uint8, landmarks (B,K,2) in crop
     pixels) -> faces: models.predictor.LipSyncPredictor (Wav2Lip) or models.mouthwarp.MouthAnimator. A model with
-    `window_frames` n > 1 (engine.iplap.IplapLipSync) gets each frame's last n mel windows (B,n,80,16) and, as a
+    `window_frames` n > 1 (engine.render.iplap.IplapLipSync) gets each frame's last n mel windows (B,n,80,16) and, as a
     fourth argument, the cache frames shown around it (B,n).
     A live run gives each frame's presentation `deadline` (monotonic) and a SkipPolicy: a frame the model would
     make late is shown as the cached frame instead, and counted in stats.skipped. `faces(indices)` gives the
@@ -140,7 +140,7 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
     policy = policy or SkipPolicy()
     faces = faces or (lambda indices: np.stack([presenter.face(i) for i in indices]))
     batch: list[tuple[FrameUnit, int]] = []
-    span = getattr(lipsync, "window_frames", 1)  # IP_LAP: each frame's window of 5 (see engine/iplap.py)
+    span = getattr(lipsync, "window_frames", 1)  # IP_LAP: each frame's window of 5 (see engine/render/iplap.py)
     recent: deque = deque(maxlen=span)  # the last `span` units' mel windows, this one last
     contexts: dict[int, np.ndarray] = {}
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
-log = logging.getLogger("engine.obs")
+log = logging.getLogger("engine.outputs.obs")
 
 INPUT_NAME = "stream-wav2lip"
 
@@ -113,30 +113,3 @@ def start_virtual_camera(settings: ObsSettings, client=None) -> bool:
     except Exception as exc:
         log.error("OBS could not start its virtual camera: %s", one_line(exc))
         return False
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """stream_out.py obs-setup: point OBS at our stream (or start its virtual camera), idempotently."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="stream_out.py obs-setup", description=main.__doc__)
-    parser.add_argument("--target", default="obs", help="obs (our MPEG-TS on udp://127.0.0.1:23000), a udp:// or "
-                                                        "srt:// URL, or vcam (start OBS's virtual camera)")
-    parser.add_argument("--obs_host", default="127.0.0.1")
-    parser.add_argument("--obs_port", type=int, default=4455)
-    parser.add_argument("--obs_password", default="")
-    parser.add_argument("--audio_delay_ms", type=int, default=0, help="the input's audio sync offset")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    settings = ObsSettings(args.obs_host, args.obs_port, args.obs_password)
-    if args.target == "vcam":
-        ok = start_virtual_camera(settings)
-        print("OBS virtual camera is on" if ok else "OBS virtual camera could not be started")
-        return 0 if ok else 2
-    url = "udp://127.0.0.1:23000" if args.target == "obs" else args.target
-    done = setup_media_source(settings, url, args.audio_delay_ms)
-    if done is None:
-        return 2
-    for line in done:
-        print(f"OBS: {line}")
-    return 0

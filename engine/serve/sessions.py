@@ -10,9 +10,7 @@ A new session is admitted only when the measured load says the running ones stay
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
-import copy
 import logging
 import math
 import os
@@ -24,15 +22,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from pydantic import ValidationError
+
+from configs.flags import field_of, first_error
+from configs.spec import EngineSpec, ServeSpec, default_of
 from core.errors import UserError
 from core.timebase import FPS, SAMPLE_RATE
+from engine.outputs.targets import make_sinks, use_gpu_encoder
 
-from .assemble import Parts, blendshape_meter
-from .loop import LiveEngine
-from .model_worker import ModelWorker, SharedModel
+from engine.assemble import Parts, blendshape_meter
+from engine.render.loop import LiveEngine
+from engine.render.model_worker import ModelWorker, SharedModel
 from .protocol import SpeechDesk, SpeechLimits
 
-log = logging.getLogger("engine.sessions")
+log = logging.getLogger("engine.serve.sessions")
 DEFAULT = "default"  # the session `serve --data_dir` starts, on the single-session paths (/ws, /speak, /status)
 SESSION_FLAGS = ("data_dir", "checkpoint_path", "enhance", "gfpgan_path", "gfpgan_dtype", "outfile", "latency_ms",
                  "silence_db", "color_match", "audio_delay_ms", "device", "dtype", "runtime", "pipeline")
@@ -62,14 +65,21 @@ class UnknownSession(KeyError):
 
 @dataclass(frozen=True)
 class SessionsConfig:
-    root: Path = Path(".")                   # API bodies' paths (presenters, checkpoints, recordings) stay inside
-    max_sessions: int = 32
+    root: Path = Path(default_of(ServeSpec, "session_root"))  # API bodies' paths stay inside
+    max_sessions: int = default_of(ServeSpec, "max_sessions")
     cpu_cores: Optional[float] = None        # CPU the sessions may use (None: half this machine's cores)
     worker_share: float = 0.8                # most of its time a model worker may be busy
     max_batch: int = 16                      # most frames in one shared model call
     limits: SpeechLimits = SpeechLimits()
-    max_peers: int = 4                       # WebRTC viewers per session
+    max_peers: int = default_of(ServeSpec, "max_peers")  # WebRTC viewers per session
     peer_connect_seconds: float = 15.0
+
+    @classmethod
+    def from_spec(cls, spec: ServeSpec) -> "SessionsConfig":
+        return cls(root=Path(spec.session_root), max_sessions=spec.max_sessions, cpu_cores=spec.cpu_cores,
+                   limits=SpeechLimits(max_queue_seconds=spec.max_queue_seconds,
+                                       max_client_queue_seconds=spec.max_client_queue_seconds),
+                   max_peers=spec.max_peers)
 
     @property
     def cores(self) -> float:
@@ -78,50 +88,30 @@ class SessionsConfig:
         return self.cpu_cores if self.cpu_cores is not None else 0.5 * (os.cpu_count() or 1)
 
 
-def session_args(defaults: argparse.Namespace, body: object, parser: argparse.ArgumentParser,
-                 root: Path) -> argparse.Namespace:
-    """The serve command's flags with a session body's keys on top, each checked for its type, choices and, for
-    paths, that it stays inside `root`."""
+def session_spec(defaults: EngineSpec, body: object, root: Path) -> EngineSpec:
+    """The serve command's engine spec with a session body's keys on top: only SESSION_FLAGS, each checked by the
+    spec (type, choices), paths kept inside `root`, outputs live ones or recordings there."""
     if not isinstance(body, dict):
         raise BadSession("body", "expected a JSON object of engine flags, e.g. {\"data_dir\": \"cache/anna\"}")
-    actions = {a.dest: a for a in parser._actions}
-    args = copy.copy(defaults)
-    args.outfile = []  # a session's outputs are only what its body asks for (plus WebRTC)
-    args.face = None   # and its presenter is a cache, never the serve command's --face video
-    for key, value in body.items():
+    for key in body:
         if key not in SESSION_FLAGS:
             raise BadSession(str(key)[:40], f"not a session flag (one of: {', '.join(SESSION_FLAGS)})")
-        action = actions[key]
-        if action.nargs in ("+", "*"):
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise BadSession(key, "must be a list of strings")
-        elif action.const is True and action.nargs == 0:  # store_true
-            if type(value) is not bool:
-                raise BadSession(key, "must be true or false")
-        elif action.type in (int, float):
-            if type(value) not in (int, float) or (action.type is int and type(value) is not int) \
-                    or not math.isfinite(value):
-                raise BadSession(key, f"must be {'an integer' if action.type is int else 'a number'}")
-        elif not isinstance(value, str):
-            raise BadSession(key, "must be a string")
-        if action.choices and value not in action.choices:
-            raise BadSession(key, f"must be one of {', '.join(action.choices)}")
-        if key in PATH_FLAGS:
-            value = str(inside(root, value, key))
-        if key == "outfile":
-            value = [output(root, v) for v in value]
-        setattr(args, key, value)
-    if not args.data_dir:
+    try:  # a session's outputs are only what its body asks for (plus WebRTC), its presenter a cache, never the
+        spec = defaults.replace(**{"outfile": (), "face": None, **body})  # serve command's --face video
+    except ValidationError as exc:
+        raise BadSession(field_of(exc), first_error(exc).split(": ", 1)[1]) from None
+    paths = {key: str(inside(root, getattr(spec, key), key)) for key in PATH_FLAGS if key in body}
+    # a client's choice of file loads as plain weights, whatever the server allows
+    spec = spec.replace(**paths, outfile=tuple(output(root, v) for v in spec.outfile), trust_checkpoint=False)
+    if not spec.data_dir:
         raise BadSession("data_dir", "missing: which presenter cache should speak")
-    args.latency_ms = float(args.latency_ms)
-    if args.latency_ms > MAX_LATENCY_MS:
+    if spec.latency_ms > MAX_LATENCY_MS:
         raise BadSession("latency_ms", f"at most {MAX_LATENCY_MS} ms")
-    args.trust_checkpoint = False  # a client's choice of file loads as plain weights, whatever the server allows
-    reserve_outputs(args.outfile)
-    return args
+    reserve_outputs(spec.outfile)
+    return spec
 
 
-def reserve_outputs(outputs: list[str]) -> None:
+def reserve_outputs(outputs: tuple[str, ...]) -> None:
     """Create each recording file now, exclusively: two sessions (or one body naming a file twice) cannot both
     write it. The encoder overwrites the empty file; release_outputs removes it if the session never starts."""
     made = []
@@ -136,7 +126,7 @@ def reserve_outputs(outputs: list[str]) -> None:
         made.append(target)
 
 
-def release_outputs(outputs: list[str]) -> None:
+def release_outputs(outputs: tuple[str, ...]) -> None:
     for target in outputs:
         path = Path(target)
         if path.is_file() and path.stat().st_size == 0:
@@ -254,11 +244,9 @@ class Sessions:
     """The sessions of one server. `loop` (the transport's asyncio loop) carries their events and WebRTC; without
     one, events are delivered from the presenting threads and there is no WebRTC."""
 
-    def __init__(self, defaults: argparse.Namespace, cfg: SessionsConfig = SessionsConfig(),
-                 loop: Optional[asyncio.AbstractEventLoop] = None, parser: Optional[argparse.ArgumentParser] = None):
-        from engine.cli import build_parser
+    def __init__(self, defaults: EngineSpec = EngineSpec(), cfg: SessionsConfig = SessionsConfig(),
+                 loop: Optional[asyncio.AbstractEventLoop] = None):
         self.defaults, self.cfg, self.loop = defaults, cfg, loop
-        self.parser = parser or build_parser()
         self.workers: list[ModelWorker] = []
         self.parts = Parts(share=self._share)
         self.meter = LoadMeter()
@@ -304,17 +292,16 @@ class Sessions:
     def create(self, body: object, sid: Optional[str] = None,
                on_event: Optional[Callable[[Session, dict], None]] = None) -> Session:
         """A session from an API body: checked, admitted, built (sharing what is loaded), running."""
-        args = session_args(self.defaults, body, self.parser, self.cfg.root)
+        args = session_spec(self.defaults, body, self.cfg.root)
         try:
             return self.start(args, sid or secrets.token_hex(6), on_event)
         except BaseException:
             release_outputs(args.outfile)
             raise
 
-    def start(self, args: argparse.Namespace, sid: str, on_event=None, extra_sinks: tuple = (),
+    def start(self, args: EngineSpec, sid: str, on_event=None, extra_sinks: tuple = (),
               admit: bool = True) -> Session:
-        """A session from flags (the serve command's own, or a checked body)."""
-        from engine.cli import make_sinks, use_gpu_encoder
+        """A session from a spec (the serve command's own, or a checked body)."""
         with self._lock:  # the place is taken under the lock; the loading happens outside it
             left, reason = self.room()
             if admit and left < 1:

@@ -1,6 +1,6 @@
-"""The network API's transport: HTTP, WebSocket and WebRTC signalling for the sessions of engine/sessions.py.
+"""The network API's transport: HTTP, WebSocket and WebRTC signalling for the sessions of engine/serve/sessions.py.
 
-One aiohttp server hosting any number of sessions (engine/protocol.py is the speech protocol on each socket):
+One aiohttp server hosting any number of sessions (engine/serve/protocol.py is the speech protocol on each socket):
   POST   /sessions              JSON body of engine flags -> {"id": ...} (400 names a bad field, 503 no capacity)
   DELETE /sessions/{id}         end it                    GET /sessions/{id}/status   its fps, latency, queue
   GET    /sessions/{id}/ws      WebSocket: start / PCM chunks / end / interrupt in; speech and queue events out
@@ -31,16 +31,21 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
 
-from core.errors import UserError
+from aiohttp import WSMsgType, web
+from aiohttp.abc import AbstractAccessLogger
 
 from audio.decode import AudioError
-from .loop import LiveEngine
+from configs.spec import EngineSpec, ServeSpec
+from core.errors import UserError
+from engine.render.loop import LiveEngine
+
+from .metrics import exposition
 from .protocol import ProtocolError, SpeechLimits, Unauthorized, authenticate, speak_upload
 from .sessions import DEFAULT, Session, Sessions, SessionsConfig, UnknownSession, create_answer
 from .talk import TalkerBusy
 from .webrtc import PeerLimit
 
-log = logging.getLogger("engine.server")
+log = logging.getLogger("engine.serve.server")
 VIEWER = Path(__file__).with_name("viewer.html")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARDS = ("0.0.0.0", "::", "")
@@ -55,15 +60,26 @@ class ServerConfig:
     allow_hosts: tuple[str, ...] = ()      # more names the server answers to (Host header), e.g. a LAN name
     allow_origins: tuple[str, ...] = ()    # more web origins whose pages may use the API
     max_message_bytes: int = 1 << 20       # one WebSocket message (bigger closes the socket: code 1009)
-    max_utterance_seconds: float = 300.0   # audio beyond this in one utterance is refused
-    max_queue_seconds: float = 300.0       # speech waiting to be spoken, all clients and uploads together
-    max_client_queue_seconds: float = 60.0  # of which one WebSocket client may have waiting
+    max_utterance_seconds: float = SpeechLimits.max_utterance_seconds  # beyond this an utterance is refused
+    max_queue_seconds: float = SpeechLimits.max_queue_seconds  # speech waiting, all clients and uploads
+    max_client_queue_seconds: float = SpeechLimits.max_client_queue_seconds  # of which one WebSocket client's
     max_upload_bytes: int = 64 << 20       # POST /speak
-    max_peers: int = 4                     # WebRTC viewers at once
+    max_peers: int = SessionsConfig.max_peers  # WebRTC viewers at once
     peer_connect_seconds: float = 15.0     # a viewer not connected by then gives its slot back
     max_decodes: int = 2                   # uploads read and decoded at once; more wait their turn
     upload_seconds: float = 60.0           # an upload must arrive within this
     auth_seconds: float = 10.0             # a browser's WebSocket must send its token within this
+
+    @classmethod
+    def from_spec(cls, spec: ServeSpec) -> "ServerConfig":
+        """The server a serve spec asks for; refused here, before any model loads, if it would be open to others
+        without a token."""
+        host, port = parse_listen(spec.listen)
+        cfg = cls(host, port, spec.token or None, spec.allow_host, spec.allow_origin,
+                  max_queue_seconds=spec.max_queue_seconds, max_client_queue_seconds=spec.max_client_queue_seconds,
+                  max_peers=spec.max_peers)
+        check_bind(cfg)
+        return cfg
 
     def limits(self) -> SpeechLimits:
         return SpeechLimits(self.max_utterance_seconds, self.max_queue_seconds, self.max_client_queue_seconds)
@@ -162,17 +178,12 @@ def cors_headers(origin: str, preflight: bool = False) -> dict:
     return headers
 
 
-def _access_logger():
-    from aiohttp.abc import AbstractAccessLogger
+class PathOnlyAccessLogger(AbstractAccessLogger):
+    """Access lines without query strings or headers: nothing secret ever reaches a log."""
 
-    class PathOnlyAccessLogger(AbstractAccessLogger):
-        """Access lines without query strings or headers: nothing secret ever reaches a log."""
-
-        def log(self, request, response, time_taken: float) -> None:
-            self.logger.info('%s "%s %s" %d %.1f ms', request.remote, request.method, request.path,
-                             response.status, time_taken * 1000)
-
-    return PathOnlyAccessLogger
+    def log(self, request, response, time_taken: float) -> None:
+        self.logger.info('%s "%s %s" %d %.1f ms', request.remote, request.method, request.path,
+                         response.status, time_taken * 1000)
 
 
 class Server:
@@ -180,14 +191,11 @@ class Server:
     starts its own with sessions.start before start()); `defaults` are the flags API session bodies are laid on."""
 
     def __init__(self, engine: Optional[LiveEngine] = None, cfg: ServerConfig = ServerConfig(),
-                 sessions_cfg: Optional[SessionsConfig] = None, defaults=None):
+                 sessions_cfg: Optional[SessionsConfig] = None, defaults: EngineSpec = EngineSpec()):
         check_bind(cfg)
         self.cfg = cfg
         self.gate = Gate(cfg)
         self.loop = asyncio.new_event_loop()
-        if defaults is None:
-            from engine.cli import parse_args
-            defaults = parse_args([])
         sessions_cfg = sessions_cfg or SessionsConfig()
         sessions_cfg = SessionsConfig(**{**sessions_cfg.__dict__, "limits": cfg.limits(), "max_peers": cfg.max_peers,
                                          "peer_connect_seconds": cfg.peer_connect_seconds})
@@ -212,7 +220,6 @@ class Server:
 
     # --- the app -------------------------------------------------------------------------------------------------
     def app(self):
-        from aiohttp import web
 
         @web.middleware
         async def guard(request, handler):
@@ -259,11 +266,9 @@ class Server:
         return self.sessions.get(request.match_info.get("id", DEFAULT))
 
     async def _page(self, request):
-        from aiohttp import web
         return web.Response(text=VIEWER.read_text(), content_type="text/html")
 
     async def _create(self, request):
-        from aiohttp import web
         try:
             body = await request.json()
         except (ValueError, RecursionError):
@@ -272,7 +277,6 @@ class Server:
         return web.json_response(answer, status=status)
 
     async def _end(self, request):
-        from aiohttp import web
         sid = request.match_info["id"]
         status = await self.loop.run_in_executor(self._loader, self.sessions.end, sid)
         for ws in list(self.sockets.pop(sid, set())):
@@ -284,7 +288,6 @@ class Server:
         return web.json_response({"ended": sid, "status": status})
 
     async def _offer(self, request):
-        from aiohttp import web
         session = self._session(request)
         try:
             body = await request.json()
@@ -304,7 +307,6 @@ class Server:
         return web.json_response({"sdp": sdp, "type": kind})
 
     async def _speak(self, request):
-        from aiohttp import web
         session = self._session(request)
         async with self._decodes:  # at most max_decodes uploads held in memory and decoded at once
             try:
@@ -325,28 +327,22 @@ class Server:
             return everything
 
     async def _status(self, request):
-        from aiohttp import web
         return web.json_response(self.status())
 
     async def _session_status(self, request):
-        from aiohttp import web
         return web.json_response(self._session(request).status())
 
     async def _metrics(self, request):
-        from aiohttp import web
-        from .metrics import exposition
         body, content_type = exposition(self.sessions)
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _health(self, request):
-        from aiohttp import web
         dead = [sid for sid in self.sessions.ids() if not self.sessions.alive(sid)]
         return web.json_response({"ok": not dead, "sessions": len(self.sessions), "stopped": dead},
                                  status=503 if dead else 200)
 
     # --- WebSocket ---------------------------------------------------------------------------------------------
     async def _websocket(self, request):
-        from aiohttp import WSMsgType, web
         session = self._session(request)
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_message_bytes, heartbeat=30)
         await ws.prepare(request)
@@ -399,9 +395,8 @@ class Server:
 
     # --- running -------------------------------------------------------------------------------------------------
     async def _start(self) -> None:
-        from aiohttp import web
         self._decodes = asyncio.Semaphore(self.cfg.max_decodes)
-        self._runner = web.AppRunner(self.app(), access_log_class=_access_logger())
+        self._runner = web.AppRunner(self.app(), access_log_class=PathOnlyAccessLogger)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port)
         try:

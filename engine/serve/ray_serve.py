@@ -1,6 +1,6 @@
 """Past one machine: sessions on Ray Serve replicas, placed by a router with the same API as `stream_out.py serve`.
 
-  SessionHost   a replica that owns a GPU (or CPU cores) and hosts sessions: engine/sessions.py with its shared
+  SessionHost   a replica that owns a GPU (or CPU cores) and hosts sessions: engine/serve/sessions.py with its shared
                 model workers and its measured capacity. Frames leave from here: each session's outputs (MPEG-TS
                 URL, recording) and its WebRTC peers (the browser's offer comes through the router; the media flows
                 between the browser and this replica).
@@ -11,7 +11,6 @@
 Start it with `stream_out.py ray-serve` (see --help): on one machine it starts Ray itself; on a cluster
 (`ray start --head` here, `ray start --address HEAD:6379` on each GPU machine) pass --ray_address auto.
 """
-import argparse
 import asyncio
 import concurrent.futures
 import itertools
@@ -25,8 +24,17 @@ from typing import Optional
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect  # FastAPI needs the handlers' annotations as
 from fastapi.responses import JSONResponse, Response                   # objects: no postponed annotations here
 
+from audio.decode import AudioError
+from configs.spec import RayServeSpec, StreamOutSpec
 
-log = logging.getLogger("engine.ray_serve")
+from .metrics import exposition_of
+from .protocol import ProtocolError, Unauthorized, authenticate, speak_upload
+from .server import Gate, ServerConfig, check_bind, parse_listen
+from .sessions import Sessions, SessionsConfig, UnknownSession, create_answer
+from .talk import TalkerBusy
+from .webrtc import PeerLimit
+
+log = logging.getLogger("engine.serve.ray_serve")
 EVENT_POLL = 0.02  # s between looks at a client's events while the router waits for them
 AUTH_SECONDS = 10.0  # a browser's socket must send its token within this
 MAX_UPLOAD_BYTES = 64 << 20
@@ -35,13 +43,10 @@ MAX_UPLOAD_BYTES = 64 << 20
 class SessionHost:
     """One replica's sessions. Methods return plain dicts (errors included): they cross process boundaries."""
 
-    def __init__(self, argv: list[str]):
-        from engine.cli import parse_args, sessions_config
-        from engine.sessions import Sessions
+    def __init__(self, spec: StreamOutSpec):
         self.loop = asyncio.new_event_loop()  # WebRTC and event delivery, as in the single-machine server
         threading.Thread(target=self.loop.run_forever, name="host-loop", daemon=True).start()
-        defaults = parse_args(argv)
-        self.sessions = Sessions(defaults, sessions_config(defaults), self.loop)
+        self.sessions = Sessions(spec.engine(), SessionsConfig.from_spec(spec), self.loop)
         self.clients: dict[tuple[str, int], tuple] = {}  # (session, key) -> (Client, its pending events)
         self._keys = itertools.count(1)
 
@@ -50,19 +55,16 @@ class SessionHost:
         return {"left": left, "reason": reason}
 
     def create(self, body: object, sid: str) -> dict:
-        from engine.sessions import create_answer
         status, answer = create_answer(self.sessions, body, sid)
         return {"http": status, **answer}
 
     def end(self, sid: str) -> dict:
-        from engine.sessions import UnknownSession
         try:
             return {"http": 200, "ended": sid, "status": self.sessions.end(sid)}
         except UnknownSession as exc:
             return {"http": 404, "error": str(exc)}
 
     def status(self, sid: Optional[str] = None) -> dict:
-        from engine.sessions import UnknownSession
         if sid is None:
             return self.sessions.status()
         try:
@@ -80,8 +82,6 @@ class SessionHost:
     def message(self, sid: str, key: int, text: Optional[str] = None, data: Optional[bytes] = None
                 ) -> Optional[list[dict]]:
         """One WebSocket message of a client; the replies (errors as error events), None once its session ended."""
-        from audio.decode import AudioError
-        from engine.protocol import ProtocolError
         entry = self.clients.get((sid, key))
         if entry is None or sid not in self.sessions.ids():
             return None
@@ -115,7 +115,6 @@ class SessionHost:
             self.sessions.get(sid).desk.disconnect(entry[0])
 
     def speak(self, sid: str, data: bytes) -> dict:
-        from engine.protocol import speak_upload
         if sid not in self.sessions.ids():
             return {"http": 404, "error": f"no session {sid!r}"}
         status, answer = speak_upload(self.sessions.get(sid).desk, data,
@@ -126,8 +125,6 @@ class SessionHost:
         """A browser's offer: a viewer, or a page that talks (its microphone becomes speech on the session's desk)."""
         if sid not in self.sessions.ids():
             return {"http": 404, "error": f"no session {sid!r}"}
-        from engine.talk import TalkerBusy
-        from engine.webrtc import PeerLimit
         session = self.sessions.get(sid)
         future = asyncio.run_coroutine_threadsafe(session.webrtc.answer(sdp, kind, session.desk), self.loop)
         try:
@@ -148,8 +145,6 @@ def router_deployment(token: Optional[str], listen: tuple[str, int]):
     """The Router deployment: a FastAPI ingress over the handles of the SessionHost deployments it is bound to."""
     from ray import serve
 
-    from engine.protocol import Unauthorized, authenticate
-    from engine.server import Gate, ServerConfig
 
     app = FastAPI()
     gate = Gate(ServerConfig(host=listen[0], port=listen[1], token=token))
@@ -254,7 +249,6 @@ def router_deployment(token: Optional[str], listen: tuple[str, int]):
 
         @app.get("/metrics")
         async def metrics(self, request: Request):
-            from engine.metrics import exposition_of
             if (bad := refused(request)) is not None:
                 return bad
             statuses = await asyncio.gather(*(h.status.remote() for h in self.hosts), return_exceptions=True)
@@ -318,65 +312,23 @@ def router_deployment(token: Optional[str], listen: tuple[str, int]):
     return Router
 
 
-def deploy(argv: list[str], hosts: int, listen: tuple[str, int], token: Optional[str], cpus_per_host: float = 1.0,
-           gpus_per_host: float = 0.0, ray_address: Optional[str] = None):
-    """Start (or join) Ray and run the application: `hosts` SessionHost deployments behind one Router. `argv`
-    are the engine flags every host's sessions start from (--session_root, --cpu_cores ... included)."""
-    import ray
+def deploy(spec: RayServeSpec):
+    """Start (or join) Ray and run the application: `spec.hosts` SessionHost deployments behind one Router, every
+    host's sessions starting from the spec's engine flags."""
+    import ray  # Ray only when Ray Serve is asked for
     from ray import serve
 
+    host, port = parse_listen(spec.listen)
+    check_bind(ServerConfig(host, port, spec.token))
     if not ray.is_initialized():
-        repo = str(Path(__file__).resolve().parents[1])
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
+        repo = str(Path(__file__).resolve().parents[2])
+        ray.init(address=spec.ray_address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": repo, "OPENBLAS_NUM_THREADS": "1"}})
     host_deployment = serve.deployment(SessionHost, max_ongoing_requests=1000)
-    bound = [host_deployment.options(name=f"host{i}", ray_actor_options={"num_cpus": cpus_per_host,
-                                                                          "num_gpus": gpus_per_host})
-             .bind(argv) for i in range(hosts)]
-    serve.start(http_options={"host": listen[0], "port": listen[1]})
-    return serve.run(router_deployment(token, listen).bind(*bound), name="stream-wav2lip", route_prefix="/")
-
-
-def main(argv: list[str]) -> int:
-    """stream_out.py ray-serve: the router and N session hosts on Ray Serve, until Ctrl-C."""
-    import os
-    import time
-
-    from engine.cli import build_parser
-    from engine.server import check_bind, parse_listen, ServerConfig
-    parser = argparse.ArgumentParser(prog="stream_out.py ray-serve", parents=[build_parser()], add_help=False,
-                                     conflict_handler="resolve")
-    parser.add_argument("--hosts", type=int, default=1, help="session host replicas (one per GPU)")
-    parser.add_argument("--cpus_per_host", type=float, default=1.0)
-    parser.add_argument("--gpus_per_host", type=float, default=0.0, help="1 on GPU machines: a replica owns a GPU")
-    parser.add_argument("--ray_address", help="a running Ray cluster ('auto'); default: start one on this machine")
-    parser.add_argument("-h", "--help", action="help")
-    args = parser.parse_args(argv)
-    host, port = parse_listen(args.listen or "127.0.0.1:8000")
-    check_bind(ServerConfig(host, port, args.token))
-    deploy(_engine_flags(argv), args.hosts, (host, port), args.token or os.environ.get("STREAM_WAV2LIP_TOKEN"),
-           args.cpus_per_host, args.gpus_per_host, args.ray_address)
-    print(f"serving {args.hosts} session host(s) through http://{host}:{port}/ (POST /sessions); Ctrl-C stops")
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        from ray import serve
-        serve.shutdown()
-    return 0
-
-
-def _engine_flags(argv: list[str]) -> list[str]:
-    """argv without the ray-serve flags (each takes one value)."""
-    ours = {"--hosts", "--cpus_per_host", "--gpus_per_host", "--ray_address", "--listen", "--token"}
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in ours:
-            skip = "=" not in arg
-            continue
-        out.append(arg)
-    return out
+    hosts_spec = StreamOutSpec.model_validate(spec.model_dump(include=set(StreamOutSpec.model_fields)))
+    bound = [host_deployment.options(name=f"host{i}", ray_actor_options={"num_cpus": spec.cpus_per_host,
+                                                                          "num_gpus": spec.gpus_per_host})
+             .bind(hosts_spec) for i in range(spec.hosts)]
+    serve.start(http_options={"host": host, "port": port})
+    return serve.run(router_deployment(spec.token, (host, port)).bind(*bound), name="stream-wav2lip",
+                     route_prefix="/")
