@@ -95,7 +95,7 @@ class EngineSpec(Spec):
                                               metavar="renderer_checkpoint.pth")
     iplap_references: int = flag(
         25, "--model iplap: reference faces the renderer warps from (the reference's 25; fewer are faster, each "
-            "costs about as much as the rest of a frame)", LIP_MODEL, metavar="N", ge=1)
+            "costs about as much as the rest of a frame)", LIP_MODEL, metavar="N")
     trust_checkpoint: bool = flag(False, "allow checkpoints that pickle Python objects", LIP_MODEL)
     # enhancement
     enhance: Literal["none", "lip", "face"] = flag("none", "GFPGAN on the head", ENHANCE)

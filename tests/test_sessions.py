@@ -265,8 +265,9 @@ def test_ray_serve_places_sessions_on_both_replicas_and_each_streams_frames(buil
     port = free_port()
     upload = tmp_path / "upload.wav"
     soundfile.write(upload, voices[1][0], voices[1][1])
-    deploy(["--latency_ms", "300", "--session_root", str(built["root"])], hosts=2,
-           listen=("127.0.0.1", port), token=None, cpus_per_host=0.5)
+    from configs.spec import RayServeSpec
+    deploy(RayServeSpec(latency_ms=300, session_root=str(built["root"]), hosts=2, listen=f"127.0.0.1:{port}",
+                        token=None, cpus_per_host=0.5))
     base = f"http://127.0.0.1:{port}"
     try:
         async def scenario():
