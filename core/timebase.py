@@ -3,12 +3,13 @@
 Wav2Lip's numbers: 25 fps video and 16 kHz audio, so 640 samples a frame; an 800-sample STFT every 200 samples, so
 80 mel frames a second (3.2 per video frame); each video frame hears the 16 mel frames (0.2 s) that start at
 mel_start(frame); a SyncNet / training sample is 5 consecutive video frames. Everything else imports these names;
-a 50 fps output changes FPS here and nowhere else.
+an output at 50 frames/s (OUTPUT_RATES) adds an in-between frame IN_BETWEEN_OFFSET after each.
 """
 from __future__ import annotations
 
 FPS = 25                                   # video frames a second (every source is normalised to it)
-OUTPUT_RATES = (FPS, 2 * FPS)              # what an output may run at: the model's rate, or an in-between frame each
+OUTPUT_RATES = (FPS, 2 * FPS)              # an output runs at the model's rate, or with an in-between frame after each
+IN_BETWEEN_OFFSET = 0.5 / FPS              # 20 ms: an in-between frame's pts after its frame's
 SAMPLE_RATE = 16000                        # audio samples a second (every input is resampled to it)
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS     # 640: the audio shown with one video frame
 N_FFT = 800                                # STFT window (50 ms)
@@ -16,6 +17,7 @@ HOP = 200                                  # STFT hop (12.5 ms)
 MEL_FPS = SAMPLE_RATE // HOP               # 80 mel frames a second
 N_MELS = 80
 MEL_WINDOW = 16                            # mel frames one video frame hears (200 ms)
+MEL_SHAPE = (N_MELS, MEL_WINDOW)           # one video frame's mel window, as every lip model takes it
 SYNC_FRAMES = 5                            # video frames in one SyncNet / training sample
 LOOKAHEAD = (MEL_WINDOW - 1) * HOP + N_FFT // 2  # 3400 samples (212.5 ms): audio past a frame's time its window needs
 
@@ -26,6 +28,11 @@ def mel_start(frame: int, fps: float = FPS) -> int:
     Inference writes int(i * (80. / fps)) and training int(80. * (i / fps)); both give the same integer for every
     frame index below two million at 25 and 30 fps (checked), so one function serves both."""
     return int(frame * (MEL_FPS / fps))
+
+
+def interpolated(fps: int) -> bool:
+    """Does an output at `fps` show an in-between frame after each frame the lip model makes?"""
+    return fps != FPS
 
 
 def frames_for(samples: int) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from configs.spec import EngineSpec
-from core.timebase import FPS
+from core.timebase import interpolated
 from engine.render.backdrop import Backdrop
 from engine.render.blendshapes import BlendshapeMeter
 from engine.render.composite import Compositor
@@ -29,7 +29,7 @@ def resolve_cache(args: EngineSpec, face_size: int) -> Path:
         from preprocess.pipeline import PreprocessConfig, preprocess_video
         root = Path("out/cache")
         cfg = PreprocessConfig(face_size=face_size, pads=tuple(args.pads), smooth_radius=0 if args.nosmooth else 2,
-                               allow_truncated=args.allow_truncated, between_frames=args.fps != FPS,
+                               allow_truncated=args.allow_truncated, between_frames=interpolated(args.fps),
                                matte=args.background != "video")
         return root / preprocess_video(Path(args.face), root, cfg).name
     if not args.data_dir:
@@ -48,7 +48,7 @@ def resolve_cache(args: EngineSpec, face_size: int) -> Path:
 def check_frame_flags(args: EngineSpec) -> None:
     """--interpolator and --background against the rest, before anything loads: one line for what does not fit."""
     if args.interpolator == "rife":
-        if args.fps == FPS:
+        if not interpolated(args.fps):
             raise ValueError("--interpolator makes the in-between frames of --fps 50; add --fps 50 or leave it out")
         if not args.rife_path:
             raise ValueError("--interpolator rife needs --rife_path flownet.pkl (train_log/flownet.pkl of RIFE v4.6, "
@@ -159,7 +159,7 @@ class Parts:
         if iplap:
             from models.iplap import FACE as face_size
         cache = resolve_cache(args, face_size or 96).resolve()
-        heads, between = args.enhance != "none", args.fps != FPS
+        heads, between = args.enhance != "none", interpolated(args.fps)
         backdrop = Backdrop.parse(args.background)
         presenter = self._get(("presenter", str(cache), face_size, heads, between, backdrop.needs_matte, iplap), user,
                               lambda: self._presenter(cache, face_size, heads, between, backdrop.needs_matte, iplap))

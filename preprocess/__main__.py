@@ -8,6 +8,7 @@ from pathlib import Path
 
 from configs import flags
 from configs.spec import PreprocessSpec
+from core.timebase import interpolated
 
 from .pipeline import PreprocessConfig, run_batch, summary_table
 
@@ -27,7 +28,7 @@ def config_from_args(args: PreprocessSpec) -> PreprocessConfig:
     return PreprocessConfig(face_size=args.face_size, pads=tuple(args.pads), detector=args.detector,
                             smooth_radius=0 if args.nosmooth else PreprocessConfig.smooth_radius,
                             jpeg_quality=args.jpeg_quality, force=args.force, train_dir=args.train_dir,
-                            allow_truncated=args.allow_truncated, between_frames=args.fps == 50, matte=args.matte)
+                            allow_truncated=args.allow_truncated, between_frames=interpolated(args.fps), matte=args.matte)
 
 
 def run(args: PreprocessSpec) -> int:

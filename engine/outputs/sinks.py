@@ -17,7 +17,7 @@ import queue
 import subprocess
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -63,6 +63,28 @@ def video_encoder(codec: str, live: bool, quality: int = 18, bitrate: str = "4M"
             if live else ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(quality)])
 
 
+class Slots:
+    """A constant-rate output's frame slots: frame k belongs at pts k/fps. The encoders take frames at a fixed
+    rate, so a frame whose pts skips slots has the previous frame repeated, with silence, into the slots between,
+    and a frame for a slot already written is dropped: the output keeps the clock's timing whatever reaches it."""
+
+    def __init__(self, fps: int):
+        self.fps, self.next = fps, 0
+        self.silence = np.zeros(SAMPLE_RATE // fps, np.float32)
+        self._last: Optional[np.ndarray] = None
+
+    def feed(self, frame: np.ndarray, audio: np.ndarray, pts: float,
+             write: Callable[[np.ndarray, np.ndarray], None]) -> None:
+        """write(frame, audio) for each slot up to and including the one `pts` falls in."""
+        slot = round(pts * self.fps)
+        if slot < self.next:
+            return
+        for _ in range(slot - self.next):
+            write(self._last if self._last is not None else frame, self.silence)
+        write(frame, audio)
+        self.next, self._last = slot + 1, frame
+
+
 class NullSink:
     """A live output that discards everything: for benchmarks, and a session whose viewers are all on WebRTC."""
     live = True
@@ -97,6 +119,7 @@ class Mp4Sink:
         self.nvenc_capable = not alpha and self.suffix != ".webm"  # what NVENC could take over (engine/outputs/targets.py)
         self._encoder: Optional[Child] = None
         self.frames = 0
+        self._slots = Slots(fps)
 
     def _formats(self) -> tuple[list[str], list[str]]:
         """(video, audio) ffmpeg output options for this file."""
@@ -120,6 +143,9 @@ class Mp4Sink:
                               stdin=subprocess.PIPE)
 
     def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
+        self._slots.feed(frame, audio, pts, self._write)
+
+    def _write(self, frame: np.ndarray, audio: np.ndarray) -> None:
         try:
             self._encoder.stdin.write(np.ascontiguousarray(frame).tobytes())
         except BrokenPipeError:
@@ -174,6 +200,7 @@ class MpegTsSink:
         self.bitrate, self.video_codec, self.fps = bitrate, video_codec, fps
         self.nvenc_capable = True
         self._encoder: Optional[Child] = None
+        self._slots = Slots(fps)
 
     def _formats(self) -> list[str]:
         """ffmpeg's output options: codecs and container."""
@@ -208,6 +235,9 @@ class MpegTsSink:
                     return
 
     def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
+        self._slots.feed(frame, audio, pts, self._write)
+
+    def _write(self, frame: np.ndarray, audio: np.ndarray) -> None:
         self._audio_queue.put(to_int16(audio))
         try:
             self._encoder.stdin.write(np.ascontiguousarray(frame).tobytes())

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple, Optional, Protocol,
 import numpy as np
 
 from core.flow import FlowInterpolator
-from core.timebase import FPS
+from core.timebase import IN_BETWEEN_OFFSET, interpolated
 
 from .composite import blend, head_footprint
 
@@ -104,10 +104,10 @@ def interleaved(frames: Iterable[tuple[Tag, Optional[np.ndarray], int]],
 def audio_share(audio: np.ndarray, pts: float, output: OutputFrame, fps: int) -> tuple[np.ndarray, float]:
     """The audio and presentation time an output frame carries, from its 25 fps frame's: all of them at 25
     frames/s; at 50 the first half (the frame) or the second (the in-between frame), 20 ms later."""
-    if fps == FPS:
+    if not interpolated(fps):
         return audio, pts
     half = len(audio) // 2
-    return (audio[half:], pts + 0.5 / FPS) if output.in_between else (audio[:half], pts)
+    return (audio[half:], pts + IN_BETWEEN_OFFSET) if output.in_between else (audio[:half], pts)
 
 
 def in_between_weights(rows: list[dict[str, float]]) -> Iterator[dict[str, float]]:

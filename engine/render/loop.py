@@ -20,7 +20,8 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from audio.mel import mel_basis
-from core.timebase import FPS, LOOKAHEAD, N_FFT, SAMPLE_RATE, SAMPLES_PER_FRAME as SAMPLES, frames_for
+from core.timebase import (FPS, IN_BETWEEN_OFFSET, LOOKAHEAD, N_FFT, OUTPUT_RATES, SAMPLE_RATE,
+                           SAMPLES_PER_FRAME as SAMPLES, frames_for, interpolated)
 
 from .composite import Compositor
 from .backdrop import Backdrop
@@ -60,7 +61,7 @@ class Stats:
     max_late_ms: float = 0.0
     first_frame_at: Optional[float] = None  # monotonic time the first frame reached the sinks
     # live, the last 10 minutes of frames presented (at up to 50 frames/s): actual - planned presentation time (s)
-    present_offsets: deque = field(default_factory=lambda: deque(maxlen=2 * FPS * 600))
+    present_offsets: deque = field(default_factory=lambda: deque(maxlen=max(OUTPUT_RATES) * 600))
     # live, the last 10 minutes of frames with input: presentation time - arrival of the chunk that completed the
     # frame's mel window (s). It includes any wait behind speech queued before it; with input streaming in real
     # time it is the latency target minus the 212.5 ms of lookahead (the frame's own sound came that much earlier).
@@ -89,7 +90,7 @@ class SkipPolicy:
     Wav2Lip-288 at batch 1 took 95-134 ms there against 4-6 ms after), and counted it made a live run skip its first
     second of speech. Owned by the model stage."""
     window: int = 16
-    margin: float = 0.5 / FPS
+    margin: float = 0.5 / FPS  # half a frame
     retry_after: int = FPS
     cold_calls: int = 1
 
@@ -304,7 +305,7 @@ def output_frames(frames: Iterable[tuple[object, Optional[np.ndarray], int]], pr
     """(tag, frame, cache frame) as the engine makes them -> what the sinks show: at cfg.fps (an optical-flow frame
     between each pair at 50; its cost goes to stats.between_seconds), over cfg.backdrop (the recorded video, alpha
     or a key colour, from the cache's matte)."""
-    if cfg.fps == FPS:
+    if not interpolated(cfg.fps):
         stream = (OutputFrame(tag, frame, index, index, False) for tag, frame, index in frames)
     else:
         in_between = InBetween(presenter, heads=compositor.enhance != "none", interpolator=cfg.interpolator)
@@ -405,10 +406,11 @@ class LiveEngine:
 
     def __init__(self, presenter: Presenter, lipsync, compositor: Compositor, sinks: list[Sink],
                  cfg: EngineConfig = EngineConfig(), meter=None):
-        floor_ms = 1000 * (LOOKAHEAD + SAMPLES) / SAMPLE_RATE + (500 / FPS if cfg.fps != FPS else 0)
+        between = interpolated(cfg.fps)
+        floor_ms = 1000 * (LOOKAHEAD + SAMPLES) / SAMPLE_RATE + (1000 * IN_BETWEEN_OFFSET if between else 0)
         if cfg.latency_ms < floor_ms:
             raise ValueError(f"latency_ms must be at least {floor_ms:.0f} (mel lookahead + a frame"
-                             f"{', + 20 ms for the in-between frame' if cfg.fps != FPS else ''})")
+                             f"{', + 20 ms for the in-between frame' if between else ''})")
         self.presenter, self.lipsync, self.compositor, self.sinks, self.cfg = presenter, lipsync, compositor, sinks, cfg
         self.meter = meter  # a BlendshapeMeter: a `blendshapes` event per presented frame
         self.buffer = AudioBuffer()
@@ -532,7 +534,7 @@ class LiveEngine:
                     stats.frames += 1
                     if unit.heard_at is not None and not heard:
                         stats.input_latencies.append(time.monotonic() - unit.heard_at)
-                if max_seconds is not None and pts >= max_seconds and (item.in_between or self.cfg.fps == FPS):
+                if max_seconds is not None and pts >= max_seconds and (item.in_between or not interpolated(self.cfg.fps)):
                     break
         finally:
             self._stop.set()
@@ -551,10 +553,10 @@ class LiveEngine:
     def _advance(self) -> float:
         """How much earlier than its own time a frame must be ready. At 50 frames/s the in-between frame before it
         is shown 20 ms earlier and needs it, plus the time the in-between frame takes (p95 of the last 50)."""
-        if self.cfg.fps == FPS:
+        if not interpolated(self.cfg.fps):
             return 0.0
         recent = list(self.stats.between_seconds)[-50:]
-        return 0.5 / FPS + (float(np.percentile(recent, 95)) if recent else 0.0)
+        return IN_BETWEEN_OFFSET + (float(np.percentile(recent, 95)) if recent else 0.0)
 
     def _apply_interrupts(self, unit: FrameUnit, wants_frame: bool, muted: list, dropped: set
                           ) -> tuple[np.ndarray, Optional[np.ndarray], bool]:
@@ -612,7 +614,7 @@ class LiveEngine:
             cost = np.array(stats.between_seconds) * 1000
             log.info("%d frames/s: each in-between frame waits for the next frame, which must be ready %.0f ms before "
                      "its own time, and then takes its flow: p50 %.1f ms, p95 %.1f ms (%d made); that much of the "
-                     "latency target goes to them", self.cfg.fps, 500 / FPS, np.percentile(cost, 50),
+                     "latency target goes to them", self.cfg.fps, 1000 * IN_BETWEEN_OFFSET, np.percentile(cost, 50),
                      np.percentile(cost, 95), len(cost))
         if stats.late:
             log.warning("%d of %d frames were late (worst %.0f ms): this machine cannot keep up in real time with "
