@@ -20,13 +20,16 @@ from typing import Iterable, Iterator, Optional, Sequence
 import cv2
 import numpy as np
 
-from audio.decode import PcmStream, check_files, stream_files
+from audio.decode import AudioFile, PcmStream, check_files, stream_files
 from configs.spec import EngineSpec
+from core.timebase import interpolated
 from engine.assemble import Parts, blendshape_meter, check_frame_flags, resolve_cache
-from engine.outputs.targets import make_sinks, use_gpu_encoder
+from engine.outputs.targets import make_sinks, obs_control, use_gpu_encoder
+from engine.render.interpolate import in_between_weights
 from engine.render.loop import LiveEngine, Stats, render_file
 from engine.render.presenter import playable_manifest
-from engine.render.sources import Feeder
+from engine.render.sources import Feeder, Microphone
+from models.mouthwarp.blendshapes import write_live_link_csv
 
 FRAMES_HELD = 50      # frames a live engine keeps for a slow frames() reader before it drops the oldest (2 s)
 EVENTS_HELD = 1000    # events kept for events() before the oldest are dropped
@@ -122,50 +125,79 @@ class Engine:
 
     def __init__(self, presenter: Presenter, lipsync: LipSync = LipSync(), outputs: Sequence[str] = (),
                  live: Optional[bool] = None, **settings):
-        self.spec = EngineSpec(data_dir=str(presenter.cache), model=lipsync.model,
+        self._start(EngineSpec(data_dir=str(presenter.cache), model=lipsync.model,
                                checkpoint_path=lipsync.checkpoint_path,
                                landmark_checkpoint=lipsync.landmark_checkpoint,
-                               renderer_checkpoint=lipsync.renderer_checkpoint, outfile=tuple(outputs), **settings)
-        check_frame_flags(self.spec)
-        sinks = make_sinks(self.spec)
-        self.live = any(sink.live for sink in sinks) if live is None else live
-        if not self.live and any(sink.live for sink in sinks):
+                               renderer_checkpoint=lipsync.renderer_checkpoint, outfile=tuple(outputs), **settings),
+                    live, progress=False, speech=())
+
+    @classmethod
+    def from_spec(cls, spec: EngineSpec, live: Optional[bool] = None, progress: bool = False,
+                  speech: Sequence[AudioFile] = ()) -> "Engine":
+        """An engine for a whole spec, as the command line runs it: `speech` (the spec's audio files, checked by
+        check_files) is spoken from the first frame, and a live engine also hears the spec's microphone, sets up
+        OBS when asked (obs_control) and stops after `seconds`, or when the files end and no microphone listens."""
+        engine = cls.__new__(cls)
+        engine._start(spec, live, progress, speech)
+        return engine
+
+    def _start(self, spec: EngineSpec, live: Optional[bool], progress: bool, speech: Sequence[AudioFile]) -> None:
+        self.spec = spec
+        check_frame_flags(spec)
+        self.outputs = make_sinks(spec)
+        self.live = any(sink.live for sink in self.outputs) if live is None else live
+        if not self.live and any(sink.live for sink in self.outputs):
             raise ValueError("a live output (obs, vcam, a stream URL) needs a live engine: leave out live=False")
-        if self.live and any(not sink.live for sink in sinks):
-            raise ValueError("mix of a file and a live output: make two engines (a file renders faster than live)")
+        if self.live and any(not sink.live for sink in self.outputs):
+            raise ValueError("mix of a file and a live output: run them separately (a file renders faster than "
+                             "live)")
+        if spec.blendshapes_csv and self.live:
+            raise ValueError("--blendshapes_csv goes with a file render (--outfile x.mp4, or --blendshapes_only); "
+                             "live, serve with --blendshapes and read the WebSocket events")
         self.tap = FrameTap(self.live)
-        self.sinks = [*sinks, self.tap]
-        self.presenter, self.model, self.compositor, self.cfg = Parts().build(self.spec, self.live)
-        use_gpu_encoder(self.sinks, self.compositor)
-        meter = blendshape_meter(self.spec, self.presenter, self.model)
-        self.stats = Stats()
+        self.presenter, self.model, self.compositor, self.cfg = Parts().build(spec, self.live)
+        self._meter = blendshape_meter(spec, self.presenter, self.model)
+        use_gpu_encoder(self.outputs, self.compositor)
+        self.written: list[str] = []  # a file render's files, once made
         self._events: queue.Queue = queue.Queue(EVENTS_HELD)
         self._utterances = count(1)
         self._closed = threading.Event()
         self._feeders: list[Feeder] = []
         self._streams: dict[int, PcmStream] = {}
+        self._microphone: Optional[Microphone] = None
         if self.live:
-            self._loop = LiveEngine(self.presenter, self.model, self.compositor, self.sinks, self.cfg, meter)
+            self._loop = LiveEngine(self.presenter, self.model, self.compositor, [*self.outputs, self.tap], self.cfg,
+                                    self._meter)
             self._loop.on_event = self._event
             self.stats = self._loop.stats
-            self._thread = threading.Thread(target=self._loop.run, name="engine", daemon=True)
+            if spec.obs_control:
+                obs_control(spec)
+            if spec.mic:
+                self._microphone = Microphone(self._loop.buffer, None if spec.mic == "default" else spec.mic)
+                self._microphone.start()
+            if speech:
+                self._feeders.append(Feeder(self._loop.buffer, stream_files([f.path for f in speech]),
+                                            ends_input=not spec.mic).start())
+            self._thread = threading.Thread(target=self._loop.run, args=(spec.seconds,), name="engine", daemon=True)
             self._thread.start()
         else:
-            self._meter = meter
-            self._speech: list = []     # what the file render speaks: file paths and arrays, in order
+            self.stats = Stats()
+            self._progress = progress
+            self._speech: list = [f.path for f in speech]  # what the file render speaks: paths and arrays, in order
+            self._total = sum(f.samples for f in speech)
             self._rendered, self._failure = False, None
 
     # --- speech in ---------------------------------------------------------------------------------------------
     def speak(self, audio: str | Path) -> int:
         """Speak an audio file (anything ffmpeg reads) after what is queued; returns its utterance number, which
         the speech_started / speech_ended events of a live engine carry."""
-        check_files([audio])
+        checked = check_files([audio], self.spec.allow_truncated)[0]
         utterance = next(self._utterances)
         if self.live:
-            self._feeders.append(Feeder(self._loop.buffer, stream_files([audio]), utterance,
+            self._feeders.append(Feeder(self._loop.buffer, stream_files([checked.path]), utterance,
                                         ends_input=False).start())
         else:
-            self._queue_for_file(Path(audio))
+            self._queue_for_file(checked.path, checked.samples)
         return utterance
 
     def push(self, pcm: np.ndarray, sample_rate: int) -> None:
@@ -179,7 +211,7 @@ class Engine:
         if self.live:
             self._loop.push(samples)
         else:
-            self._queue_for_file(samples)
+            self._queue_for_file(samples, len(samples))
 
     def interrupt(self) -> list:
         """Drop the queued speech now (live): the mouth closes from the next frame on. Returns the utterances cut."""
@@ -191,10 +223,11 @@ class Engine:
         self._feeders.clear()
         return self._loop.interrupt()
 
-    def _queue_for_file(self, audio) -> None:
+    def _queue_for_file(self, audio, samples: int) -> None:
         if self._rendered:
             raise RuntimeError("this file render has been made: open another Engine to render more")
         self._speech.append(audio)
+        self._total += samples
 
     # --- frames and events out ---------------------------------------------------------------------------------
     def frames(self) -> Iterator[Frame]:
@@ -242,11 +275,19 @@ class Engine:
             self._events.put_nowait(event)
 
     def _render_file(self) -> None:
+        """The file render, once: into the outputs, and into frames() while it reads; the blendshape CSV after."""
         self._rendered = True
+        weights = [] if self._meter is not None else None
+        sinks = [*self.outputs, self.tap] if self.tap.reading else self.outputs
         try:
-            render_file(self._file_audio(), self.presenter, self.model, self.compositor, self.sinks, self.cfg,
-                        progress=False, stats=self.stats, meter=self._meter)
-        except BaseException as exc:  # handed to the reader
+            render_file(self._file_audio(), self.presenter, self.model, self.compositor, sinks, self.cfg,
+                        progress=self._progress, stats=self.stats, total_samples=self._total, meter=self._meter,
+                        blendshapes=weights)
+            self.written = list(self.spec.outfile)
+            if weights is not None and self.spec.blendshapes_csv:
+                rows = in_between_weights(weights) if interpolated(self.spec.fps) else weights
+                self.written.append(str(write_live_link_csv(self.spec.blendshapes_csv, rows, fps=self.spec.fps)))
+        except BaseException as exc:  # handed to the caller of frames() or close()
             self._failure = exc
         finally:
             if self._meter is not None:
@@ -259,7 +300,14 @@ class Engine:
             else:
                 yield item
 
-    # --- closing -----------------------------------------------------------------------------------------------
+    # --- running and closing -----------------------------------------------------------------------------------
+    def wait(self) -> Stats:
+        """A live engine: until it stops by itself (its `seconds` are up, or its files ended with no microphone).
+        Ctrl-C here raises KeyboardInterrupt, and close() still finishes cleanly."""
+        while self.live and self._thread.is_alive():
+            self._thread.join(timeout=0.5)
+        return self.stats
+
     def close(self) -> Stats:
         """Finish: a file render renders what was spoken (if frames() has not) and closes its files; a live engine
         stops its clock and closes its outputs. Returns what it did."""
@@ -275,6 +323,8 @@ class Engine:
             if self.live:
                 for feeder in self._feeders:
                     feeder.stop()
+                if self._microphone is not None:
+                    self._microphone.stop()
                 self._loop.stop()
                 self._thread.join(timeout=30)
         return self.stats

@@ -10,13 +10,12 @@ from typing import Optional
 from audio.decode import check_files, stream_files
 from configs import flags
 from configs.spec import DEFAULT_OUTFILE, EngineSpec, RayServeSpec, StreamOutSpec, default_of
-from core.timebase import FPS
-from engine.assemble import Parts, blendshape_meter, check_frame_flags
+from core.timebase import FPS, interpolated
+from engine.api import Engine
+from engine.assemble import check_frame_flags
 from engine.outputs.obs import ObsSettings, setup_media_source, start_virtual_camera
-from engine.outputs.targets import make_sinks, obs_control, use_gpu_encoder
-from engine.render.interpolate import in_between_weights
-from engine.render.loop import LiveEngine, Stats, render_file
-from engine.render.sources import Feeder, Microphone
+from engine.outputs.targets import make_sinks, obs_control
+from engine.render.sources import Feeder
 from engine.serve.server import Server, ServerConfig
 from engine.serve.sessions import DEFAULT, SessionsConfig
 
@@ -62,67 +61,42 @@ def run(args: StreamOutSpec) -> int:
         args = args.replace(outfile=(), preview=False, blendshapes=True)  # no video at all
     if serving and args.outfile == DEFAULT_OUTFILE:
         args = args.replace(outfile=())  # serving: the WebRTC preview, plus any live outputs asked for
-    check_frame_flags(args)
-    sinks = make_sinks(args)
-    live = serving or any(s.live for s in sinks)
-    if live and any(not s.live for s in sinks):
-        raise ValueError("mix of a file and a live output: run them separately (a file renders faster than live)")
-    if args.blendshapes_csv and live:
-        raise ValueError("--blendshapes_csv goes with a file render (--outfile x.mp4, or --blendshapes_only); "
-                         "live, serve with --blendshapes and read the WebSocket events")
-    if serving and args.background == "alpha":
-        raise ValueError("--background alpha: WebRTC carries no alpha; serve with a key colour (--background green)")
     if serving:
+        check_frame_flags(args)
+        if any(not sink.live for sink in make_sinks(args)):
+            raise ValueError("mix of a file and a live output: run them separately (a file renders faster than "
+                             "live)")
+        if args.blendshapes_csv:
+            raise ValueError("--blendshapes_csv goes with a file render (--outfile x.mp4, or --blendshapes_only); "
+                             "live, serve with --blendshapes and read the WebSocket events")
+        if args.background == "alpha":
+            raise ValueError("--background alpha: WebRTC carries no alpha; serve with a key colour (--background "
+                             "green)")
         server_cfg = ServerConfig.from_spec(args)  # refused before any model loads
         if args.obs_control:
             obs_control(args)
         return serve(args, server_cfg, files)
-    presenter, predictor, compositor, cfg = Parts().build(args, live)
-    meter = blendshape_meter(args, presenter, predictor)
-    use_gpu_encoder(sinks, compositor)
-    audio = stream_files(args.audio_files)
-    if not live:
-        stats, weights = Stats(), [] if meter is not None else None
+    engine = Engine.from_spec(args.engine(), progress=True, speech=files)
+    if engine.live:
         try:
-            render_file(audio, presenter, predictor, compositor, sinks, cfg, stats=stats,
-                        total_samples=sum(f.samples for f in files), meter=meter, blendshapes=weights)
-        except KeyboardInterrupt:  # the sinks were closed on the way out: the file holds what was rendered
-            print(f"interrupted: wrote {', '.join(args.outfile) or 'nothing'} with the first {stats.frames} frames",
-                  file=sys.stderr)
-            return 130
+            engine.wait()
+        except KeyboardInterrupt:
+            pass
         finally:
-            if meter is not None:
-                meter.close()
-        written = list(args.outfile)
-        if weights is not None:
-            from models.mouthwarp.blendshapes import write_live_link_csv
-            rows = weights if args.fps == FPS else in_between_weights(weights)
-            written.append(str(write_live_link_csv(args.blendshapes_csv, rows, fps=args.fps)))
-        between = f", {stats.frames} more in between at {args.fps} frames/s" if args.fps != FPS else ""
-        print(f"wrote {', '.join(written)}: {stats.frames} frames ({stats.frames / FPS:.2f} s){between}, "
-              f"{stats.inferred} {'measured' if predictor is None else 'lip-synced'}")
-        log_start_up(stats)
+            stats = engine.close()
+        print(f"streamed {stats.presented} frames at {args.fps} frames/s ({stats.inferred} lip-synced, "
+              f"{stats.late} late)")
         return 0
-    if args.obs_control:
-        obs_control(args)
-    engine = LiveEngine(presenter, predictor, compositor, sinks, cfg, meter)
-    microphone = feeder = None
-    if args.mic:
-        microphone = Microphone(engine.buffer, None if args.mic == "default" else args.mic)
-        microphone.start()
-    if files:
-        feeder = Feeder(engine.buffer, audio, ends_input=not args.mic).start()
     try:
-        stats = engine.run(args.seconds)
-    except KeyboardInterrupt:
-        engine.stop()
-        stats = engine.stats
-    finally:
-        if microphone:
-            microphone.stop()
-        if feeder:
-            feeder.stop()
-    print(f"streamed {stats.presented} frames at {args.fps} frames/s ({stats.inferred} lip-synced, {stats.late} late)")
+        stats = engine.close()
+    except KeyboardInterrupt:  # the sinks were closed on the way out: the file holds what was rendered
+        print(f"interrupted: wrote {', '.join(args.outfile) or 'nothing'} with the first {engine.stats.frames} "
+              f"frames", file=sys.stderr)
+        return 130
+    between = f", {stats.frames} more in between at {args.fps} frames/s" if interpolated(args.fps) else ""
+    print(f"wrote {', '.join(engine.written)}: {stats.frames} frames ({stats.frames / FPS:.2f} s){between}, "
+          f"{stats.inferred} {'measured' if engine.model is None else 'lip-synced'}")
+    log_start_up(stats)
     return 0
 
 
