@@ -7,6 +7,7 @@ A field's `group` sorts it in --help; `cli` holds what argparse needs beyond the
 from __future__ import annotations
 
 import os
+from copy import copy
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -67,7 +68,21 @@ def pads(group: str):
 
 
 
-class EngineSpec(Spec):
+class ObsSpec(Spec):
+    """Where OBS's websocket listens (obs-websocket 5, OBS 28 and later)."""
+    obs_host: str = flag("127.0.0.1", "OBS's websocket host", OUTPUTS)
+    obs_port: int = flag(4455, "OBS's websocket port", OUTPUTS)
+    obs_password: str = flag("", "OBS's websocket password (Tools > WebSocket Server Settings)", OUTPUTS)
+
+
+class ObsSetupSpec(ObsSpec):
+    """`stream_out.py obs-setup`: point OBS at our stream, or start its virtual camera."""
+    target: str = flag("obs", "obs (our MPEG-TS on udp://127.0.0.1:23000), a udp:// or srt:// URL, or vcam (start "
+                              "OBS's virtual camera)", OUTPUTS)
+    audio_delay_ms: int = flag(0, "the input's audio sync offset", OUTPUTS)
+
+
+class EngineSpec(ObsSpec):
     """What makes one presenter speak: a command-line run, or one session of a server."""
     # presenter and audio in
     data_dir: Optional[str] = flag(None, "a presenter cache folder (from `stream_out.py preprocess`), or a cache "
@@ -122,9 +137,6 @@ class EngineSpec(Spec):
     preview: bool = flag(False, "also show the output in a window", OUTPUTS)
     audio_device: Optional[str] = flag(None, "vcam: sound device the audio plays on (name or index)", OUTPUTS)
     audio_delay_ms: float = flag(0.0, "vcam: delay the audio; OBS: audio sync offset", OUTPUTS)
-    obs_host: str = flag("127.0.0.1", "", OUTPUTS)
-    obs_port: int = flag(4455, "", OUTPUTS)
-    obs_password: str = flag("", "", OUTPUTS)
     obs_control: bool = flag(False, "with obs/vcam: create/refresh our source in OBS's current scene (or start its "
                                     "virtual camera)", OUTPUTS)
     blendshapes_csv: Optional[str] = flag(
@@ -215,6 +227,19 @@ class RayServeSpec(StreamOutSpec):
     cpus_per_host: float = flag(1.0, "", RAY)
     gpus_per_host: float = flag(0.0, "1 on GPU machines: a replica owns a GPU", RAY)
     ray_address: Optional[str] = flag(None, "a running Ray cluster ('auto'); default: start one on this machine", RAY)
+
+
+def same_as(spec: type[Spec], name: str):
+    """Another command's flag, declared where it first was: one default, one help."""
+    return copy(spec.model_fields[name])
+
+
+class PrepareSpec(Spec):
+    """`stream_out.py prepare`: convert a checkpoint for this CPU ahead of the first render."""
+    checkpoint_path: str = flag(..., "the Wav2Lip generator checkpoint (96, 288 or 384)", LIP_MODEL)
+    runtime_cache: Optional[str] = same_as(EngineSpec, "runtime_cache")
+    dtype: str = same_as(EngineSpec, "dtype")
+    trust_checkpoint: bool = same_as(EngineSpec, "trust_checkpoint")
 
 
 class PreprocessSpec(Spec):

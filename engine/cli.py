@@ -9,7 +9,7 @@ from typing import Optional
 
 from audio.decode import check_files, stream_files
 from configs import flags
-from configs.spec import DEFAULT_OUTFILE, EngineSpec, RayServeSpec, StreamOutSpec, default_of
+from configs.spec import DEFAULT_OUTFILE, ObsSetupSpec, RayServeSpec, StreamOutSpec
 from core.timebase import FPS, interpolated
 from engine.api import Engine
 from engine.assemble import check_frame_flags
@@ -179,13 +179,8 @@ def ray_serve(argv: list[str]) -> int:
 
 def obs_setup(argv: Optional[list[str]] = None) -> int:
     """stream_out.py obs-setup: point OBS at our stream (or start its virtual camera), idempotently."""
-    parser = argparse.ArgumentParser(prog="stream_out.py obs-setup", description=obs_setup.__doc__)
-    parser.add_argument("--target", default="obs", help="obs (our MPEG-TS on udp://127.0.0.1:23000), a udp:// or "
-                                                        "srt:// URL, or vcam (start OBS's virtual camera)")
-    for name in ("obs_host", "obs_port", "obs_password"):  # as the engine's flags
-        parser.add_argument(f"--{name}", type=type(default_of(EngineSpec, name)), default=default_of(EngineSpec, name))
-    parser.add_argument("--audio_delay_ms", type=int, default=0, help="the input's audio sync offset")
-    args = parser.parse_args(argv)
+    args = flags.parse_spec(ObsSetupSpec, argv, "obs_setup", argparse.ArgumentParser(
+        prog="stream_out.py obs-setup", description=obs_setup.__doc__))
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     settings = ObsSettings(args.obs_host, args.obs_port, args.obs_password)
     if args.target == "vcam":

@@ -12,17 +12,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from configs import flags
+from configs.spec import PrepareSpec
+
 STEPS = ("load", "convert", "calibrate", "check", "save")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="stream_out.py prepare", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint_path", required=True, help="the Wav2Lip generator checkpoint (96, 288 or 384)")
-    p.add_argument("--runtime_cache", help="where converted models are kept (default: $XDG_CACHE_HOME or ~/.cache, "
-                                           "/stream-wav2lip/runtime)")
-    p.add_argument("--dtype", default="auto", help="auto (int8 on CPUs with VNNI, checked against fp32), fp32 or int8")
-    p.add_argument("--trust_checkpoint", action="store_true", help="allow checkpoints that pickle Python objects")
-    return p.parse_args(argv)
+def parse_args(argv: list[str]) -> PrepareSpec:
+    return flags.parse_spec(PrepareSpec, argv, "prepare", argparse.ArgumentParser(
+        prog="stream_out.py prepare", description=__doc__.splitlines()[0]))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
