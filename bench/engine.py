@@ -12,7 +12,8 @@ Random weights (speed does not depend on them); a measurement given 0 seconds (o
   (nvidia-smi, sampled) on CUDA;
 - live loop (null sink), speech arriving in 20 ms chunks kept 0.1 s ahead of the clock: speech frames lip-synced,
   frames skipped to stay on time, late frames, input-to-screen latency p50/p95 (arrival of the chunk that
-  completed a frame's window to the frame shown) beside the clock's pacing offset, CPU use and peak RSS.
+  completed a frame's window to the frame shown) beside the clock's pacing offset and its drift, CPU use and peak
+  RSS.
 With --fps 50 (the generated presenter preprocessed with its in-between backgrounds) both runs put an in-between
 frame after each; the live line adds the frames presented and the in-between frame's cost.
 """
@@ -273,9 +274,21 @@ def main() -> None:
           f"{live.skipped} shown without the model to stay on time, {live.late} of {live.presented} presented "
           f"late{in_between(live)}; input to screen p50 "
           f"{heard['p50']:.0f} ms, p95 {heard['p95']:.0f} ms (target {args.latency_ms:.0f}); pacing offset p50 "
-          f"{pacing['p50']:.2f} ms, p95 {pacing['p95']:.2f} ms; CPU {100 * cpu / wall:.0f}% (of {os.cpu_count()} "
+          f"{pacing['p50']:.2f} ms, p95 {pacing['p95']:.2f} ms, drift {drift_ms_per_minute(live, args.fps):+.2f} ms a "
+          f"minute; CPU {100 * cpu / wall:.0f}% (of {os.cpu_count()} "
           f"cores x 100%); GPU utilisation {gpu}; peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def drift_ms_per_minute(stats, fps: int) -> float:
+    """How the clock's median pacing offset moves from the first third of the frames to the last, in ms a minute:
+    medians, so that a frame the scheduler made late now and then does not count as the clock drifting."""
+    offsets = np.array(stats.present_offsets)
+    third = len(offsets) // 3
+    if third == 0:
+        return float("nan")
+    minutes = (len(offsets) - third) / fps / 60
+    return 1000 * (np.median(offsets[-third:]) - np.median(offsets[:third])) / minutes
 
 
 def in_between(stats) -> str:

@@ -146,3 +146,37 @@ def chromium() -> str:
     if found is None:
         pytest.skip("Debian's chromium cannot be installed here")
     return found
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random-weight Wav2Lip-96 generator in the released layout."""
+    from models import wav2lip96
+    from models.blocks import Wav2Lip
+    from models.loader import save_checkpoint
+    torch_model = Wav2Lip(wav2lip96.GENERATOR)
+    return save_checkpoint(torch_model, tmp_path_factory.mktemp("ckpt") / "wav2lip_gan.pth", global_step=1)
+
+
+@pytest.fixture(scope="session")
+def talk(media, tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """Speech, 1.5 s of digital silence, speech again: ~8 s, longer than the 4 s cached loop."""
+    import soundfile
+    from audio.decode import load_audio
+    speech = load_audio(media["speech"])[: 16000 * 3]
+    audio = np.concatenate([speech, np.zeros(24000, np.float32), speech])
+    path = tmp_path_factory.mktemp("talk") / "talk.wav"
+    soundfile.write(str(path), audio, 16000)
+    return path, audio
+
+
+@pytest.fixture(scope="session")
+def rig(built, checkpoint):
+    """(presenter, Wav2Lip-96 predictor on the CPU, compositor) for clip25."""
+    from engine.render.composite import Compositor
+    from engine.render.presenter import Presenter
+    from models.loader import load_generator
+    from models.predictor import LipSyncPredictor
+    presenter = Presenter(built["cache"] / "clip25", 96)
+    predictor = LipSyncPredictor(load_generator(checkpoint).model, "cpu", "fp32")
+    return presenter, predictor, Compositor(presenter)
