@@ -28,6 +28,7 @@ from engine.outputs.targets import make_sinks, obs_control, use_gpu_encoder
 from engine.render.interpolate import in_between_weights
 from engine.render.loop import LiveEngine, Stats, render_file
 from engine.render.presenter import playable_manifest
+from engine.render.sink import Sink
 from engine.render.sources import Feeder, Microphone
 from models.mouthwarp.blendshapes import write_live_link_csv
 
@@ -125,6 +126,7 @@ class Engine:
 
     def __init__(self, presenter: Presenter, lipsync: LipSync = LipSync(), outputs: Sequence[str] = (),
                  live: Optional[bool] = None, **settings):
+        """live=None: live when an output is (obs, vcam, a URL); live=True with file outputs records the stream."""
         self._start(EngineSpec(data_dir=str(presenter.cache), model=lipsync.model,
                                checkpoint_path=lipsync.checkpoint_path,
                                landmark_checkpoint=lipsync.landmark_checkpoint,
@@ -133,29 +135,33 @@ class Engine:
 
     @classmethod
     def from_spec(cls, spec: EngineSpec, live: Optional[bool] = None, progress: bool = False,
-                  speech: Sequence[AudioFile] = ()) -> "Engine":
+                  speech: Sequence[AudioFile] = (), parts: Optional[Parts] = None, user: object = None,
+                  sinks: Sequence[Sink] = (), start: bool = True) -> "Engine":
         """An engine for a whole spec, as the command line runs it: `speech` (the spec's audio files, checked by
         check_files) is spoken from the first frame, and a live engine also hears the spec's microphone, sets up
-        OBS when asked (obs_control) and stops after `seconds`, or when the files end and no microphone listens."""
+        OBS when asked (obs_control) and stops after `seconds`, or when the files end and no microphone listens.
+        A server's sessions share `parts` (the models and presenters loaded, `user` being who holds them), add
+        their own `sinks` (WebRTC) and run the loop themselves (start=False)."""
         engine = cls.__new__(cls)
-        engine._start(spec, live, progress, speech)
+        engine._start(spec, live, progress, speech, parts or Parts(), user, sinks, start)
         return engine
 
-    def _start(self, spec: EngineSpec, live: Optional[bool], progress: bool, speech: Sequence[AudioFile]) -> None:
+    def _start(self, spec: EngineSpec, live: Optional[bool], progress: bool, speech: Sequence[AudioFile],
+               parts: Parts = None, user: object = None, sinks: Sequence[Sink] = (), start: bool = True) -> None:
         self.spec = spec
         check_frame_flags(spec)
-        self.outputs = make_sinks(spec)
+        self.outputs = [*make_sinks(spec), *sinks]
         self.live = any(sink.live for sink in self.outputs) if live is None else live
         if not self.live and any(sink.live for sink in self.outputs):
             raise ValueError("a live output (obs, vcam, a stream URL) needs a live engine: leave out live=False")
-        if self.live and any(not sink.live for sink in self.outputs):
+        if live is None and self.live and any(not sink.live for sink in self.outputs):  # live=True: files record
             raise ValueError("mix of a file and a live output: run them separately (a file renders faster than "
                              "live)")
         if spec.blendshapes_csv and self.live:
             raise ValueError("--blendshapes_csv goes with a file render (--outfile x.mp4, or --blendshapes_only); "
                              "live, serve with --blendshapes and read the WebSocket events")
         self.tap = FrameTap(self.live)
-        self.presenter, self.model, self.compositor, self.cfg = Parts().build(spec, self.live)
+        self.presenter, self.model, self.compositor, self.cfg = (parts or Parts()).build(spec, self.live, user)
         self._meter = blendshape_meter(spec, self.presenter, self.model)
         use_gpu_encoder(self.outputs, self.compositor)
         self.written: list[str] = []  # a file render's files, once made
@@ -166,19 +172,22 @@ class Engine:
         self._streams: dict[int, PcmStream] = {}
         self._microphone: Optional[Microphone] = None
         if self.live:
-            self._loop = LiveEngine(self.presenter, self.model, self.compositor, [*self.outputs, self.tap], self.cfg,
-                                    self._meter)
-            self._loop.on_event = self._event
-            self.stats = self._loop.stats
+            self.loop = LiveEngine(self.presenter, self.model, self.compositor, list(self.outputs), self.cfg,
+                                   self._meter)
+            self.loop.on_event = self._event
+            self.stats = self.loop.stats
+            self._thread: Optional[threading.Thread] = None
+            if not start:
+                return
             if spec.obs_control:
                 obs_control(spec)
             if spec.mic:
-                self._microphone = Microphone(self._loop.buffer, None if spec.mic == "default" else spec.mic)
+                self._microphone = Microphone(self.loop.buffer, None if spec.mic == "default" else spec.mic)
                 self._microphone.start()
             if speech:
-                self._feeders.append(Feeder(self._loop.buffer, stream_files([f.path for f in speech]),
+                self._feeders.append(Feeder(self.loop.buffer, stream_files([f.path for f in speech]),
                                             ends_input=not spec.mic).start())
-            self._thread = threading.Thread(target=self._loop.run, args=(spec.seconds,), name="engine", daemon=True)
+            self._thread = threading.Thread(target=self.loop.run, args=(spec.seconds,), name="engine", daemon=True)
             self._thread.start()
         else:
             self.stats = Stats()
@@ -194,7 +203,7 @@ class Engine:
         checked = check_files([audio], self.spec.allow_truncated)[0]
         utterance = next(self._utterances)
         if self.live:
-            self._feeders.append(Feeder(self._loop.buffer, stream_files([checked.path]), utterance,
+            self._feeders.append(Feeder(self.loop.buffer, stream_files([checked.path]), utterance,
                                         ends_input=False).start())
         else:
             self._queue_for_file(checked.path, checked.samples)
@@ -209,7 +218,7 @@ class Engine:
             self._streams[sample_rate] = PcmStream("float32", 1, sample_rate)
         samples = self._streams[sample_rate].feed(pcm.tobytes())
         if self.live:
-            self._loop.push(samples)
+            self.loop.push(samples)
         else:
             self._queue_for_file(samples, len(samples))
 
@@ -221,7 +230,7 @@ class Engine:
         for feeder in self._feeders:
             feeder.stop()
         self._feeders.clear()
-        return self._loop.interrupt()
+        return self.loop.interrupt()
 
     def _queue_for_file(self, audio, samples: int) -> None:
         if self._rendered:
@@ -235,6 +244,8 @@ class Engine:
         live engine goes on (idle frames too) until close()."""
         self.tap.reading = True
         if self.live:
+            if self.tap not in self.loop.sinks:
+                self.loop.sinks.append(self.tap)
             while not self._closed.is_set():
                 try:
                     yield self.tap.frames.get(timeout=0.1)
@@ -304,7 +315,7 @@ class Engine:
     def wait(self) -> Stats:
         """A live engine: until it stops by itself (its `seconds` are up, or its files ended with no microphone).
         Ctrl-C here raises KeyboardInterrupt, and close() still finishes cleanly."""
-        while self.live and self._thread.is_alive():
+        while self.live and self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=0.5)
         return self.stats
 
@@ -325,8 +336,9 @@ class Engine:
                     feeder.stop()
                 if self._microphone is not None:
                     self._microphone.stop()
-                self._loop.stop()
-                self._thread.join(timeout=30)
+                self.loop.stop()
+                if self._thread is not None:
+                    self._thread.join(timeout=30)
         return self.stats
 
     def __enter__(self) -> "Engine":

@@ -28,9 +28,9 @@ from configs.flags import field_of, first_error
 from configs.spec import EngineSpec, ServeSpec, default_of
 from core.errors import UserError
 from core.timebase import FPS, SAMPLE_RATE
-from engine.outputs.targets import make_sinks, use_gpu_encoder
 
-from engine.assemble import Parts, blendshape_meter
+from engine.api import Engine
+from engine.assemble import Parts
 from engine.render.loop import LiveEngine
 from engine.render.model_worker import ModelWorker, SharedModel
 from .protocol import SpeechDesk, SpeechLimits
@@ -308,12 +308,8 @@ class Sessions:
                 raise SessionRefused(f"no capacity for another session: {reason}")
             self._starting += 1
         try:
-            presenter, predictor, compositor, cfg = self.parts.build(args, live=True, user=sid)
-            sinks = [*make_sinks(args), *extra_sinks]
-            use_gpu_encoder(sinks, compositor)
-            engine = LiveEngine(presenter, predictor, compositor, sinks, cfg,
-                                blendshape_meter(args, presenter, predictor))
-            return self.adopt(engine, sid, on_event)
+            engine = Engine.from_spec(args, live=True, parts=self.parts, user=sid, sinks=extra_sinks, start=False)
+            return self.adopt(engine.loop, sid, on_event)
         except BaseException:
             self._close_workers(self.parts.release(sid))
             raise
