@@ -42,6 +42,7 @@ def decoded_alpha(path, decoder: list[str], shape) -> np.ndarray:
 
 @pytest.mark.parametrize("suffix, decoder, fps", [(".mov", [], 25), (".webm", ["-c:v", "libvpx-vp9"], 25),
                                                   (".mov", [], 50)])
+@pytest.mark.slow
 def test_alpha_files_carry_the_cached_matte(cutout, suffix, decoder, fps):
     from stream_out import main as stream_out
     out = cutout["root"] / f"alpha{fps}{suffix}"

@@ -31,6 +31,7 @@ def prepared(checkpoint) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_mp4_from_the_command_line_after_one_prepare_for_every_presenter(checkpoint, prepared, built, talk, tmp_path):
     out = tmp_path / "result.mp4"
     short = tmp_path / "short.wav"  # speech, silence, speech: 5 s
@@ -93,6 +94,7 @@ def test_bad_inputs_give_one_clear_message(checkpoint, prepared, built, cache288
     assert not (tmp_path / "x.mp4").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_mp4_like_ctrl_c(checkpoint, prepared, built, talk, tmp_path):
     """SIGTERM (a service manager, `kill`) goes the Ctrl-C way: the mp4 is finished, nothing else is left."""
     import signal
@@ -207,6 +209,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(built, talk, tmp_path, capsy
         subprocess.run(["umount", str(disk)], check=True)
 
 
+@pytest.mark.slow
 def test_live_run_streams_its_audio_files_and_ends_with_them(built, media, tmp_path):
     """--audio_files live: a feeder thread streams the decoded files a few seconds ahead of the clock, and the run
     ends when they are spoken. An MPEG-TS file is a live sink, so the run is paced like a stream to OBS."""

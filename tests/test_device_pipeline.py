@@ -67,6 +67,7 @@ def test_torch_compositor_equals_the_cv2_compositor(presenter, resident, mode):
     assert np.array_equal(device.passthrough(indices[0]).numpy(), presenter.background(indices[0]))
 
 
+@pytest.mark.slow
 def test_the_whole_device_pipeline_on_cpu_torch_equals_the_host_path(presenter, resident, media):
     from audio.decode import load_audio
     torch.manual_seed(0)

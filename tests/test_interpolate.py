@@ -96,6 +96,7 @@ def fast_cache(tmp_path_factory):
     return root / "cache" / "fast"
 
 
+@pytest.mark.slow
 def test_a_cache_made_for_50_fps_interpolates_only_the_face_region(fast_cache, media, tmp_path, caplog):
     """preprocess --fps 50 stores the in-between background of every pair; a 50 fps render then runs the flow on
     the face region only: outside it the in-between frame is that stored background, pixel for pixel. Live, the

@@ -23,6 +23,8 @@ from models.mouthwarp import MouthAnimator
 from core.net import free_port
 from obs_studio import PASSWORD
 
+pytestmark = pytest.mark.slow  # a real OBS under Xvfb
+
 SIMILAR = 0.9  # normalised correlation between an OBS screenshot and the frame we sent
 
 

@@ -61,6 +61,7 @@ def test_a_sink_given_frames_with_a_pts_gap_keeps_the_gap(kind, tmp_path):
         assert max(rms[11:14]) < 0.02 and min(rms[2:9] + rms[16:23]) > 0.3  # the gap is silent, the rest the tone
 
 
+@pytest.mark.slow
 def test_mpegts_stream_decodes_with_matching_timestamps(rig, talk, tmp_path):
     presenter, predictor, compositor = rig
     out = tmp_path / "stream.ts"
@@ -81,6 +82,7 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_live_udp_stream_reaches_a_listener(rig, talk, tmp_path):
     presenter, predictor, compositor = rig
     port = free_udp_port()

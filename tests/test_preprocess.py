@@ -174,6 +174,7 @@ def test_sfd_without_weights_says_what_is_missing(media, tmp_path):
     assert not (tmp_path / "torch" / "hub" / "checkpoints" / "s3fd-619a316812.pth").exists()  # nothing fetched
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_a_correct_cache(media, tmp_path):
     long_clip = make_presenter_clip(tmp_path / "long.mp4", 4.0, 25)
     out = tmp_path / "cache"

@@ -76,6 +76,7 @@ def test_mask_leaves_no_box_edge():
     assert mask[67, 48] > 0.99 and mask[:29].max() == 0  # mouth replaced; brows and eyes (top 30%) never touched
 
 
+@pytest.mark.slow
 def test_a_live_run_of_streamed_speech_presents_every_sample_in_order(rig, talk):
     """Speech streamed the way a TTS client sends it (20 ms chunks) for 12 s, the mouth animator on
     it: every input sample comes out in order with nothing lost or added, one frame per 40 ms of it, the mouth
@@ -167,6 +168,7 @@ def test_head_mask_leaves_no_edge():
     assert mask[371, 256] > 0.99 and mask[240, 193] > 0.9  # mouth and eyes of the FFHQ template inside
 
 
+@pytest.mark.slow
 def test_an_hour_of_audio_becomes_frame_windows_in_bounded_memory(tmp_path):
     """The file render's audio front end is a stream: decode -> mel -> windows for 1 h of audio under 300 MB."""
     hour = tmp_path / "hour.wav"

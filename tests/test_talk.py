@@ -18,6 +18,8 @@ from engine.render.presenter import Presenter
 from engine.serve.server import Server, ServerConfig
 from models.mouthwarp import MouthAnimator
 
+pytestmark = pytest.mark.slow  # a real Chromium
+
 require("aiohttp")
 
 
