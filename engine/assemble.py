@@ -16,7 +16,9 @@ from engine.render.backdrop import Backdrop
 from engine.render.blendshapes import BlendshapeMeter
 from engine.render.composite import Compositor
 from engine.render.loop import EngineConfig
+from engine.render.model_worker import SharedModel
 from engine.render.presenter import Presenter, playable_manifest
+from models.contract import LipModel
 
 log = logging.getLogger("engine")
 IPLAP_FILES = {"landmark_checkpoint": "landmarkgenerator_checkpoint.pth",
@@ -89,10 +91,10 @@ def compile_batches(batches: tuple[int, ...], wanted: bool, device: str) -> tupl
     return batches if wanted else ()
 
 
-def pick_pipeline(requested: str, predictor) -> str:
-    """'device' needs Wav2Lip under torch (the mouth animator and OpenVINO work on host arrays); 'auto' takes it on
-    CUDA, where host-side decodes and cv2 would leave the GPU idle."""
-    runs_on_device = getattr(predictor, "runtime", None) == "torch"
+def pick_pipeline(requested: str, predictor: LipModel) -> str:
+    """'device' needs a model that takes device tensors: Wav2Lip under torch (the mouth animator, IP_LAP and OpenVINO
+    work on host arrays); 'auto' takes it on CUDA, where host-side decodes and cv2 would leave the GPU idle."""
+    runs_on_device = predictor.device_tensors
     if requested == "device" and not runs_on_device:
         raise ValueError("--pipeline device needs a Wav2Lip checkpoint under --runtime torch (the mouth animator and "
                          "OpenVINO run on host arrays)")
@@ -297,8 +299,8 @@ def blendshape_meter(args: EngineSpec, presenter, predictor):
     if not (args.blendshapes or args.blendshapes_csv):
         return None
     from models.mouthwarp import MouthAnimator
-    # the animator itself, or a session's SharedModel of it (which passes its attributes through)
-    animator = predictor if getattr(predictor, "name", None) == MouthAnimator.name else None
+    model = predictor.model if isinstance(predictor, SharedModel) else predictor  # a session's: the model it shares
+    animator = model if isinstance(model, MouthAnimator) else None
     pixels = predictor is not None and (args.blendshapes_from == "pixels" or
                                         (args.blendshapes_from == "auto" and animator is None))
     if not pixels:

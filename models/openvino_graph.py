@@ -18,6 +18,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from core.timebase import MEL_SHAPE
+
 from .openvino_cpu import import_openvino
 
 Weights = Mapping[str, np.ndarray]
@@ -131,7 +133,7 @@ def generator_graph(spec, weights: Weights, ranges: Optional[Sequence[tuple[floa
     ov = import_openvino()
     build = GraphBuilder(weights, ranges)
     ops = build.ops
-    mel = ops.parameter([-1, 1, 80, 16], np.float32, name="mel")
+    mel = ops.parameter([-1, 1, *MEL_SHAPE], np.float32, name="mel")
     faces = ops.parameter([-1, 6, spec.size, spec.size], np.float32, name="faces")
     x = build.stack(mel, spec.audio, "audio_encoder")
     if spec.audio_refine:

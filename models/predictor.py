@@ -105,6 +105,7 @@ class LipSyncPredictor(HostPredictor):
                  compile_batches: tuple[int, ...] = (), progress=lambda step: None, own_model: bool = False):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.runtime = pick_runtime(self.device, runtime)
+        self.device_tensors = self.runtime == "torch"
         precision = dtype if isinstance(dtype, torch.dtype) else pick_dtype(self.device, dtype, self.runtime)
         self.name, self.size = model.spec.name, model.spec.size
         self.tanh_head = model.spec.head == "tanh"
@@ -142,12 +143,13 @@ class LipSyncPredictor(HostPredictor):
         check = [self._inputs(check_mels[i:i + 8], checked[i:i + 8]) for i in range(0, len(checked), 8)]
         return calibrate, check, windows
 
-    def predict(self, mel_windows: np.ndarray, faces_bgr, landmarks: Optional[np.ndarray] = None):
+    def predict(self, mel_windows: np.ndarray, faces_bgr, landmarks: Optional[np.ndarray] = None,
+                frames: Optional[np.ndarray] = None, due: float = float("inf")):
         """mel_windows (B,80,16) float; faces_bgr (B,S,S,3) uint8 -> generated faces (B,S,S,3) uint8, BGR.
 
         Faces as a numpy array give a numpy array (HostPredictor). Faces as a uint8 tensor on the predictor's device
-        (the device pipeline, torch runtime) give a tensor there: pre- and post-processing run on the device too,
-        and only the mel windows cross from the host."""
+        (the device pipeline, torch runtime: `device_tensors`) give a tensor there: pre- and post-processing run on
+        the device too, and only the mel windows cross from the host."""
         if isinstance(faces_bgr, torch.Tensor):
             return self._predict_tensors(mel_windows, faces_bgr)
         return super().predict(mel_windows, faces_bgr, landmarks)

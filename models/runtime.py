@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
+from core.timebase import MEL_SHAPE
 
 from .openvino_cpu import OpenVinoRunner, OpenVinoStore, openvino_available
 
@@ -60,7 +61,7 @@ class TorchRunner:
             from .compiled import CompiledSwap
             size = net.spec.size
             self.net = CompiledSwap(self.net, lambda b: (
-                torch.zeros(b, 1, 80, 16, device=device, dtype=dtype),
+                torch.zeros(b, 1, *MEL_SHAPE, device=device, dtype=dtype),
                 torch.zeros(b, 6, size, size, device=device, dtype=dtype).contiguous(memory_format=self.memory_format)),
                 compile_batches, name=net.spec.name)
 

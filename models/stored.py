@@ -12,47 +12,45 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
 
 from core.scratch import make_scratch, remove
+from core.timebase import MEL_SHAPE
 
+from .contract import HostDevice
 from .openvino_cpu import OpenVinoRunner, OpenVinoStore, int8_by_default
 
 log = logging.getLogger("models")
 
 
-@dataclass(frozen=True)
-class HostDevice:
-    """What `predictor.device` says for a predictor that never loaded torch."""
-    type: str = "cpu"
-
-    def __str__(self) -> str:
-        return self.type
-
-
 class HostPredictor:
-    """(mel windows, face crops) -> new faces with numpy around a runner, as the reference inference.py does.
-    Subclasses set `runner`, `size`, `tanh_head` and `batch_size`."""
+    """(mel windows, face crops) -> new faces with numpy around a runner, as the reference inference.py does: a
+    LipModel (models/contract.py). Subclasses set `runner`, `name`, `size`, `tanh_head`, `batch_size`, `device`
+    and `runtime`."""
     runner = None
     size: int
     tanh_head: bool
     batch_size: int
+    window_frames = 1
+    device_tensors = False
+    scheduled = False
 
     def warm_up(self, batch: int = 1) -> None:
         """One dummy batch, so the first real frame does not pay for lazy initialisation (or cuDNN autotuning)."""
-        self.predict(np.zeros((batch, 80, 16), np.float32), np.zeros((batch, self.size, self.size, 3), np.uint8))
+        self.predict(np.zeros((batch, *MEL_SHAPE), np.float32), np.zeros((batch, self.size, self.size, 3), np.uint8))
 
-    def predict(self, mel_windows: np.ndarray, faces_bgr: np.ndarray, landmarks: Optional[np.ndarray] = None):
+    def predict(self, mel_windows: np.ndarray, faces_bgr: np.ndarray, landmarks: Optional[np.ndarray] = None,
+                frames: Optional[np.ndarray] = None, due: float = float("inf")):
         """mel_windows (B,80,16) float; faces_bgr (B,S,S,3) uint8 -> generated faces (B,S,S,3) uint8, BGR.
-        `landmarks` is accepted for the engine's common interface and not needed: Wav2Lip sees only pixels."""
+        `landmarks`, `frames` and `due` are the contract's (models/contract.py), not needed: Wav2Lip sees only
+        pixels, one window per frame, and runs when called."""
         if faces_bgr.ndim != 4 or faces_bgr.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"faces must be (B,{self.size},{self.size},3) for this {self.size}px model; got "
                              f"{faces_bgr.shape} (preprocess the video with --face_size {self.size})")
-        if mel_windows.shape[1:] != (80, 16) or len(mel_windows) != len(faces_bgr):
+        if mel_windows.shape[1:] != MEL_SHAPE or len(mel_windows) != len(faces_bgr):
             raise ValueError(f"mel windows must be (B,80,16) with one per face; got {mel_windows.shape}")
         out = [self._predict_batch(mel_windows[i:i + self.batch_size], faces_bgr[i:i + self.batch_size])
                for i in range(0, len(faces_bgr), self.batch_size)]

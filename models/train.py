@@ -25,8 +25,9 @@ from torch.nn import functional as F
 
 from . import wav2lip96, wav2lip288, wav2lip384
 from .blocks import QualityDiscriminator, SyncNet, Wav2Lip
+from .checkpoint import CheckpointError, read_checkpoint
 from .dataset import Sampler, batch, read_split
-from .loader import CheckpointError, load_generator, load_syncnet, read_checkpoint, save_checkpoint
+from .loader import load_generator, load_syncnet, save_checkpoint
 from .predictor import pick_device
 
 log = logging.getLogger("train")

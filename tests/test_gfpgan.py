@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from models.blocks import Wav2Lip
+from models.checkpoint import CheckpointError
 from models.gfpgan import GfpganEnhancer, load_gfpgan
 from models.gfpgan.arch import build_gfpgan
-from models.loader import CheckpointError, save_checkpoint
+from models.loader import save_checkpoint
 from models import wav2lip96
 from preprocess import cache
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.checkpoint import CheckpointError
 from models.iplap import LandmarkGenerator, Renderer, load_landmark_generator, load_renderer
-from models.loader import CheckpointError
 
 KEYS = Path(__file__).resolve().parent / "data" / "keys"
 # Parameter counts from the reference's layer facts (weights + biases; BatchNorm and LayerNorm weight + bias):
@@ -508,12 +508,12 @@ def test_the_model_stage_hands_a_window_model_five_mel_windows_and_the_frames_ar
     from engine.render.timeline import FrameTimeline
 
     class Recorder:
-        window_frames = 5
+        window_frames, scheduled = 5, False
 
         def __init__(self):
             self.calls = []
 
-        def predict(self, windows, faces, landmarks, frames):
+        def predict(self, windows, faces, landmarks=None, frames=None, due=float("inf")):
             self.calls.append((windows.copy(), frames.copy()))
             return faces
 
@@ -573,9 +573,14 @@ def test_a_render_draws_only_speech_inside_the_face_box(released, iplap_cache, m
     from engine.render.loop import render_file
     from engine.render.presenter import ping_pong
     from engine.render.timeline import FrameTimeline
+    from models.contract import LipModel
     presenter, predictor, compositor, cfg = Parts().build(
         iplap_args(released, iplap_cache, "--iplap_references", "1", "--batch_size", "3"), live=False)
     assert isinstance(predictor, IplapLipSync) and presenter.face_size == 128
+    assert isinstance(predictor, LipModel)  # the contract's fields, declared
+    assert (predictor.name, predictor.size, predictor.window_frames, predictor.batch_size, predictor.runtime,
+            predictor.device_tensors, predictor.scheduled) == ("iplap", 128, 5, None, "torch", False, False)
+    assert predictor.device == torch.device("cpu")
     speech = load_audio(media["speech"])
     loud = int(np.argmax(np.convolve(speech ** 2, np.ones(640), "valid")))  # the loudest 40 ms
     audio = np.concatenate([np.zeros(6400, np.float32), speech[loud:loud + 640], np.zeros(9600, np.float32)])
@@ -674,7 +679,7 @@ def test_landmark_training_lowers_the_loss_in_the_released_layout_and_resumes(tr
     from models.dataset import batch
     from models.iplap.data import IplapSampler, read_iplap_split
     from models.iplap.train import landmark_loss, train_landmark
-    from models.loader import read_checkpoint
+    from models.checkpoint import read_checkpoint
     from models.train import TrainConfig
     validation = IplapSampler(read_iplap_split(training_root, "val"), 99)
     held_out = batch([validation.landmark() for _ in range(8)])

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from demo.presenter import astronaut_bgr
-from models.loader import CheckpointError
+from models.checkpoint import CheckpointError
 from models.rife import IFNet, RifeInterpolator, load_rife
 
 KEY_TABLE = Path(__file__).resolve().parent / "data" / "keys" / "rife_ifnet_hdv3.txt"

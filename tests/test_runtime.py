@@ -239,6 +239,7 @@ print("SENT", len(sent))
 def test_auto_takes_an_int8_conversion_prepared_before(int8_predictor, tmp_path):
     """`prepare --dtype int8` once: later renders on `auto` run it, and an explicit fp32 does not."""
     import shutil
+    from models.contract import HostDevice, LipModel
     from models.stored import remember_conversion, stored_predictor
     predictor, store = int8_predictor
     copy_of_store = tmp_path / "store"
@@ -247,5 +248,9 @@ def test_auto_takes_an_int8_conversion_prepared_before(int8_predictor, tmp_path)
     checkpoint.write_bytes(b"the index knows a checkpoint by its file's hash")
     assert stored_predictor(checkpoint, copy_of_store, "auto", 8) is None  # nothing prepared for this file yet
     remember_conversion(checkpoint, copy_of_store, predictor, "int8")
-    assert stored_predictor(checkpoint, copy_of_store, "auto", 8).precision == "int8"
+    stored = stored_predictor(checkpoint, copy_of_store, "auto", 8)
+    assert stored.precision == "int8"
+    assert isinstance(stored, LipModel)  # the engine runs it as any lip model: the contract's fields, declared
+    assert (stored.name, stored.size, stored.window_frames, stored.batch_size, stored.device, stored.runtime,
+            stored.device_tensors, stored.scheduled) == ("wav2lip96", 96, 1, 8, HostDevice(), "openvino", False, False)
     assert stored_predictor(checkpoint, copy_of_store, "fp32", 8) is None  # an explicit fp32 is not int8

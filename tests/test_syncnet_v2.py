@@ -19,8 +19,8 @@ import cv2
 from audio.mfcc import mfcc
 from conftest import ROOT, require
 from demo.presenter import astronaut_bgr
+from models.checkpoint import CheckpointError
 from models.evaluate import PaperJudge, TrackError, paper_crops, read_face_track, score_track
-from models.loader import CheckpointError
 from models.syncnet_v2 import (S, audio_windows, calc_pdist, embed, evaluate, lip_windows, load_syncnet_v2, score,
                                window_count)
 

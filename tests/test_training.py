@@ -23,9 +23,11 @@ from engine.render.presenter import Presenter
 from engine.outputs.sinks import Mp4Sink
 from models import wav2lip96
 from models.blocks import QualityDiscriminator, SyncNet
+from models.checkpoint import read_checkpoint
 from models.dataset import DataError, Sampler, batch, read_split
-from models.loader import load_generator, load_syncnet, read_checkpoint, save_checkpoint, what_is_it
+from models.loader import load_generator, load_syncnet, save_checkpoint
 from models.mouthwarp import MouthAnimator
+from models.registry import what_is_it
 from models.train import TrainConfig, cosine_loss, main as train_main, sync_weight, train_syncnet, train_wav2lip
 from stream_out import main as stream_out_main
 from preprocess.pipeline import PreprocessConfig, run_batch

@@ -15,6 +15,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from core.timebase import MEL_SHAPE
 from models.iplap.mesh import FACE, T_FRAMES, crop_geometry, lip_openness
 from models.iplap.prior import REFERENCE_FACES, FrameLandmarks, IplapGenerator, pick_references
 
@@ -24,12 +25,16 @@ log = logging.getLogger("engine")
 
 
 class IplapLipSync:
-    """The engine's lip model for IP_LAP: predict(windows (B, 5, 80, 16), crops (B, S, S, 3), landmarks, frames
-    (B, 5) cache frames of each window) -> crops. `window_frames` tells the model stage to hand it each frame's
-    window of five: the mel windows of frames f - 4 .. f (IP_LAP's frame k hears frame k - 2) and the cache frames
-    shown at f - 2 .. f + 2."""
-
+    """The engine's lip model for IP_LAP, a LipModel (models/contract.py): predict(windows (B, 5, 80, 16), crops
+    (B, S, S, 3), landmarks, frames (B, 5) cache frames of each window) -> crops. `window_frames` tells the model
+    stage to hand it each frame's window of five: the mel windows of frames f - 4 .. f (IP_LAP's frame k hears frame
+    k - 2) and the cache frames shown at f - 2 .. f + 2. Both networks take the whole batch in one call."""
+    name = "iplap"
     window_frames = T_FRAMES
+    batch_size = None
+    runtime = "torch"
+    device_tensors = False  # its crops are warped with OpenCV on the host
+    scheduled = False
 
     def __init__(self, generator: IplapGenerator, presenter: Presenter, references: int = REFERENCE_FACES):
         self.generator = generator
@@ -51,13 +56,14 @@ class IplapLipSync:
     def warm_up(self, batch: int = 1) -> None:
         """One generation, so that the first spoken frame does not pay for first-call allocations."""
         face = next(iter(self.frames))
-        self.predict(np.zeros((batch, T_FRAMES, 80, 16), np.float32), np.stack([self.presenter.face(face)] * batch),
+        self.predict(np.zeros((batch, T_FRAMES, *MEL_SHAPE), np.float32), np.stack([self.presenter.face(face)] * batch),
                      None, np.full((batch, T_FRAMES), face))
 
-    def predict(self, mel_windows: np.ndarray, faces: np.ndarray, landmarks: Optional[np.ndarray],
-                frames: np.ndarray) -> np.ndarray:
+    def predict(self, mel_windows: np.ndarray, faces: np.ndarray, landmarks: Optional[np.ndarray] = None,
+                frames: Optional[np.ndarray] = None, due: float = float("inf")) -> np.ndarray:
         """frames (B, 5): the cache frames of each window, the middle one the frame drawn (it has a face; a
-        neighbour without one lends the middle frame's landmarks)."""
+        neighbour without one lends the middle frame's landmarks). `landmarks` and `due` are the contract's, not
+        needed: IP_LAP draws from its own landmarks, when called."""
         middles = frames[:, T_FRAMES // 2]
         window = [[self.frames.get(int(j), self.frames[int(m)]) for j in row] for row, m in zip(frames, middles)]
         generated = self.generator.generate(mel_windows, window, np.stack([self.presenter.iplap_face(int(m))

@@ -128,10 +128,11 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
     """The model stage, in frame order. Speech on a frame with a face goes through the model in batches;
     everything else passes as None.
 
-    `lipsync` is anything with predict(mel_windows (B,80,16), faces (B,S,S,3) uint8, landmarks (B,K,2) in crop
-    pixels) -> faces: models.predictor.LipSyncPredictor (Wav2Lip) or models.mouthwarp.MouthAnimator. A model with
-    `window_frames` n > 1 (engine.render.iplap.IplapLipSync) gets each frame's last n mel windows (B,n,80,16) and, as a
-    fourth argument, the cache frames shown around it (B,n).
+    `lipsync` is a models.contract.LipModel: predict(mel_windows (B,80,16), faces (B,S,S,3) uint8, landmarks (B,K,2)
+    in crop pixels) -> faces (Wav2Lip, the mouth animator, IP_LAP, a session's shared model). A model with
+    `window_frames` n > 1 (engine.render.iplap.IplapLipSync) gets each frame's last n mel windows (B,n,80,16) and the
+    cache frames shown around it (B,n, `frames`); a `scheduled` one (shared between sessions, batching by deadline)
+    the time the batch's first frame is shown (`due`).
     A live run gives each frame's presentation `deadline` (monotonic) and a SkipPolicy: a frame the model would
     make late is shown as the cached frame instead, and counted in stats.skipped. `faces(indices)` gives the
     cached crops the model starts from: numpy from the presenter, or device tensors from the device pipeline.
@@ -141,7 +142,7 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
     policy = policy or SkipPolicy()
     faces = faces or (lambda indices: np.stack([presenter.face(i) for i in indices]))
     batch: list[tuple[FrameUnit, int]] = []
-    span = getattr(lipsync, "window_frames", 1)  # IP_LAP: each frame's window of 5 (see engine/render/iplap.py)
+    span = lipsync.window_frames if lipsync is not None else 1  # IP_LAP: each frame's window of 5
     recent: deque = deque(maxlen=span)  # the last `span` units' mel windows, this one last
     contexts: dict[int, np.ndarray] = {}
 
@@ -157,12 +158,10 @@ def lip_sync(units: Iterable[FrameUnit], presenter: Presenter, lipsync, batch_si
                 windows = np.stack([contexts.pop(u.index) for u, _ in batch])
                 shown = np.array([[ping_pong(max(0, u.index + d) + start_frame, presenter.frames)
                                    for d in range(-(span // 2), span // 2 + 1)] for u, _ in batch])
-                mouths = lipsync.predict(windows, faces(indices), landmarks, shown)
-            elif getattr(lipsync, "scheduled", False):  # a model shared between sessions: it batches by deadline
-                due = min(deadline(u) for u, _ in batch) if deadline is not None else float("inf")
-                mouths = lipsync.predict(np.stack([u.window for u, _ in batch]), faces(indices), landmarks, due=due)
             else:
-                mouths = lipsync.predict(np.stack([u.window for u, _ in batch]), faces(indices), landmarks)
+                windows, shown = np.stack([u.window for u, _ in batch]), None
+            due = min(deadline(u) for u, _ in batch) if lipsync.scheduled and deadline is not None else float("inf")
+            mouths = lipsync.predict(windows, faces(indices), landmarks, frames=shown, due=due)
         skipped = mouths is None and lipsync is not None  # the shared model could not make their time
         for k, (unit, index) in enumerate(batch):  # (a meter reading pixels costs time the policy must see)
             measure(unit, index, driven=not skipped, face=mouths[k] if mouths is not None else None)

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -31,7 +31,7 @@ class Request:
     due: float                                   # monotonic time its first frame is shown (inf: a file, no rush)
     order: int                                   # FIFO among equal deadlines
     method: str = field(compare=False)
-    args: tuple = field(compare=False)           # arrays or tensors, all with the same leading batch dimension
+    args: tuple = field(compare=False)           # arrays or tensors with one leading batch dimension, or None
     rows: int = field(compare=False)
     future: Future = field(compare=False)
     kind: tuple = field(compare=False, default=())  # what must match to share a call: method, types, devices, shapes
@@ -39,12 +39,14 @@ class Request:
 
 def kind_of(method: str, args: tuple) -> tuple:
     """Requests batch together only when one concatenation can hold them: numpy rows with numpy rows of the same
-    shape and dtype, tensors with tensors on the same device."""
-    return (method, *((type(a).__name__, str(getattr(a, "device", "")), str(a.dtype), tuple(a.shape[1:]))
-                      for a in args))
+    shape and dtype, tensors with tensors on the same device, an argument left out (None) where all leave it out."""
+    return (method, *(None if a is None else (type(a).__name__, str(getattr(a, "device", "")), str(a.dtype),
+                                              tuple(a.shape[1:])) for a in args))
 
 
 def _concat(parts: list):
+    if parts[0] is None:
+        return None
     if isinstance(parts[0], np.ndarray):
         return np.concatenate(parts)
     import torch
@@ -53,7 +55,8 @@ def _concat(parts: list):
 
 class ModelWorker:
     """The thread that owns one model. `model` has the methods sessions call (predict, enhance, ...), each taking
-    arrays or tensors with a leading batch dimension and returning one row per input row."""
+    arrays or tensors with a leading batch dimension (or None for an optional argument left out) and returning one
+    row per input row."""
 
     def __init__(self, model, name: str, max_batch: int = 16, margin: float = 0.02):
         self.model, self.name, self.max_batch, self.margin = model, name, max_batch, margin
@@ -75,7 +78,7 @@ class ModelWorker:
 
     def submit(self, method: str, args: tuple, due: float = float("inf")) -> Future:
         rows = len(args[0])
-        if rows < 1 or any(len(a) != rows for a in args):
+        if rows < 1 or any(a is not None and len(a) != rows for a in args):
             raise ValueError(f"{self.name}.{method}: every argument needs the same number of rows, at least one")
         future: Future = Future()
         with self._wake:
@@ -178,19 +181,44 @@ class ModelWorker:
 
 class SharedModel:
     """What one session holds instead of the model: the same methods, each a request to the shared worker with the
-    session's deadline. `scheduled` tells the model stage to pass that deadline (`due`)."""
+    session's deadline. Sharing a lip model, it is a LipModel (models/contract.py) with the model's fields, but
+    `scheduled`: that tells the model stage to pass the deadline (`due`). A shared enhancer is only called
+    (enhance, enhance_tensors)."""
     scheduled = True
 
     def __init__(self, worker: ModelWorker, model):
-        self.worker, self._model = worker, model
+        self.worker, self.model = worker, model
 
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)  # attributes (face_size, device, runtime, realtime ...) as the model's
+    @property
+    def name(self) -> str:
+        return self.model.name
 
-    def predict(self, mel_windows, faces, landmarks=None, due: float = float("inf")):
-        if landmarks is None:
-            return self.worker.call("predict", mel_windows, faces, due=due)
-        return self.worker.call("predict", mel_windows, faces, landmarks, due=due)
+    @property
+    def size(self) -> int:
+        return self.model.size
+
+    @property
+    def window_frames(self) -> int:
+        return self.model.window_frames
+
+    @property
+    def batch_size(self) -> Optional[int]:
+        return self.model.batch_size
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @property
+    def runtime(self) -> str:
+        return self.model.runtime
+
+    @property
+    def device_tensors(self) -> bool:
+        return self.model.device_tensors
+
+    def predict(self, mel_windows, faces, landmarks=None, frames=None, due: float = float("inf")):
+        return self.worker.call("predict", mel_windows, faces, landmarks, frames, due=due)
 
     def enhance(self, heads, due: float = float("inf")):
         return self.worker.call("enhance", heads, due=due)

@@ -11,12 +11,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
-from functools import lru_cache
 
-import torch
 from torch import nn
-
-from ..loader import shapes_of
 
 
 def _provide_torchvision_names() -> None:
@@ -44,8 +40,3 @@ def build_gfpgan() -> nn.Module:
     return GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, num_mlp=8, input_is_latent=True,
                   different_w=True, narrow=1, sft_half=True)
 
-
-@lru_cache(maxsize=1)
-def gfpgan_signature() -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        return shapes_of(build_gfpgan().state_dict())

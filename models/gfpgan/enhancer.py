@@ -8,9 +8,8 @@ from typing import Union
 import numpy as np
 import torch
 
-from ..loader import CheckpointError, describe_difference, read_checkpoint, shapes_of, what_is_it
 from ..predictor import pick_device
-from .arch import build_gfpgan, gfpgan_signature
+from ..registry import GFPGAN, Family, describe_difference, load, shapes_of, what_is_it
 
 log = logging.getLogger("models")
 
@@ -18,24 +17,21 @@ WHERE_FROM = "GFPGANv1.3.pth or GFPGANv1.4.pth, from the GFPGAN project's releas
 HEAD_SIZE = 512
 
 
+def what_gfpgan_is_not(state: dict, container: str) -> str:
+    """What a state dict that is not GFPGANv1Clean 512 is, as far as its keys tell."""
+    found = what_is_it(state, container)
+    if found is not None and found[0] != "gfpgan":
+        return f"this is {found[1]}; expected a GFPGAN checkpoint ({WHERE_FROM})"
+    return (f"not a GFPGAN v1.3/v1.4 (GFPGANv1Clean, 512 px) checkpoint: "
+            f"{describe_difference(shapes_of(state), GFPGAN.signature)}")
+
+
+FAMILY = Family((GFPGAN,), WHERE_FROM, what_gfpgan_is_not, where_always=False)
+
+
 def load_gfpgan(path: Union[str, Path], trust_pickle: bool = False) -> torch.nn.Module:
     """GFPGANv1Clean from a released file ({'params_ema': ...}, else 'params'), on the CPU in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file ({WHERE_FROM})")
-    state, extra = read_checkpoint(path, trust_pickle)
-    shapes = shapes_of(state)
-    if shapes != gfpgan_signature():
-        found = what_is_it(state, extra.get("_container", ""))
-        if found is not None and found[0] != "gfpgan":
-            raise CheckpointError(f"{path}: this is {found[1]}; expected a GFPGAN checkpoint ({WHERE_FROM})")
-        raise CheckpointError(f"{path}: not a GFPGAN v1.3/v1.4 (GFPGANv1Clean, 512 px) checkpoint: "
-                              f"{describe_difference(shapes, gfpgan_signature())}")
-    model = build_gfpgan()
-    model.load_state_dict(state, strict=True)
-    log.info("loaded %s: GFPGANv1Clean 512 (%d tensors, %.1f M parameters)", path.name, len(state),
-             sum(p.numel() for p in model.parameters()) / 1e6)
-    return model.eval()
+    return load(path, FAMILY, trust_pickle).model
 
 
 def gfpgan_dtype(device: torch.device, requested: Union[str, torch.dtype, None]) -> torch.dtype:

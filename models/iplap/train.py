@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import CheckpointError, read_checkpoint
 from ..dataset import batch
-from ..loader import CheckpointError, read_checkpoint
 from ..predictor import pick_device
 from ..train import TrainConfig, Trainer, add_run_flags, run_schedule, run_steps
 from .arch import LandmarkGenerator, Renderer

@@ -19,6 +19,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from ..contract import HostDevice
 from .geometry import (LAYOUTS, MouthLayout, along_lip, jaw_reach, lip_polygons, mouth_opening,
                        mouth_width, polygon_mask, warp_mouth)
 
@@ -56,11 +57,18 @@ class MouthSmoother:
 
 
 class MouthAnimator:
-    """Drop-in for the Wav2Lip predictor: predict(mel_windows, faces, landmarks) -> faces (BGR uint8).
+    """A LipModel (models/contract.py) like the Wav2Lip predictor: predict(mel_windows, faces, landmarks) -> faces
+    (BGR uint8), on the host, frame after frame (its smoothing runs in frame order), so any batch is one call.
 
     `library` (models/mouthwarp/library.py) gives the presenter's own recorded mouths; without one, or when it has
     no open mouths, each frame's mouth is drawn."""
     name = "mouthwarp"
+    window_frames = 1
+    batch_size = None
+    device = HostDevice()
+    runtime = "numpy"
+    device_tensors = False
+    scheduled = False
 
     def __init__(self, face_size: int, attack: float = 0.7, release: float = 0.45, library=None):
         self.size = face_size
@@ -72,8 +80,9 @@ class MouthAnimator:
         """Import the warp's interpolator now (about 0.6 s), not on the first spoken frame of a live stream."""
         import scipy.interpolate  # noqa: F401
 
-    def predict(self, mel_windows: np.ndarray, faces_bgr: np.ndarray,
-                landmarks: Optional[np.ndarray] = None) -> np.ndarray:
+    def predict(self, mel_windows: np.ndarray, faces_bgr: np.ndarray, landmarks: Optional[np.ndarray] = None,
+                frames: Optional[np.ndarray] = None, due: float = float("inf")) -> np.ndarray:
+        """`frames` and `due` are the contract's, not needed: one window per frame, drawn when called."""
         if landmarks is None:
             raise ValueError("the mouth animator needs each crop's landmarks (from the preprocess cache)")
         if not len(mel_windows) == len(faces_bgr) == len(landmarks):

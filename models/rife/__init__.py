@@ -18,8 +18,6 @@ level darker on average); the rest follows it.
 """
 from __future__ import annotations
 
-import logging
-from functools import lru_cache
 from pathlib import Path
 from typing import Union
 
@@ -27,46 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..loader import CheckpointError, describe_difference, meta_shapes, read_checkpoint, shapes_of, what_is_it
 from ..predictor import pick_device
+from ..registry import RIFE, Family, describe_difference, load, shapes_of, what_is_it
 from .arch import PAD_MULTIPLE, IFNet
 
 __all__ = ["IFNet", "RifeInterpolator", "load_rife"]
 
-log = logging.getLogger("models")
-
 WHERE_FROM = ("use train_log/flownet.pkl from the RIFE v4.6 zip in the model list of "
               "https://github.com/hzwer/Practical-RIFE (README)")
 Device = Union[str, torch.device, None]
-
-
-@lru_cache(maxsize=None)
-def rife_signature() -> dict[str, tuple[int, ...]]:
-    """Every state-dict key of IFNet v4.6 with its shape."""
-    return meta_shapes(IFNet)
-
-
-def load_rife(path: Union[str, Path], device: Device = None) -> IFNet:
-    """IFNet from a released flownet.pkl (keys with or without `module.`), in eval mode on `device` (None: CUDA
-    when present, else CPU). Raises CheckpointError, one line, for a missing, corrupt or different file."""
-    path = Path(path)
-    try:
-        state, extra = read_checkpoint(path)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{exc}; {WHERE_FROM}") from exc
-    expected, found = rife_signature(), shapes_of(state)
-    if any(found.get(key) != shape for key, shape in expected.items()):
-        raise CheckpointError(f"{path}: {what_rife_is_not(state, extra.get('_container', ''))}; {WHERE_FROM}")
-    model = IFNet()
-    model.load_state_dict({key: state[key] for key in expected}, strict=True)
-    log.info("loaded %s: RIFE v4.6 IFNet_HDv3 (%.1f M parameters; %d other entries ignored)", path.name,
-             sum(p.numel() for p in model.parameters()) / 1e6, len(state) - len(expected))
-    return model.eval().to(resolve_device(device))
-
-
-def resolve_device(device: Device) -> torch.device:
-    """None/'auto': CUDA when present, else CPU (models.predictor.pick_device, with its one-line errors)."""
-    return pick_device(None if device is None else str(device))
 
 
 def what_rife_is_not(state: dict, container: str) -> str:
@@ -76,8 +43,22 @@ def what_rife_is_not(state: dict, container: str) -> str:
         return f"this is {known[1]}, not a RIFE flownet"
     if any(key.startswith("encode.") for key in state):
         return (f"a RIFE v4.7 or later flownet ({len(state)} entries, with the `encode` feature head), not v4.6: "
-                f"{describe_difference(shapes_of(state), rife_signature())}")
-    return f"not a RIFE v4.6 flownet ({len(state)} entries): {describe_difference(shapes_of(state), rife_signature())}"
+                f"{describe_difference(shapes_of(state), RIFE.signature)}")
+    return f"not a RIFE v4.6 flownet ({len(state)} entries): {describe_difference(shapes_of(state), RIFE.signature)}"
+
+
+FAMILY = Family((RIFE,), WHERE_FROM, what_rife_is_not)
+
+
+def load_rife(path: Union[str, Path], device: Device = None) -> IFNet:
+    """IFNet from a released flownet.pkl (keys with or without `module.`), in eval mode on `device` (None: CUDA
+    when present, else CPU). Raises CheckpointError, one line, for a missing, corrupt or different file."""
+    return load(path, FAMILY).model.to(resolve_device(device))
+
+
+def resolve_device(device: Device) -> torch.device:
+    """None/'auto': CUDA when present, else CPU (models.predictor.pick_device, with its one-line errors)."""
+    return pick_device(None if device is None else str(device))
 
 
 class RifeInterpolator:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence, Union
 
@@ -36,8 +35,8 @@ from scipy import signal
 from audio.mfcc import N_COEFFICIENTS, mfcc
 from core.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 
-from ..loader import CheckpointError, describe_difference, meta_shapes, read_checkpoint, shapes_of, what_is_it
 from ..predictor import pick_device
+from ..registry import SYNCNET_V2, Family, describe_difference, load, shapes_of, what_is_it
 from .arch import S
 
 __all__ = ["S", "SyncScore", "audio_windows", "calc_pdist", "embed", "evaluate", "lip_windows", "load_syncnet_v2",
@@ -54,45 +53,27 @@ MFCC_WINDOW = 20         # five frames of MFCCs
 VSHIFT = 15              # run_syncnet.py's default
 BATCH_SIZE = 20          # run_syncnet.py's default
 MEDIAN_TAPS = 9
-COUNTER = ".num_batches_tracked"
 Device = Union[str, torch.device, None]
 
 
-@lru_cache(maxsize=None)
-def syncnet_v2_signature() -> dict[str, tuple[int, ...]]:
-    """Every state-dict key of S with its shape."""
-    return meta_shapes(S)
-
-
-def load_syncnet_v2(path: Union[str, Path], device: Device = None) -> S:
-    """S from the released syncnet_v2.model, in eval mode on `device` (None: CUDA when present, else CPU). Raises
-    CheckpointError, one line, for a missing, corrupt or different file."""
-    path = Path(path)
-    try:
-        state, extra = read_checkpoint(path)
-    except CheckpointError as exc:
-        raise CheckpointError(f"{exc}; {WHERE_FROM}") from exc
-    found = shapes_of(state)
-    expected = {key: shape for key, shape in syncnet_v2_signature().items()
-                if key in found or not key.endswith(COUNTER)}
-    if found != expected:
-        raise CheckpointError(f"{path}: {what_syncnet_v2_is_not(state, expected, extra.get('_container', ''))}; "
-                              f"{WHERE_FROM}")
-    model = S()
-    model.load_state_dict({**model.state_dict(), **state}, strict=True)
-    log.info("loaded %s: syncnet_python SyncNet S (%.1f M parameters; %d BatchNorm counters absent, as released)",
-             path.name, sum(p.numel() for p in model.parameters()) / 1e6, len(syncnet_v2_signature()) - len(found))
-    return model.eval().to(pick_device(None if device is None else str(device)))
-
-
-def what_syncnet_v2_is_not(state: dict, expected: dict, container: str) -> str:
+def what_syncnet_v2_is_not(state: dict, container: str) -> str:
     """What a state dict that is not syncnet_v2.model is, as far as its keys tell."""
     known = what_is_it(state, container)
     if known is not None and known[0] == "syncnet":
         return "this is Wav2Lip's SyncNet lip-sync expert (face_encoder/audio_encoder), not syncnet_python's S"
     if known is not None and known[0] != "syncnet_v2":
         return f"this is {known[1]}, not syncnet_python's S"
-    return f"not syncnet_python's S ({len(state)} entries): {describe_difference(shapes_of(state), expected)}"
+    shapes = shapes_of(state)
+    return f"not syncnet_python's S ({len(state)} entries): {describe_difference(shapes, SYNCNET_V2.expected(shapes))}"
+
+
+FAMILY = Family((SYNCNET_V2,), WHERE_FROM, what_syncnet_v2_is_not)
+
+
+def load_syncnet_v2(path: Union[str, Path], device: Device = None) -> S:
+    """S from the released syncnet_v2.model, in eval mode on `device` (None: CUDA when present, else CPU). Raises
+    CheckpointError, one line, for a missing, corrupt or different file."""
+    return load(path, FAMILY).model.to(pick_device(None if device is None else str(device)))
 
 
 @dataclass
