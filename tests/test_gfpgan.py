@@ -48,6 +48,7 @@ def test_released_layout_loads_strictly(released_gfpgan):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_enhance_follows_gfpganer_pre_and_post_processing(released_gfpgan, head, caplog):
     path, _ = released_gfpgan
     model = load_gfpgan(path)

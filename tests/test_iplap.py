@@ -242,6 +242,7 @@ def test_landmark_generator_equals_the_reference_forward(released):
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_renderer_equals_the_reference_forward(released):
     model = load_renderer(released["renderer"][0], "cpu")
     rng = torch.Generator().manual_seed(3)
@@ -422,6 +423,7 @@ def test_sketches_equal_the_reference_drawing_at_every_crop_size():
         assert np.abs(draw_sketch(pose, content, int(h), int(w)) - theirs).max() < 1e-6, (h, w)
 
 
+@pytest.mark.slow
 def test_one_frame_equals_the_reference_inference_from_the_same_landmarks(built, released):
     """A real presenter (the astronaut clip's cache: frames and MediaPipe meshes): boxes, reference choices,
     sketches, predicted landmarks and the drawn face equal the reference's inference_single.py on the same
@@ -562,6 +564,7 @@ def test_the_face_goes_from_iplaps_crop_into_the_wav2lip_crop_in_place(iplap_cac
         assert np.abs(shifted[covered].astype(int) - cached[covered]).mean() > 6  # 3 pixels off shows
 
 
+@pytest.mark.slow
 def test_a_render_draws_only_speech_inside_the_face_box(released, iplap_cache, media):
     """Random-weight checkpoints in the released layout, one reference face (CPU time): frame and audio counts
     follow the input, silence and faceless frames are the cached frames untouched, speech changes only the face
@@ -675,6 +678,7 @@ def test_the_training_export_holds_iplaps_crops_and_landmarks(built, training_ro
     assert 0 <= face.min() and face.max() <= 1 and sketches.max() > 0.5
 
 
+@pytest.mark.slow
 def test_landmark_training_lowers_the_loss_in_the_released_layout_and_resumes(training_root, tmp_path):
     from models.dataset import batch
     from models.iplap.data import IplapSampler, read_iplap_split
@@ -700,6 +704,7 @@ def test_landmark_training_lowers_the_loss_in_the_released_layout_and_resumes(tr
     assert read_checkpoint(resumed)[1]["global_step"] == 11
 
 
+@pytest.mark.slow
 def test_renderer_training_lowers_the_warp_loss_and_writes_both_checkpoints(training_root, tmp_path):
     """A step of the reference's first phase (the warped reference's perceptual loss) on a batch of two lowers
     that loss on the samples it saw, and writes the renderer and the discriminator in the released layout. One

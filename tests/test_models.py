@@ -95,6 +95,7 @@ def _outputs(model, size):
         return model(torch.randn(1, 1, 80, 16), torch.rand(1, 6, size, size))
 
 
+@pytest.mark.slow
 def test_released_96_checkpoint_with_optimizer_and_module_prefix_loads_unchanged(tmp_path):
     model = randomise_batchnorm(Wav2Lip(wav2lip96.GENERATOR))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -120,6 +121,7 @@ def test_released_96_checkpoint_with_optimizer_and_module_prefix_loads_unchanged
 @pytest.mark.parametrize("spec, bare", [(wav2lip288.GENERATOR, True), (wav2lip288.GENERATOR_PRELU_2021, True),
                                         (wav2lip384.GENERATOR, False)],
                          ids=["wav2lip288", "wav2lip288_prelu2021", "wav2lip384_prefixed_only"])
+@pytest.mark.slow
 def test_high_resolution_generators_load_from_bare_and_prefixed_state_dicts(spec, bare, tmp_path):
     model = randomise_batchnorm(Wav2Lip(spec))
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, tmp_path / "prefixed.pth")
@@ -268,6 +270,7 @@ def face_batch():
 
 @pytest.mark.parametrize("spec, runtime", [(wav2lip96.GENERATOR, "torch"), (wav2lip384.GENERATOR, "torch"),
                                            (wav2lip96.GENERATOR, "openvino")], ids=["96-torch", "384-torch", "96-openvino"])
+@pytest.mark.slow
 def test_predictor_matches_the_reference_inference(spec, runtime, face_batch):
     import cv2
     mels, face = face_batch
@@ -291,6 +294,7 @@ def test_batchnorm_folding_is_exact_to_1e5():
         assert (model(mel, faces) - folded(mel, faces)).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_bf16_stays_within_its_measured_bound(face_batch):
     import cv2
     mels, face = face_batch

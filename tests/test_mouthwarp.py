@@ -59,6 +59,7 @@ def mouth_change(presenter, frame, index) -> float:
     return float(np.abs(frame[mid:y2, x1:x2].astype(int) - presenter.background(index)[mid:y2, x1:x2].astype(int)).mean())
 
 
+@pytest.mark.slow
 def test_mouth_motion_follows_the_audio(animated):
     presenter, audio, frames, units, _, mouths = animated
     if mouths == "recorded":
@@ -100,6 +101,7 @@ def test_silence_closes_the_mouth_and_loud_speech_opens_it():
     assert openings[0] < openings[1] < openings[2] and openings[3] > 0 and openings[5] < openings[3]
 
 
+@pytest.mark.slow
 def test_demo_command_renders_a_playable_mp4_with_audio(tmp_path):
     proc = subprocess.run([sys.executable, "stream_out.py", "demo", "--out", str(tmp_path), "--short"],
                           cwd=ROOT, capture_output=True, text=True)

@@ -53,6 +53,7 @@ def int8_predictor(wide_generator, crops, tmp_path_factory):
                             store_dir=store), store
 
 
+@pytest.mark.slow
 def test_int8_stays_within_its_stated_tolerance_of_torch_fp32(wide_generator, crops, int8_predictor):
     _, faces, mels = crops  # crops the calibration never saw, with other speech
     predictor, _ = int8_predictor
@@ -100,6 +101,7 @@ def test_stored_models_are_keyed_by_their_weights(wide_generator, int8_predictor
 
 @pytest.mark.parametrize("spec", [wav2lip96.GENERATOR, wav2lip288.GENERATOR, wav2lip288.GENERATOR_PRELU_2021,
                                   wav2lip384.GENERATOR], ids=lambda s: s.name)
+@pytest.mark.slow
 def test_the_graph_built_from_the_layer_table_equals_the_torch_generator(spec):
     """models/openvino_graph.py builds each architecture (SAM, PReLU, tanh head, audio refine included) from the
     unfolded state dict, folding BatchNorm itself: its output equals the torch module's."""
@@ -194,6 +196,7 @@ def test_an_int8_check_that_cannot_tell_anything_says_so(int8_predictor, wide_ge
     assert "cannot tell anything" in logs["random"]
 
 
+@pytest.mark.slow
 def test_conversion_and_calibration_report_no_usage(tmp_path):
     """openvino-telemetry, with no consent file (a fresh home) and no CI variable, counts silence as consent: a
     conversion and an int8 calibration through models/runtime.py must send nothing; openvino's own converter

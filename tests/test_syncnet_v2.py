@@ -302,6 +302,7 @@ def test_cropped_track_scores_equal_the_reference(released, track_video, track_r
     np.testing.assert_allclose(result.framewise_confidence, expected["framewise_confidence"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_command_line_scores_a_filelist_with_mean_and_csv(released, track_video, track_reference, tmp_path):
     """`python -m models.evaluate --cropped --filelist`: the reference's lines per video, the mean, a CSV row per
     track, and a one-line reason for each video it could not score."""

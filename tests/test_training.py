@@ -73,6 +73,7 @@ def similarities(model: SyncNet, pairs) -> tuple[float, float, float]:
     return loss, cos[in_sync].mean().item(), cos[~in_sync].mean().item()
 
 
+@pytest.mark.slow
 def test_samples_follow_the_reference_layout(synced_set):
     clips = read_split(synced_set["train"], "train")
     sampler = Sampler(clips, 96, seed=0)
@@ -94,6 +95,7 @@ def expert(synced_set, tmp_path_factory):
     return last, evals, folder
 
 
+@pytest.mark.slow
 def test_syncnet_training_learns_in_sync_from_shifted(synced_set, expert):
     last, evals, folder = expert
     pairs = eval_pairs(synced_set["train"])
@@ -108,6 +110,7 @@ def test_syncnet_training_learns_in_sync_from_shifted(synced_set, expert):
     assert len(evals) == 2 and [p.name for p in folder.iterdir()] == ["checkpoint_step000000080.pth"]
 
 
+@pytest.mark.slow
 def test_evaluate_finds_how_far_the_audio_was_shifted(synced_set, expert, tmp_path, capsys):
     """The issue's check: audio delayed by k frames -> the trained expert, scored as syncnet_python scores, reports
     an AV offset of -k (within 1; the reference's sign: negative when the sound comes after the lips)."""
@@ -128,6 +131,7 @@ def test_evaluate_finds_how_far_the_audio_was_shifted(synced_set, expert, tmp_pa
     assert abs(offset + k) <= 1
 
 
+@pytest.mark.slow
 def test_generator_steps_lower_l1_and_checkpoints_round_trip(synced_set, tmp_path, caplog):
     expert = save_checkpoint(SyncNet(wav2lip96.SYNCNET), tmp_path / "expert.pth")
     cfg = TrainConfig(batch_size=1, steps=3, lr=1e-3, eval_interval=1, eval_batches=1, checkpoint_interval=3)
@@ -150,6 +154,7 @@ def test_generator_steps_lower_l1_and_checkpoints_round_trip(synced_set, tmp_pat
     assert resumed["global_step"] == 4
 
 
+@pytest.mark.slow
 def test_gan_training_writes_the_reference_discriminator_and_honours_syncnet_wt(synced_set, tmp_path, caplog):
     disc = QualityDiscriminator(wav2lip96.DISCRIMINATOR)
     assert len(disc.state_dict()) == 28 and sum(p.numel() for p in disc.parameters()) == 14_113_793
