@@ -30,7 +30,8 @@ from engine.render.loop import EngineConfig, LiveEngine
 from engine.render.presenter import Presenter, ping_pong
 from audio.decode import PcmStream
 from core.net import free_port
-from engine.serve.server import Gate, Server, ServerConfig, check_bind, is_loopback, parse_listen
+from engine.serve.routes import Gate, ServerConfig, check_bind, is_loopback, parse_listen
+from engine.serve.server import Server
 from models.mouthwarp import MouthAnimator
 
 aiohttp = require("aiohttp")

@@ -4,16 +4,17 @@
                 model workers and its measured capacity. Frames leave from here: each session's outputs (MPEG-TS
                 URL, recording) and its WebRTC peers (the browser's offer comes through the router; the media flows
                 between the browser and this replica).
-  Router        the HTTP/WebSocket ingress. POST /sessions goes to the host with the most room; later requests
-                for that session (WebSocket speech, uploads, offers, status, DELETE) go to its host. One router
-                replica holds the placement.
+  Router        the HTTP/WebSocket ingress: the routes, checks and handlers of engine/serve/routes.py (the same
+                as the aiohttp server's) on FastAPI, over PlacedSessions. POST /sessions goes to the host with the
+                most room; later requests for that session (WebSocket speech, uploads, offers, status, DELETE) go to
+                its host. One router replica holds the placement.
 
 Start it with `stream_out.py ray-serve` (see --help): on one machine it starts Ray itself; on a cluster
 (`ray start --head` here, `ray start --address HEAD:6379` on each GPU machine) pass --ray_address auto.
 """
 import asyncio
-import concurrent.futures
 import itertools
+import json
 import logging
 import secrets
 import threading
@@ -21,23 +22,21 @@ from collections import deque
 from pathlib import Path
 from typing import Optional
 
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect  # FastAPI needs the handlers' annotations as
-from fastapi.responses import JSONResponse, Response                   # objects: no postponed annotations here
+from fastapi import FastAPI, Request, WebSocket  # FastAPI needs the endpoints' annotations as objects: no
+from starlette.requests import HTTPConnection   # postponed annotations here
+from starlette.responses import Response
+from starlette.websockets import WebSocketDisconnect
 
-from audio.decode import AudioError
 from configs.spec import RayServeSpec, StreamOutSpec
 
 from .metrics import exposition_of
-from .protocol import ProtocolError, Unauthorized, authenticate, speak_upload
-from .server import Gate, ServerConfig, check_bind, parse_listen
+from .protocol import speak_upload
+from .routes import (ROUTES, Answer, Api, Call, ServerConfig, Socket, answer_offer, check, health_of, no_body,
+                     on_message, session_ended)
 from .sessions import Sessions, SessionsConfig, UnknownSession, create_answer
-from .talk import TalkerBusy
-from .webrtc import PeerLimit
 
 log = logging.getLogger("engine.serve.ray_serve")
 EVENT_POLL = 0.02  # s between looks at a client's events while the router waits for them
-AUTH_SECONDS = 10.0  # a browser's socket must send its token within this
-MAX_UPLOAD_BYTES = 64 << 20
 
 
 class SessionHost:
@@ -72,6 +71,9 @@ class SessionHost:
         except UnknownSession as exc:
             return {"http": 404, "error": str(exc)}
 
+    def health(self) -> tuple[int, list[str]]:
+        return health_of(self.sessions)
+
     def connect(self, sid: str) -> Optional[int]:
         if sid not in self.sessions.ids():
             return None
@@ -85,17 +87,7 @@ class SessionHost:
         entry = self.clients.get((sid, key))
         if entry is None or sid not in self.sessions.ids():
             return None
-        desk = self.sessions.get(sid).desk
-        try:
-            if text is not None:
-                return desk.on_text(entry[0], text)
-            desk.on_pcm(entry[0], data or b"")
-        except (ProtocolError, AudioError) as exc:
-            return [{"type": "error", "message": str(exc)}]
-        except Exception:  # a bug must cost this message, never the socket or the host
-            log.exception("message to session %s failed", sid)
-            return [{"type": "error", "message": "internal error on this message"}]
-        return []
+        return on_message(self.sessions.get(sid).desk, entry[0], text, data)
 
     async def events(self, sid: str, key: int, wait: float = 1.0) -> Optional[list[dict]]:
         """The client's engine events, waiting up to `wait` s for one; None once its session has ended."""
@@ -125,191 +117,220 @@ class SessionHost:
         """A browser's offer: a viewer, or a page that talks (its microphone becomes speech on the session's desk)."""
         if sid not in self.sessions.ids():
             return {"http": 404, "error": f"no session {sid!r}"}
-        session = self.sessions.get(sid)
-        future = asyncio.run_coroutine_threadsafe(session.webrtc.answer(sdp, kind, session.desk), self.loop)
+        future = asyncio.run_coroutine_threadsafe(answer_offer(self.sessions.get(sid), sdp, kind), self.loop)
+        status, answer = future.result()
+        return {"http": status, **answer}
+
+
+def split(result: dict) -> tuple[int, dict]:
+    """A host's answer, {"http": status, ...}, as (status, body)."""
+    return result.pop("http", 200), result
+
+
+class PlacedSessions:
+    """The API's backend on Ray: sessions placed on the SessionHost replicas, each request sent to its session's
+    host."""
+
+    def __init__(self, hosts):
+        self.hosts = list(hosts)
+        self.placement: dict[str, int] = {}  # session id -> index of its host
+
+    def has(self, sid: str) -> bool:
+        return sid in self.placement
+
+    def host(self, sid: str):
+        if sid not in self.placement:
+            raise UnknownSession(sid)
+        return self.hosts[self.placement[sid]]
+
+    async def create(self, body: object) -> tuple[int, dict]:
+        """On the host with the most room (each measures its own)."""
+        rooms = await asyncio.gather(*(h.room.remote() for h in self.hosts), return_exceptions=True)
+        rooms = [r if isinstance(r, dict) else {"left": 0, "reason": f"not answering ({r!r:.100})"} for r in rooms]
+        best = max(range(len(self.hosts)), key=lambda i: rooms[i]["left"])
+        if rooms[best]["left"] < 1:
+            reasons = "; ".join(f"host {i}: {r['reason']}" for i, r in enumerate(rooms))
+            return 503, {"error": f"no capacity for another session: {reasons}"}
+        sid = secrets.token_hex(6)
+        status, answer = split(await self.hosts[best].create.remote(body, sid))
+        if status == 201:
+            self.placement[sid] = best
+            answer["host"] = best
+        return status, answer
+
+    async def end(self, sid: str) -> tuple[int, dict]:
+        host = self.host(sid)
+        del self.placement[sid]
+        return split(await host.end.remote(sid))
+
+    async def status(self) -> dict:
+        statuses = await asyncio.gather(*(h.status.remote() for h in self.hosts), return_exceptions=True)
+        statuses = [s if isinstance(s, dict) else {"error": f"not answering ({s!r:.100})"} for s in statuses]
+        return {"hosts": statuses, "placement": dict(self.placement)}
+
+    async def session_status(self, sid: str) -> tuple[int, dict]:
+        return split(await self.host(sid).status.remote(sid))
+
+    async def speak(self, sid: str, data: bytes) -> tuple[int, dict]:
+        return split(await self.host(sid).speak.remote(sid, data))
+
+    async def offer(self, sid: str, sdp: str, kind: str) -> tuple[int, dict]:
+        return split(await self.host(sid).offer.remote(sid, sdp, kind))
+
+    async def metrics(self) -> tuple[bytes, str]:
+        statuses = await asyncio.gather(*(h.status.remote() for h in self.hosts), return_exceptions=True)
+        return exposition_of([(str(i), s) for i, s in enumerate(statuses) if isinstance(s, dict)])
+
+    async def health(self) -> tuple[int, list[str]]:
+        """Every host's sessions; a host that does not answer counts as stopped."""
+        answers = await asyncio.gather(*(h.health.remote() for h in self.hosts), return_exceptions=True)
+        sessions, stopped = 0, []
+        for i, answer in enumerate(answers):
+            if isinstance(answer, BaseException):
+                stopped.append(f"host {i}")
+            else:
+                sessions += answer[0]
+                stopped += answer[1]
+        return sessions, stopped
+
+    async def connect(self, sid: str, ws: Socket) -> Optional["HostLink"]:
+        host = self.placement.get(sid)
+        key = await self.hosts[host].connect.remote(sid) if host is not None else None
+        return None if key is None else HostLink(self.hosts[host], sid, key, ws)
+
+
+class HostLink:
+    """A WebSocket client of a session on its host: messages go there as calls, its events come back long-polled."""
+
+    def __init__(self, host, sid: str, key: int, ws: Socket):
+        self.host, self.sid, self.key, self.ws = host, sid, key, ws
+        self.pump = asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> None:
+        while (events := await self.host.events.remote(self.sid, self.key)) is not None:
+            for event in events:
+                await self.ws.send(event)
+        await session_ended(self.ws, self.sid)
+
+    async def message(self, text: Optional[str], data: Optional[bytes]) -> Optional[list[dict]]:
+        return await self.host.message.remote(self.sid, self.key, text, data)
+
+    async def close(self) -> None:
+        self.pump.cancel()
+        await self.host.disconnect.remote(self.sid, self.key)
+
+
+# --- the router's FastAPI front end ------------------------------------------------------------------------------
+def call_of(connection: HTTPConnection) -> Call:
+    body = connection.stream if isinstance(connection, Request) else no_body
+    return Call(connection.scope.get("method", "GET"), connection.scope["path"], connection.headers,
+                connection.path_params, body)
+
+
+def response_of(answer: Answer) -> Response:
+    headers = {**answer.headers, **({"Content-Type": answer.content_type} if answer.content_type else {})}
+    return Response(answer.payload(), answer.status, headers)
+
+
+async def deny(scope, receive, send, answer: Answer) -> None:
+    """An answer before the app: to a WebSocket, as the HTTP answer to its upgrade where the server can send one
+    (uvicorn can); otherwise by closing it unaccepted, which the server answers with 403."""
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+    else:
+        await response_of(answer)(scope, receive, send)
+
+
+class Guard:
+    """The shared check on every request and WebSocket upgrade before FastAPI routes it, as the aiohttp server's
+    middleware does."""
+
+    def __init__(self, app, api: Api):
+        self.app, self.api = app, api
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        early, cors = check(self.api.gate, call_of(HTTPConnection(scope)))
+        if early is not None:
+            return await deny(scope, receive, send, early)
+        await self.app(scope, receive, adding(cors, send) if cors else send)
+
+
+def adding(headers: dict, send):
+    """`send` with `headers` added to the answer's (an allowed site's CORS headers)."""
+    extra = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+    async def sending(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+    return sending
+
+
+class StarletteSocket:
+    """A Starlette WebSocket as the shared handler converses on it."""
+
+    def __init__(self, websocket: WebSocket):
+        self.websocket = websocket
+
+    async def receive(self, timeout: Optional[float] = None):
         try:
-            sdp, kind = future.result(timeout=30)
-        except PeerLimit as exc:
-            return {"http": 503, "error": str(exc)}
-        except TalkerBusy as exc:
-            return {"http": 409, "error": str(exc)}
-        except concurrent.futures.TimeoutError:
-            future.cancel()  # the peer is not left to take a viewer's or the talker's place later
-            return {"http": 504, "error": "the offer took over 30 s to answer"}
-        except Exception as exc:
-            return {"http": 400, "error": f"bad offer: {str(exc)[:200]}"}
-        return {"http": 200, "sdp": sdp, "type": kind}
+            message = await asyncio.wait_for(self.websocket.receive(), timeout)
+        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: closed here (its session ended)
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        return message.get("text"), message.get("bytes")
+
+    async def send(self, event: dict) -> None:
+        try:
+            await self.websocket.send_text(json.dumps(event))
+        except (WebSocketDisconnect, RuntimeError, OSError):  # gone, or closed here
+            pass
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await self.websocket.close(code, reason)
+        except RuntimeError:  # closed already
+            pass
 
 
-def router_deployment(token: Optional[str], listen: tuple[str, int]):
-    """The Router deployment: a FastAPI ingress over the handles of the SessionHost deployments it is bound to."""
-    from ray import serve
+def router_app(api: Api) -> FastAPI:
+    """The router's FastAPI app: the route table, every request through the shared check, every route to its
+    handler. Nothing else is served (no /docs or /openapi.json, which would bypass the check)."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.add_middleware(Guard, api=api)
 
+    def answering(handler: str):
+        async def answer(request: Request):
+            return response_of(await api.handle(handler, call_of(request)))
+        return answer
 
-    app = FastAPI()
-    gate = Gate(ServerConfig(host=listen[0], port=listen[1], token=token))
-
-    def refused(request) -> Optional[JSONResponse]:
-        """The single-machine server's checks: Host, Origin, token."""
-        if not gate.host_allowed(request.headers.get("host")):
-            return JSONResponse({"error": "Host is not a name of this server"}, status_code=403)
-        if not gate.origin_allowed(request.headers.get("origin"), request.headers.get("host", "")):
-            return JSONResponse({"error": "requests from pages on other sites are refused"}, status_code=403)
-        if not gate.token_ok(bearer(request)):
-            return JSONResponse({"error": "missing or wrong token: send 'Authorization: Bearer TOKEN'"},
-                                status_code=401)
-        return None
-
-    def bearer(request) -> Optional[str]:
-        header = request.headers.get("authorization", "")
-        return header[7:] if header.startswith("Bearer ") else None
-
-    def answer(result: dict) -> JSONResponse:
-        status = result.pop("http", 200)
-        return JSONResponse(result, status_code=status)
-
-    def unknown(sid: str) -> JSONResponse:
-        return JSONResponse({"error": f"no session {sid[:40]!r}"}, status_code=404)
-
-    @serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
-    @serve.ingress(app)
-    class Router:
-        def __init__(self, *hosts):
-            self.hosts = list(hosts)
-            self.placement: dict[str, int] = {}  # session id -> index of its host
-
-        def host_of(self, sid: str):
-            index = self.placement.get(sid)
-            return None if index is None else self.hosts[index]
-
-        @app.post("/sessions")
-        async def create(self, request: Request):
-            if (bad := refused(request)) is not None:
-                return bad
-            try:
-                body = await request.json()
-            except ValueError:
-                return JSONResponse({"error": "expected a JSON object of engine flags"}, status_code=400)
-            rooms = await asyncio.gather(*(h.room.remote() for h in self.hosts), return_exceptions=True)
-            rooms = [r if isinstance(r, dict) else {"left": 0, "reason": f"not answering ({r!r:.100})"}
-                     for r in rooms]
-            best = max(range(len(self.hosts)), key=lambda i: rooms[i]["left"])
-            if rooms[best]["left"] < 1:
-                reasons = "; ".join(f"host {i}: {r['reason']}" for i, r in enumerate(rooms))
-                return JSONResponse({"error": f"no capacity for another session: {reasons}"}, status_code=503)
-            sid = secrets.token_hex(6)
-            result = await self.hosts[best].create.remote(body, sid)
-            if result["http"] == 201:
-                self.placement[sid] = best
-                result["host"] = best
-            return answer(result)
-
-        async def forward(self, request: Request, sid: str, method: str, *args) -> JSONResponse:
-            """A request for one session, checked here, answered by its host."""
-            if (bad := refused(request)) is not None:
-                return bad
-            if (target := self.host_of(sid)) is None:
-                return unknown(sid)
-            if method == "end":
-                self.placement.pop(sid, None)
-            return answer(await getattr(target, method).remote(sid, *args))
-
-        @app.delete("/sessions/{sid}")
-        async def end(self, sid: str, request: Request):
-            return await self.forward(request, sid, "end")
-
-        @app.get("/sessions/{sid}/status")
-        async def status(self, sid: str, request: Request):
-            return await self.forward(request, sid, "status")
-
-        @app.post("/sessions/{sid}/speak")
-        async def speak(self, sid: str, request: Request):
-            body = await request.body()
-            if len(body) > MAX_UPLOAD_BYTES:
-                return JSONResponse({"error": f"upload over {MAX_UPLOAD_BYTES >> 20} MiB"}, status_code=413)
-            return await self.forward(request, sid, "speak", body)
-
-        @app.post("/sessions/{sid}/offer")
-        async def offer(self, sid: str, request: Request):
-            try:
-                body = await request.json()
-            except ValueError:
-                body = None
-            if not isinstance(body, dict) or type(body.get("sdp")) is not str or type(body.get("type")) is not str:
-                return JSONResponse({"error": "expected JSON {sdp, type} with string values"}, status_code=400)
-            return await self.forward(request, sid, "offer", body["sdp"], body["type"])
-
-        @app.get("/status")
-        async def everything(self, request: Request):
-            if (bad := refused(request)) is not None:
-                return bad
-            statuses = await asyncio.gather(*(h.status.remote() for h in self.hosts), return_exceptions=True)
-            statuses = [s if isinstance(s, dict) else {"error": f"not answering ({s!r:.100})"} for s in statuses]
-            return JSONResponse({"hosts": statuses, "placement": self.placement})
-
-        @app.get("/metrics")
-        async def metrics(self, request: Request):
-            if (bad := refused(request)) is not None:
-                return bad
-            statuses = await asyncio.gather(*(h.status.remote() for h in self.hosts), return_exceptions=True)
-            body, content_type = exposition_of([(str(i), s) for i, s in enumerate(statuses) if isinstance(s, dict)])
-            return Response(body, media_type=content_type)
-
-        @app.websocket("/sessions/{sid}/ws")
-        async def socket(self, websocket: WebSocket, sid: str):
-            """The speech protocol through the router: checked and authenticated here, then messages to the
-            session's host and its events back."""
-            host = websocket.headers.get("host", "")
-            if not gate.host_allowed(host) or not gate.origin_allowed(websocket.headers.get("origin"), host):
-                await websocket.close(code=4403)
-                return
+    async def socket(websocket: WebSocket):
+        async def upgrade() -> Socket:
             await websocket.accept()
-            try:
-                if not gate.token_ok(bearer(websocket)):  # no token in a header: it must be the first message
-                    try:
-                        first = await asyncio.wait_for(websocket.receive(), AUTH_SECONDS)
-                    except asyncio.TimeoutError:
-                        raise Unauthorized(f"no token within {AUTH_SECONDS:.0f} s") from None
-                    authenticate(first.get("text"), gate.token_ok)
-                    await websocket.send_json({"type": "authenticated"})
-            except Unauthorized as exc:
-                await websocket.send_json({"type": "error", "message": str(exc)})
-                await websocket.close(code=4401)
-                return
-            target = self.host_of(sid)
-            key = await target.connect.remote(sid) if target is not None else None
-            if key is None:
-                await websocket.send_json({"type": "error", "message": f"no session {sid[:40]!r}"})
-                await websocket.close(code=4404)
-                return
+            return StarletteSocket(websocket)
+        refusal = await api.socket(call_of(websocket), upgrade)
+        if refusal is not None:
+            await deny(websocket.scope, websocket.receive, websocket.send, refusal)
 
-            async def ended():
-                await websocket.send_json({"type": "session_ended", "session": sid})
-                await websocket.close(code=4404)
+    for route in ROUTES:
+        if route.socket:
+            app.add_api_websocket_route(route.path, socket, name=route.handler)
+        else:
+            app.add_api_route(route.path, answering(route.handler), methods=[route.method], name=route.handler)
+    return app
 
-            async def pump():  # the session's events to this client, as they come
-                while (events := await target.events.remote(sid, key)) is not None:
-                    for event in events:
-                        await websocket.send_json(event)
-                await ended()
-            pumping = asyncio.ensure_future(pump())
-            try:
-                while True:
-                    message = await websocket.receive()
-                    if message["type"] == "websocket.disconnect":
-                        break
-                    replies = await target.message.remote(sid, key, message.get("text"), message.get("bytes"))
-                    if replies is None:
-                        break
-                    for reply in replies:
-                        await websocket.send_json(reply)
-            except (WebSocketDisconnect, RuntimeError):  # RuntimeError: the pump closed it (session ended)
-                pass
-            finally:
-                pumping.cancel()
-                await target.disconnect.remote(sid, key)
 
-    return Router
+class Router:
+    """The ingress replica: the shared API over the sessions it places on the hosts it is bound to."""
+
+    def __init__(self, cfg: ServerConfig, *hosts):
+        self.api = Api(cfg, PlacedSessions(hosts))
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return router_app(self.api)
 
 
 def deploy(spec: RayServeSpec):
@@ -318,8 +339,7 @@ def deploy(spec: RayServeSpec):
     import ray  # Ray only when Ray Serve is asked for
     from ray import serve
 
-    host, port = parse_listen(spec.listen)
-    check_bind(ServerConfig(host, port, spec.token))
+    cfg = ServerConfig.from_spec(spec)  # refused here if it would be open to others without a token
     if not ray.is_initialized():
         repo = str(Path(__file__).resolve().parents[2])
         ray.init(address=spec.ray_address, include_dashboard=False, log_to_driver=False,
@@ -329,6 +349,7 @@ def deploy(spec: RayServeSpec):
     bound = [host_deployment.options(name=f"host{i}", ray_actor_options={"num_cpus": spec.cpus_per_host,
                                                                           "num_gpus": spec.gpus_per_host})
              .bind(hosts_spec) for i in range(spec.hosts)]
-    serve.start(http_options={"host": host, "port": port})
-    return serve.run(router_deployment(spec.token, (host, port)).bind(*bound), name="stream-wav2lip",
-                     route_prefix="/")
+    router = serve.deployment(serve.ingress()(Router), num_replicas=1, max_ongoing_requests=1000,
+                              ray_actor_options={"num_cpus": 0})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    return serve.run(router.bind(cfg, *bound), name="stream-wav2lip", route_prefix="/")
