@@ -24,7 +24,7 @@ from audio.decode import AudioFile, PcmStream, check_files, stream_files
 from configs.spec import EngineSpec
 from core.timebase import interpolated
 from engine.assemble import Parts, blendshape_meter, check_frame_flags, resolve_cache
-from engine.outputs.targets import make_sinks, obs_control, use_gpu_encoder
+from engine.outputs.targets import CSV_LIVE, MIXED, make_sinks, obs_control, use_gpu_encoder
 from engine.render.interpolate import in_between_weights
 from engine.render.loop import LiveEngine, Stats, render_file
 from engine.render.presenter import playable_manifest
@@ -131,7 +131,7 @@ class Engine:
                                checkpoint_path=lipsync.checkpoint_path,
                                landmark_checkpoint=lipsync.landmark_checkpoint,
                                renderer_checkpoint=lipsync.renderer_checkpoint, outfile=tuple(outputs), **settings),
-                    live, progress=False, speech=())
+                    live, False, (), Parts(), None, (), True)
 
     @classmethod
     def from_spec(cls, spec: EngineSpec, live: Optional[bool] = None, progress: bool = False,
@@ -147,7 +147,7 @@ class Engine:
         return engine
 
     def _start(self, spec: EngineSpec, live: Optional[bool], progress: bool, speech: Sequence[AudioFile],
-               parts: Parts = None, user: object = None, sinks: Sequence[Sink] = (), start: bool = True) -> None:
+               parts: Parts, user: object, sinks: Sequence[Sink], start: bool) -> None:
         self.spec = spec
         check_frame_flags(spec)
         self.outputs = [*make_sinks(spec), *sinks]
@@ -155,13 +155,11 @@ class Engine:
         if not self.live and any(sink.live for sink in self.outputs):
             raise ValueError("a live output (obs, vcam, a stream URL) needs a live engine: leave out live=False")
         if live is None and self.live and any(not sink.live for sink in self.outputs):  # live=True: files record
-            raise ValueError("mix of a file and a live output: run them separately (a file renders faster than "
-                             "live)")
+            raise ValueError(MIXED)
         if spec.blendshapes_csv and self.live:
-            raise ValueError("--blendshapes_csv goes with a file render (--outfile x.mp4, or --blendshapes_only); "
-                             "live, serve with --blendshapes and read the WebSocket events")
+            raise ValueError(CSV_LIVE)
         self.tap = FrameTap(self.live)
-        self.presenter, self.model, self.compositor, self.cfg = (parts or Parts()).build(spec, self.live, user)
+        self.presenter, self.model, self.compositor, self.cfg = parts.build(spec, self.live, user)
         self._meter = blendshape_meter(spec, self.presenter, self.model)
         use_gpu_encoder(self.outputs, self.compositor)
         self.written: list[str] = []  # a file render's files, once made

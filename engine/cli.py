@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import sys
 import time
 from typing import Optional
+
+import psutil
 
 from audio.decode import check_files, stream_files
 from configs import flags
@@ -14,7 +17,7 @@ from core.timebase import FPS, interpolated
 from engine.api import Engine
 from engine.assemble import check_frame_flags
 from engine.outputs.obs import ObsSettings, setup_media_source, start_virtual_camera
-from engine.outputs.targets import make_sinks, obs_control
+from engine.outputs.targets import CSV_LIVE, MIXED, make_sinks, obs_control
 from engine.render.sources import Feeder
 from engine.serve.server import Server, ServerConfig
 from engine.serve.sessions import DEFAULT, SessionsConfig
@@ -64,11 +67,9 @@ def run(args: StreamOutSpec) -> int:
     if serving:
         check_frame_flags(args)
         if any(not sink.live for sink in make_sinks(args)):
-            raise ValueError("mix of a file and a live output: run them separately (a file renders faster than "
-                             "live)")
+            raise ValueError(MIXED)
         if args.blendshapes_csv:
-            raise ValueError("--blendshapes_csv goes with a file render (--outfile x.mp4, or --blendshapes_only); "
-                             "live, serve with --blendshapes and read the WebSocket events")
+            raise ValueError(CSV_LIVE)
         if args.background == "alpha":
             raise ValueError("--background alpha: WebRTC carries no alpha; serve with a key colour (--background "
                              "green)")
@@ -102,10 +103,6 @@ def run(args: StreamOutSpec) -> int:
 
 def log_start_up(stats) -> None:
     """How long the user waited for the first frame (from the process start) and the most memory it took."""
-    import resource
-    import time
-
-    import psutil
     if stats.first_frame_at is not None:
         started = time.monotonic() - (time.time() - psutil.Process().create_time())
         log.info("first frame after %.2f s", stats.first_frame_at - started)

@@ -24,6 +24,7 @@ def cache_matte(cache, k: int, folder: str = "matte") -> np.ndarray:
     return cv2.imread(str(cache / folder / f"{k:05d}.png"), cv2.IMREAD_GRAYSCALE)
 
 
+@pytest.mark.slow
 def test_the_cached_matte_finds_the_presenter(cutout):
     frames = int(SECONDS * 25)
     scores = [iou(cache_matte(cutout["cache"], k) > 127, person_matte(PATH, k / 25) > 0.5) for k in range(frames)]

@@ -67,6 +67,7 @@ def test_mp4_from_the_command_line_after_one_prepare_for_every_presenter(checkpo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.mp4", "short.wav"]  # no scratch folder left
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_clear_message(checkpoint, prepared, built, cache288, talk, tmp_path, capsys, caplog):
     """Each in one line; a cache that does not fit the model before the model is converted, or, once prepared,
     before its stored conversion is read."""

@@ -119,6 +119,7 @@ def test_the_device_pipeline_on_cuda_equals_the_host_path(presenter, media, mode
     assert mean <= 1 and worst <= 8, (mean, worst)
 
 
+@pytest.mark.slow
 def test_a_compiled_model_runs_eagerly_until_its_graph_is_ready_and_equal_after():
     """The swap logic of models/compiled.py, with torch's 'eager' compile backend (CI has no GPU for CUDA graphs)."""
     from models.compiled import CompiledSwap

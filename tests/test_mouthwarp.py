@@ -71,6 +71,7 @@ def test_mouth_motion_follows_the_audio(animated):
     assert change.max() > 5  # the mouth really opens
 
 
+@pytest.mark.slow
 def test_silence_is_untouched_and_only_the_lower_face_changes(animated):
     presenter, audio, frames, units, stats, _ = animated
     assert 0 < stats.inferred < len(units)

@@ -182,6 +182,7 @@ def test_cuda_gives_the_cpu_frame(released):
     assert np.abs(RifeInterpolator(released[0]).midpoint(a, b).astype(int) - on_cpu).max() <= 1
 
 
+@pytest.mark.slow
 def test_a_50_fps_render_makes_its_in_between_frames_with_rife(released, built, media, tmp_path, capsys):
     """Wired into the engine: a flownet whose heads say "no motion, all of the first frame" (mask logit +40) makes
     every in-between frame a copy of the frame before it, which DIS's midpoint never is."""

@@ -71,6 +71,7 @@ def changed(sink: CollectSink, presenter: Presenter, frame_numbers) -> np.ndarra
                      for k in frame_numbers if k in index])
 
 
+@pytest.mark.slow
 def test_streamed_speech_moves_the_mouth_and_events_come_in_order(served, voice):
     server, sink, presenter = served
     pcm, rate, _ = voice
@@ -98,6 +99,7 @@ def test_streamed_speech_moves_the_mouth_and_events_come_in_order(served, voice)
     assert len(before) == 10 and np.all(before == 0)  # and the frames before it are the cached ones, untouched
 
 
+@pytest.mark.slow
 def test_a_client_that_asks_gets_the_weights_of_every_frame(served, voice):
     server, _, _ = served
     pcm, rate, _ = voice
@@ -237,6 +239,7 @@ def test_http_speak_status_and_health(served, voice):
     assert status["latency_ms"]["target"] == 300 and status["sinks"] == ["CollectSink", "WebRtcSink"]
 
 
+@pytest.mark.slow
 def test_input_latency_counts_the_wait_behind_queued_speech(built, voice):
     """/status latency is measured from the input: arrival of the chunk that completed a frame's window to that
     frame on screen. Streamed in real time it is the target minus the 212.5 ms of mel lookahead the window needed
@@ -639,6 +642,7 @@ def test_bad_offers_leave_no_peer_and_viewers_are_capped(built):
     assert [status for status, _ in good] == [200, 503, 200], good
 
 
+@pytest.mark.slow
 def test_browser_shows_the_presenter_over_webrtc(served, chromium):
     server, sink, presenter = served
     with Chromium(chromium, flags=(f"--window-size={presenter.width},{presenter.height}",)) as browser:

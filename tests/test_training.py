@@ -176,6 +176,7 @@ def test_sync_weight_follows_the_flag_or_the_reference_schedule():
     assert sync_weight(TrainConfig(syncnet_wt=0.0), gan=False) == 0.0
 
 
+@pytest.mark.slow
 def test_training_rejects_missing_data_and_a_wrong_expert(synced_set, tmp_path, capsys):
     with pytest.raises(DataError, match="--train_dir"):
         read_split(tmp_path, "train")

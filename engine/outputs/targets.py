@@ -11,6 +11,9 @@ from .sinks import Mp4Sink, MpegTsSink, PreviewSink, SinkError, VirtualCameraSin
 log = logging.getLogger("engine.outputs")
 OBS_URL = "udp://127.0.0.1:23000?pkt_size=1316"
 OBS_ALPHA_URL = "udp://127.0.0.1:23001?pkt_size=1316"  # --background alpha: WebM with VP9 alpha
+MIXED = "mix of a file and a live output: run them separately (a file renders faster than live)"
+CSV_LIVE = ("--blendshapes_csv goes with a file render (--outfile x.mp4, or --blendshapes_only); live, serve with "
+            "--blendshapes and read the WebSocket events")
 
 
 def stream_url(target: str, alpha: bool) -> str:
