@@ -81,8 +81,8 @@ def parse_spec(spec: type[BaseModel], argv: Optional[list[str]], section: str,
 def build_parser(spec: type[BaseModel], parser: Optional[argparse.ArgumentParser] = None,
                  ) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser()
-    parser.add_argument("--config", help=f"YAML preset (wav2lip96|288|384, iplap) or file; its section for this "
-                                         f"command sets the defaults")
+    parser.add_argument("--config", help="YAML preset (wav2lip96|288|384, iplap) or file; its section for this "
+                                         "command sets the defaults")
     return add_flags(parser, spec)
 
 
