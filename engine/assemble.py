@@ -26,9 +26,9 @@ IPLAP_FILES = {"landmark_checkpoint": "landmarkgenerator_checkpoint.pth",
 
 
 def resolve_cache(args: EngineSpec, face_size: int) -> Path:
-    from preprocess.cache import read_manifest
+    from preprocess.cache import read_manifest  # preprocess/ only for the cache check
     if args.face:  # only then the detectors are imported (a render from a cache needs none)
-        from preprocess.pipeline import PreprocessConfig, preprocess_video
+        from preprocess.pipeline import PreprocessConfig, preprocess_video  # the detectors: only for a --face video
         root = Path("out/cache")
         cfg = PreprocessConfig(face_size=face_size, pads=tuple(args.pads), smooth_radius=0 if args.nosmooth else 2,
                                allow_truncated=args.allow_truncated, between_frames=interpolated(args.fps),
@@ -58,7 +58,7 @@ def check_frame_flags(args: EngineSpec) -> None:
         if not Path(args.rife_path).is_file():
             raise ValueError(f"--rife_path {args.rife_path}: no such file")
     if args.background != "video" and args.data_dir and not args.face:
-        from preprocess.cache import read_manifest
+        from preprocess.cache import read_manifest  # preprocess/ only for the cache check
         manifest = read_manifest(Path(args.data_dir))
         if manifest is not None and not manifest.get("matte"):
             raise ValueError(f"--background {args.background}: {args.data_dir} holds no matte; rebuild it with "
@@ -67,7 +67,7 @@ def check_frame_flags(args: EngineSpec) -> None:
 
 def check_iplap_flags(args: EngineSpec, live: bool) -> None:
     """--model iplap against the rest, before anything loads."""
-    from models.predictor import pick_device
+    from models.predictor import pick_device  # torch: only when a device is named
     if args.checkpoint_path:
         raise ValueError("--checkpoint_path is a Wav2Lip checkpoint; --model iplap takes --landmark_checkpoint and "
                          "--renderer_checkpoint")
@@ -84,7 +84,7 @@ def check_iplap_flags(args: EngineSpec, live: bool) -> None:
 
 def compile_batches(batches: tuple[int, ...], wanted: bool, device: str) -> tuple[int, ...]:
     """--compile: the batch sizes to compile for, on CUDA only (on the CPU it would cost minutes for little)."""
-    from models.predictor import pick_device
+    from models.predictor import pick_device  # torch: only when a device is named
     if wanted and pick_device(device).type != "cuda":
         log.warning("--compile is for CUDA GPUs; running eagerly on the CPU")
         return ()
@@ -105,7 +105,7 @@ def pick_pipeline(requested: str, predictor: LipModel) -> str:
 
 def runtime_cache(args: EngineSpec) -> Path:
     """--runtime_cache, or the user's cache folder: converted models, one per checkpoint, shared by presenters."""
-    from models.openvino_cpu import default_runtime_cache
+    from models.openvino_cpu import default_runtime_cache  # OpenVINO: only when a model is converted
     return Path(args.runtime_cache) if args.runtime_cache else default_runtime_cache()
 
 
@@ -159,7 +159,7 @@ class Parts:
             if args.checkpoint_path and not only_weights and not iplap else None
         face_size = wav2lip.size if wav2lip is not None else None
         if iplap:
-            from models.iplap import FACE as face_size
+            from models.iplap import FACE as face_size  # torch: only for IP_LAP
         cache = resolve_cache(args, face_size or 96).resolve()
         heads, between = args.enhance != "none", interpolated(args.fps)
         backdrop = Backdrop.parse(args.background)
@@ -174,7 +174,7 @@ class Parts:
             predictor = None if only_weights else self._animator(presenter, user)
         if predictor is not None and pick_pipeline(args.pipeline, predictor) == "device":
             from engine.render.resident import load_resident  # torch: only for the device pipeline
-            from engine.render.torch_composite import TorchCompositor
+            from engine.render.torch_composite import TorchCompositor  # torch: only for the device pipeline
             frames = self._get(("resident", str(cache), face_size, heads, str(predictor.device)), user,
                                lambda: load_resident(presenter, predictor.device, heads, args.resident_gib))
             compositor = TorchCompositor(presenter, frames, args.enhance, enhancer, args.color_match)
@@ -197,7 +197,7 @@ class Parts:
         check_frame_flags(args)
         if args.interpolator != "rife" or args.blendshapes_only:
             return None
-        from models.rife import RifeInterpolator
+        from models.rife import RifeInterpolator  # torch: only for RIFE
         device = None if args.device == "auto" else args.device
         return self._get(("rife", str(Path(args.rife_path).resolve()), args.device), user,
                          lambda: RifeInterpolator(args.rife_path, device))
@@ -212,8 +212,8 @@ class Parts:
         behind a session's shared model worker: it needs each frame's window of cache frames."""
         def iplap():
             from engine.render.iplap import IplapLipSync  # torch: only for IP_LAP
-            from models.iplap import load_landmark_generator, load_renderer
-            from models.iplap.prior import IplapGenerator
+            from models.iplap import load_landmark_generator, load_renderer  # torch: only for IP_LAP
+            from models.iplap.prior import IplapGenerator  # torch: only for IP_LAP
             device = None if args.device == "auto" else args.device
             generator = IplapGenerator(load_landmark_generator(args.landmark_checkpoint, device),
                                        load_renderer(args.renderer_checkpoint, device))
@@ -228,8 +228,8 @@ class Parts:
     def _animator(self, presenter, user):
         """One drawn-mouth animator for every presenter of a face size; one per presenter that has recorded mouths
         (its library is its own)."""
-        from models.mouthwarp import MouthAnimator
-        from models.mouthwarp.library import library_for
+        from models.mouthwarp import MouthAnimator  # the animator: only when it is the lip model
+        from models.mouthwarp.library import library_for  # the animator: only when it is the lip model
 
         library = self._get(("mouths", str(presenter.dir)), user, lambda: library_for(presenter))
         own = library.usable
@@ -257,12 +257,12 @@ class Parts:
         store = runtime_cache(args)
 
         def wav2lip():
-            from models.stored import remember_conversion, stored_predictor
+            from models.stored import remember_conversion, stored_predictor  # OpenVINO: only for Wav2Lip
             model = stored_predictor(args.checkpoint_path, store, args.dtype, batch, check_size) \
                 if host_openvino(args) else None
             if model is None:
-                from models.loader import load_generator
-                from models.predictor import LipSyncPredictor
+                from models.loader import load_generator  # torch: only when no stored conversion fits
+                from models.predictor import LipSyncPredictor  # torch: only when no stored conversion fits
                 generator = load_generator(args.checkpoint_path, args.trust_checkpoint)
                 check_size(generator.spec.size)
                 model = LipSyncPredictor(generator.model, args.device, args.dtype, batch_size=batch,
@@ -276,7 +276,7 @@ class Parts:
         return self._get(("model", path, args.device, args.dtype, args.runtime, batch), user, wav2lip)
 
     def _enhancer(self, args, live: bool, user):
-        from models.gfpgan import GfpganEnhancer, load_gfpgan
+        from models.gfpgan import GfpganEnhancer, load_gfpgan  # torch: only for --enhance
         if not args.gfpgan_path:
             raise ValueError(f"--enhance {args.enhance} needs --gfpgan_path GFPGANv1.4.pth")
         batch = 2 if live else 16  # live: one frame at a time; a file render: as many heads as the GPU takes
@@ -298,12 +298,12 @@ def blendshape_meter(args: EngineSpec, presenter, predictor):
     Wav2Lip, whose mouth only its pixels show; the animator's own shape for the animator)."""
     if not (args.blendshapes or args.blendshapes_csv):
         return None
-    from models.mouthwarp import MouthAnimator
+    from models.mouthwarp import MouthAnimator  # the animator: only when it is the lip model
     model = predictor.model if isinstance(predictor, SharedModel) else predictor  # a session's: the model it shares
     animator = model if isinstance(model, MouthAnimator) else None
     pixels = predictor is not None and (args.blendshapes_from == "pixels" or
                                         (args.blendshapes_from == "auto" and animator is None))
     if not pixels:
         return BlendshapeMeter(presenter, animator)
-    from preprocess.detect import CropMesh
+    from preprocess.detect import CropMesh  # MediaPipe: only when weights are read from pixels
     return BlendshapeMeter(presenter, read_pixels=CropMesh())

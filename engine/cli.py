@@ -9,6 +9,7 @@ import time
 from typing import Optional
 
 import psutil
+from threadpoolctl import threadpool_limits
 
 from audio.decode import check_files, stream_files
 from configs import flags
@@ -116,7 +117,6 @@ def pin_thread_pools() -> None:
     runtimes (torch, OpenVINO) keep their own thread pools."""
     import numpy  # noqa: F401
     import scipy.linalg  # noqa: F401
-    from threadpoolctl import threadpool_limits
     threadpool_limits(1, user_api="blas")
 
 
@@ -169,7 +169,7 @@ def ray_serve(argv: list[str]) -> int:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        from ray import serve
+        from ray import serve  # Ray: only for ray-serve
         serve.shutdown()
     return 0
 

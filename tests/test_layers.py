@@ -165,6 +165,21 @@ def test_only_the_command_lines_see_argparse():
     assert not seen, f"argparse below the command lines: {seen}"
 
 
+def test_imports_inside_functions_say_why_they_wait():
+    """An import inside a function is there only to load a heavy or optional dependency when it is needed, and
+    says so in a comment on its line or the line above; anything else is imported at the top."""
+    silent = []
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for sub in ast.walk(node):
+                    if isinstance(sub, (ast.Import, ast.ImportFrom)) and "#" not in lines[sub.lineno - 1] \
+                            and not lines[sub.lineno - 2].strip().startswith("#"):
+                        silent.append(f"{path.relative_to(ROOT)}:{sub.lineno}: {lines[sub.lineno - 1].strip()}")
+    assert not silent, "\n".join(sorted(set(silent)))
+
+
 def test_a_missing_dependency_fails_under_ci_and_skips_elsewhere(monkeypatch):
     import pytest
 

@@ -34,7 +34,7 @@ def media_source_settings(url: str, input_format: str = "mpegts") -> dict:
 def connect(settings: ObsSettings):
     """A ReqClient, or None (logged once, clearly) when OBS cannot be reached."""
     try:
-        import obsws_python
+        import obsws_python  # obs-websocket: only when OBS is asked for
     except ImportError as exc:
         log.error("obsws-python is not installed (%s); run scripts/setup.sh", exc)
         return None

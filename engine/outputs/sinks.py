@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
+import cv2
 import numpy as np
 
 from core.cli import OS_HINTS, describe, first_line
@@ -297,7 +298,7 @@ class VirtualCameraSink:
 
     def open(self, width: int, height: int) -> None:
         try:
-            import pyvirtualcam
+            import pyvirtualcam  # a virtual camera driver: only for vcam
         except ImportError as exc:
             raise SinkError(f"pyvirtualcam is not installed ({exc}); run scripts/setup.sh") from exc
         try:
@@ -306,7 +307,7 @@ class VirtualCameraSink:
         except Exception as exc:  # pyvirtualcam raises RuntimeError/KeyError per backend
             raise SinkError(f"no virtual camera: {exc}; {V4L2_HELP}") from exc
         try:
-            import sounddevice
+            import sounddevice  # PortAudio may be missing: only when a sound device is used
             self._stream = sounddevice.OutputStream(samplerate=SAMPLE_RATE, channels=1, dtype="int16",
                                                     device=self.audio_device)
             self._stream.start()
@@ -346,7 +347,6 @@ class PreviewSink:
     live = True
 
     def open(self, width: int, height: int) -> None:
-        import cv2
         if not os.environ.get("DISPLAY") and os.name != "nt":
             raise SinkError("--preview needs a display (DISPLAY is not set)")
         self._cv2 = cv2

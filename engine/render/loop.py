@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from audio.mel import mel_basis
 from core.timebase import (FPS, IN_BETWEEN_OFFSET, LOOKAHEAD, N_FFT, OUTPUT_RATES, SAMPLE_RATE,
@@ -237,7 +238,7 @@ def to_host(frame) -> Optional[np.ndarray]:
         return frame
     if frame.device.type != "cuda":
         return frame.numpy()
-    import torch
+    import torch  # torch: only for frames on a device
     host = torch.empty(frame.shape, dtype=torch.uint8, pin_memory=True)
     stream = _copy_stream(frame.device)
     stream.wait_stream(torch.cuda.default_stream(frame.device))
@@ -249,7 +250,7 @@ def to_host(frame) -> Optional[np.ndarray]:
 
 @lru_cache(maxsize=None)
 def _copy_stream(device):
-    import torch
+    import torch  # torch: only for frames on a device
     return torch.cuda.Stream(device)
 
 
@@ -264,7 +265,6 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
     Interrupted (Ctrl-C, SIGTERM), the sinks are still closed: the mp4 is finished with the frames rendered so far.
     With a BlendshapeMeter each frame's weights are appended to `blendshapes`, in frame order; with no sink wanting
     pixels (blendshapes only) no frame is composited."""
-    from tqdm import tqdm
 
     stats = stats if stats is not None else Stats()
     if isinstance(audio, np.ndarray):

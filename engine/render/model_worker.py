@@ -49,7 +49,7 @@ def _concat(parts: list):
         return None
     if isinstance(parts[0], np.ndarray):
         return np.concatenate(parts)
-    import torch
+    import torch  # torch: only for frames on a device
     return torch.cat(parts)
 
 

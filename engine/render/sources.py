@@ -209,7 +209,7 @@ class Microphone:
 
     def __init__(self, buffer: AudioBuffer, device: Optional[str | int] = None):
         try:
-            import sounddevice
+            import sounddevice  # PortAudio may be missing: only when a sound device is used
         except OSError as exc:  # PortAudio missing
             raise AudioError(f"sounddevice cannot load PortAudio ({exc}); run scripts/setup.sh") from exc
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .sessions import Sessions
@@ -70,7 +70,6 @@ class SessionCollector:
 
 def exposition_of(statuses: list[tuple[str, dict]]) -> tuple[bytes, str]:
     """(the Prometheus text for these hosts' statuses, its content type)."""
-    from prometheus_client import CONTENT_TYPE_LATEST
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SessionCollector(lambda: statuses))
     return generate_latest(registry), CONTENT_TYPE_LATEST

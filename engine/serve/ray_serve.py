@@ -337,7 +337,7 @@ def deploy(spec: RayServeSpec):
     """Start (or join) Ray and run the application: `spec.hosts` SessionHost deployments behind one Router, every
     host's sessions starting from the spec's engine flags."""
     import ray  # Ray only when Ray Serve is asked for
-    from ray import serve
+    from ray import serve  # Ray: only for ray-serve
 
     cfg = ServerConfig.from_spec(spec)  # refused here if it would be open to others without a token
     if not ray.is_initialized():

@@ -34,6 +34,7 @@ from engine.assemble import Parts
 from engine.render.loop import LiveEngine
 from engine.render.model_worker import ModelWorker, SharedModel
 from .protocol import SpeechDesk, SpeechLimits
+from .webrtc import WebRtcSink
 
 log = logging.getLogger("engine.serve.sessions")
 DEFAULT = "default"  # the session `serve --data_dir` starts, on the single-session paths (/ws, /speak, /status)
@@ -321,7 +322,6 @@ class Sessions:
         """Run a built engine as a session (the single-session server and its tests build their own)."""
         webrtc = None
         if self.loop is not None:
-            from .webrtc import WebRtcSink
             webrtc = WebRtcSink(self.loop, self.cfg.max_peers, self.cfg.peer_connect_seconds, fps=engine.cfg.fps)
             engine.sinks.append(webrtc)
         session = Session(sid, engine, SpeechDesk(engine, self.cfg.limits), webrtc)

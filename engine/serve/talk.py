@@ -67,7 +67,7 @@ class Talker:
 
 async def listen(track, talker: Talker) -> None:
     """Feed the track's frames to the talker until the track ends."""
-    from aiortc.mediastreams import MediaStreamError
+    from aiortc.mediastreams import MediaStreamError  # aiortc: only once a browser connects
     while True:
         try:
             frame = await track.recv()

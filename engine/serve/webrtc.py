@@ -14,15 +14,17 @@ from typing import Optional
 
 import numpy as np
 
-from engine.outputs.sinks import to_int16
 from core.timebase import FPS, SAMPLE_RATE
+from engine.outputs.sinks import to_int16
+
+from .talk import Talker, TalkerBusy, listen
 
 log = logging.getLogger("engine.serve.webrtc")
 VIDEO_CLOCK = 90_000
 
 
 def _track_class():
-    from aiortc import MediaStreamTrack
+    from aiortc import MediaStreamTrack  # aiortc: only once a browser connects
 
     class QueuedTrack(MediaStreamTrack):
         """A track whose frames come from the engine; a slow peer drops its oldest frames, never the engine's."""
@@ -84,7 +86,7 @@ class WebRtcSink:
             self.last_frame = frame
         if not self.peers:
             return
-        import av
+        import av  # PyAV: only once a browser watches
         video = None
         if frame is not None:  # None: made before the first viewer came; the next frame follows within 0.5 s
             # converted here, once: every peer's encoder gets this same frame, and an encoder that converts it
@@ -110,8 +112,8 @@ class WebRtcSink:
         Raises PeerLimit when max_peers viewers are connected, TalkerBusy when another page is talking; an offer
         that fails closes its peer at once, and a peer that has not connected within connect_seconds is closed
         then."""
+        # aiortc: only once a browser connects
         from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-        from .talk import TalkerBusy
         if len(self.peers) >= self.max_peers:
             raise PeerLimit(f"{len(self.peers)} viewers are connected, the most allowed (--max_peers)")
         talks = desk is not None and offers_microphone(sdp)
@@ -147,7 +149,6 @@ class WebRtcSink:
 
     def _hear(self, peer, desk) -> None:
         """Make `peer` the talker: its audio track is speech on `desk`, its 'talk' data channel says when."""
-        from .talk import Talker, listen
         channels: list = []
 
         def to_page(event: dict) -> None:
