@@ -224,6 +224,7 @@ class Engine:
         """Drop the queued speech now (live): the mouth closes from the next frame on. Returns the utterances cut."""
         if not self.live:
             self._speech.clear()
+            self._total = 0  # the progress bar counts only what is still to be spoken
             return []
         for feeder in self._feeders:
             feeder.stop()
