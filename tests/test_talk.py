@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from chromium import Chromium, mouth_box, mouth_series, talk_wav
@@ -43,7 +44,8 @@ def still(tmp_path_factory) -> Presenter:
 
 def test_a_page_talks_push_to_talk_and_a_second_talker_is_refused(still, chromium, speech, tmp_path):
     """Headless Chromium's fake microphone plays [room noise, 2 s speech] twice: the first speech, with talk not
-    held, leaves the mouth closed; the second, held, moves it, and the noise after it does not (the input gate).
+    held, leaves the mouth closed; the second, held, moves it, and the room noise after it does not (the page's
+    noise suppression, then the input gate).
     A second page asking to talk is told why not and still watches."""
     animator, compositor = MouthAnimator(still.face_size), Compositor(still)
     animator.warm_up()
@@ -60,7 +62,7 @@ def test_a_page_talks_push_to_talk_and_a_second_talker_is_refused(still, chromiu
             time.sleep(2.4)                      # the first speech is over, talk not held
             page.evaluate("say(true)")           # as a held button does
             page.wait_for("preview.onsets.length >= 2")
-            time.sleep(3.4)                      # the second speech and the noise after it
+            time.sleep(4.6)                      # the second speech and the noise after it, shown late
             record = page.evaluate("({frames: preview.frames, onsets: preview.onsets, events: preview.events})")
             with Chromium(chromium, wav) as second:
                 second.goto(url(server, "/#talk=always"))
@@ -77,7 +79,13 @@ def test_a_page_talks_push_to_talk_and_a_second_talker_is_refused(still, chromiu
         assert inside.sum() >= 10, "the page showed too few frames"
         return float((darkness[inside] > threshold).mean())
     assert open_share(0.3, 2.0, first) <= 0.05           # speech, talk not held: not heard
-    assert open_share(0.6, 1.9, second_onset) >= 0.4     # talk held: the presenter speaks it
-    assert open_share(2.7, 3.4, second_onset) <= 0.05    # room noise under --silence_db
+    # The held speech is watched from when its mouth first showed: a busy machine delays the whole picture, and
+    # this measures what is shown, not how soon.
+    opened = np.flatnonzero((shown >= second_onset) & (darkness > threshold))
+    assert len(opened), "the held speech never opened the mouth"
+    shown_from = shown[opened[0]]
+    assert shown_from - second_onset <= 1500, "the held speech showed too late to watch the noise after it"
+    assert open_share(0.2, 1.5, shown_from) >= 0.4       # talk held: the presenter speaks it
+    assert open_share(2.4, 3.1, shown_from) <= 0.05      # room noise: the mouth closes again
     assert any(e["type"] == "speech_started" for e in record["events"])
     assert "one talker at a time" in refused
