@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
@@ -31,6 +32,7 @@ from engine.render.presenter import Presenter, ping_pong
 from audio.decode import PcmStream
 from core.net import free_port
 from engine.serve.routes import Gate, ServerConfig, check_bind, is_loopback, parse_listen
+from engine.outputs.sinks import to_int16
 from engine.serve.server import Server
 from models.mouthwarp import MouthAnimator
 
@@ -236,7 +238,7 @@ def test_http_speak_status_and_health(served, voice):
     seconds = len(voice[0]) / voice[1]
     assert status["fps"] == pytest.approx(25, abs=1.5)
     assert status["queue"]["utterances"] == 1 and seconds - 1.0 < status["queue"]["seconds"] <= seconds
-    assert status["latency_ms"]["target"] == 300 and status["sinks"] == ["CollectSink", "WebRtcSink"]
+    assert status["latency_ms"]["target"] == 300 and status["sinks"] == ["CollectSink", "WebRtcSink", "MediaFeed"]
 
 
 @pytest.mark.slow
@@ -689,3 +691,78 @@ def test_serve_command_starts_answers_and_stops(built):
         out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err[-2000:]
     assert out.startswith("served ")
+
+
+def read_media(data: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(header, int16 audio, RGB pixels or an empty array) of one binary media message, as documented in
+    engine/serve/media.py."""
+    (length,) = struct.unpack("<I", data[:4])
+    header = json.loads(data[4:4 + length])
+    audio_end = 4 + length + 2 * header["samples"]
+    audio = np.frombuffer(data[4 + length:audio_end], "<i2")
+    pixels = np.frombuffer(data[audio_end:], np.uint8).reshape(header["height"], header["width"], 3)
+    return header, audio, pixels
+
+
+def test_a_client_that_asks_for_media_gets_every_frame_with_its_audio_and_the_interrupt_is_answered(served, voice):
+    """{"type": "media"}: a binary message per presented frame, the same pixels (RGB) and audio the other outputs
+    get, 25 a second; the speech comes back as sent, resampled; an interrupt is answered in order, and after the
+    answer no frame carries speech."""
+    server, sink, presenter = served
+    pcm, rate, _ = voice
+    expected = PcmStream("int16", 1, rate)
+    expected = np.concatenate([expected.feed(pcm.tobytes()), expected.flush()])
+
+    async def client():
+        media, events = [], []
+        async with aiohttp.ClientSession() as session, session.ws_connect(url(server, "/ws", "ws")) as ws:
+            await ws.send_json({"type": "media", "on": True})
+            async def until(condition, seconds: float):
+                deadline = time.monotonic() + seconds
+                while not condition() and time.monotonic() < deadline:
+                    try:
+                        message = await ws.receive(timeout=deadline - time.monotonic())
+                    except asyncio.TimeoutError:
+                        return
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        media.append(read_media(message.data) + (len(events),))
+                    elif message.type == aiohttp.WSMsgType.TEXT:
+                        events.append(json.loads(message.data))
+                    else:
+                        raise AssertionError(f"socket closed: {message}")
+            await until(lambda: len(media) >= 10, 10)
+            await ws.send_json({"type": "start", "sample_rate": rate, "format": "int16"})
+            await stream(ws, pcm, rate, realtime=False)
+            await ws.send_json({"type": "end"})
+            await until(lambda: any(e["type"] == "speech_ended" for e in events), 30)
+            await until(lambda: False, 1.0)
+            await ws.send_json({"type": "start", "sample_rate": rate, "format": "int16"})
+            await stream(ws, pcm, rate, realtime=False)
+            await until(lambda: any(e["type"] == "speech_started" for e in events[-3:]), 10)
+            await until(lambda: False, 0.5)
+            await ws.send_json({"type": "interrupt"})
+            await until(lambda: any(e["type"] == "interrupted" for e in events), 10)
+            await until(lambda: False, 1.0)
+            return media, events
+
+    media, events = asyncio.run(client())
+    kinds = [e["type"] for e in events]
+    assert events[0] == {"type": "subscription", "media": True, "fps": 25, "sample_rate": 16000,
+                         "width": presenter.width, "height": presenter.height}
+    numbers = [h["frame"] for h, *_ in media]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # every frame, in order
+    assert all(h["pts"] == pytest.approx(h["frame"] / 25) and h["samples"] == 640 for h, *_ in media)
+    index = {n: i for i, n in enumerate(sink.numbers)}
+    for header, _, pixels, _ in media[::25]:  # the pixels the other outputs got
+        assert np.array_equal(pixels, sink.frames[index[header["frame"]]][..., ::-1])
+    first = kinds.index("speech_ended")
+    audio = np.concatenate([a for h, a, _, seen in media if seen <= first]).astype(np.int32)
+    want = np.frombuffer(to_int16(expected), np.int16).astype(np.int32)
+    start = np.flatnonzero(audio)[0] - np.flatnonzero(want)[0]
+    assert np.array_equal(audio[start:start + len(want)], want)  # the speech as sent, resampled, once
+    assert not audio[start + len(want):].any() and not audio[:start].any()  # and nothing else
+    answered = kinds.index("interrupted")
+    assert kinds.index("speech_started", first) < answered
+    speaking_before = [a.any() for h, a, _, seen in media if seen <= answered][-10:]
+    after = [a.any() for h, a, _, seen in media if seen > answered]
+    assert sum(speaking_before) >= 5 and len(after) >= 20 and not any(after[1:])  # within a frame: silent

@@ -20,7 +20,7 @@ from core.timebase import SAMPLE_RATE
 
 # the JSON messages a client may send: type -> {field: exact Python type}
 MESSAGES = {"auth": {"token": str}, "start": {"sample_rate": int, "format": str, "channels": int},
-            "end": {}, "interrupt": {}, "blendshapes": {"on": bool}}
+            "end": {}, "interrupt": {}, "blendshapes": {"on": bool}, "media": {"on": bool}}
 TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false"}
 
 
@@ -84,8 +84,11 @@ def authenticate(text: Optional[str], token_ok: Callable[[Optional[str]], bool])
 @dataclass(eq=False)
 class Client:
     """One WebSocket client of a session: its open utterance, its PCM stream and the utterances it has queued.
-    `send(event)` delivers an event to it from any thread."""
+    `send(event)` delivers an event to it from any thread; `send_media(message, backlog) -> bool`, on the server's
+    loop, a binary media message (engine/serve/media.py), False once `backlog` of them wait (None: its transport
+    carries no media)."""
     send: Callable[[dict], None]
+    send_media: Optional[Callable[[bytes, int], bool]] = None
     utterance: Optional[int] = None
     pcm: Optional[PcmStream] = None
     seconds: float = 0.0
@@ -97,8 +100,8 @@ class SpeechDesk:
     """One session's clients and utterances in front of its engine (anything with push, close, interrupt and an
     AudioBuffer `buffer`)."""
 
-    def __init__(self, engine, limits: SpeechLimits = SpeechLimits()):
-        self.engine, self.limits = engine, limits
+    def __init__(self, engine, limits: SpeechLimits = SpeechLimits(), media=None):
+        self.engine, self.limits, self.media = engine, limits, media  # media: the session's MediaFeed, if any
         self.clients: set[Client] = set()
         self.owners: dict = {}                     # utterance id -> the client that queued it (None: an upload)
         self._ids = itertools.count(1)
@@ -110,8 +113,8 @@ class SpeechDesk:
             self.owners[tag] = client
         return tag
 
-    def connect(self, send: Callable[[dict], None]) -> Client:
-        client = Client(send)
+    def connect(self, send: Callable[[dict], None], send_media: Optional[Callable[[bytes, int], bool]] = None) -> Client:
+        client = Client(send, send_media)
         with self._lock:  # (a Ray host connects clients on another thread than the one routing events)
             self.clients.add(client)
         return client
@@ -120,6 +123,8 @@ class SpeechDesk:
         """Gone mid-utterance: what arrived is spoken, as if it had ended."""
         with self._lock:
             self.clients.discard(client)
+        if self.media is not None:
+            self.media.unsubscribe(client)
         self.end_utterance(client)
 
     def on_text(self, client: Client, text: str) -> list[dict]:
@@ -146,14 +151,32 @@ class SpeechDesk:
             if client.utterance is None:
                 raise ProtocolError("'end' without a 'start'")
             self.end_utterance(client)
-        elif kind == "interrupt":
+        elif kind == "interrupt":  # answered, so that a client can tell the frames before it from those after
             self.interrupt(client)
+            return [{"type": "interrupted", **self.queue()}]
         elif kind == "blendshapes":
             if getattr(self.engine, "meter", None) is None:
                 raise ProtocolError("this session computes no blendshapes (serve with --blendshapes)")
             client.blendshapes = message.get("on", True)
             return [{"type": "subscription", "blendshapes": client.blendshapes}]
+        elif kind == "media":
+            return [self._subscribe_media(client, message.get("on", True))]
         return []
+
+    def _subscribe_media(self, client: Client, on: bool) -> dict:
+        """Frames and their audio back to this client (engine/serve/media.py), or no more."""
+        if self.media is None or client.send_media is None:
+            raise ProtocolError("this connection carries no media (connect to stream_out.py serve's WebSocket)")
+        if not on:
+            self.media.unsubscribe(client)
+            return {"type": "subscription", "media": False}
+        try:
+            self.media.subscribe(client)
+        except ValueError as exc:
+            raise ProtocolError(str(exc)) from None
+        width, height = self.media.size or (0, 0)
+        return {"type": "subscription", "media": True, "fps": self.media.fps, "sample_rate": SAMPLE_RATE,
+                "width": width, "height": height}
 
     def on_pcm(self, client: Client, data: bytes) -> None:
         if client.utterance is None:

@@ -79,10 +79,18 @@ def web_app(api: Api) -> web.Application:
     async def socket(request):
         ws = web.WebSocketResponse(max_msg_size=api.cfg.max_message_bytes, heartbeat=30)
 
+        sockets = []
+
         async def upgrade() -> Socket:
             await ws.prepare(request)
-            return AiohttpSocket(ws)
-        refusal = await api.socket(call_of(request), upgrade)
+            sockets.append(AiohttpSocket(ws))
+            return sockets[0]
+        try:
+            refusal = await api.socket(call_of(request), upgrade)
+        finally:
+            for sock in sockets:
+                await sock.flush()
+                sock.finish()
         return ws if refusal is None else response_of(refusal)
 
     app = web.Application(middlewares=[guard])
@@ -92,10 +100,15 @@ def web_app(api: Api) -> web.Application:
 
 
 class AiohttpSocket:
-    """An aiohttp WebSocket as the shared handler converses on it."""
+    """An aiohttp WebSocket as the shared handler converses on it. Everything sent to it (replies, events, media)
+    goes out in the order it was posted, from one writer task, so a client can tell the frames before an event
+    from those after it."""
 
     def __init__(self, ws: web.WebSocketResponse):
         self.ws = ws
+        self.outbox: asyncio.Queue = asyncio.Queue()  # events are few; media is capped by MediaFeed's backlog
+        self.media_waiting = 0
+        self.writer = asyncio.get_running_loop().create_task(self._write())
 
     async def receive(self, timeout: Optional[float] = None):
         while True:
@@ -107,19 +120,48 @@ class AiohttpSocket:
             if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 return None
 
+    def post(self, event: dict) -> None:
+        """On the server's loop: an event, after everything posted before it."""
+        self.outbox.put_nowait(event)
+
+    def post_media(self, message: bytes, backlog: int) -> bool:
+        """On the server's loop: a media message, unless `backlog` of them already wait (False)."""
+        if self.media_waiting >= backlog:
+            return False
+        self.media_waiting += 1
+        self.outbox.put_nowait(message)
+        return True
+
     async def send(self, event: dict) -> None:
-        if self.ws.closed:
-            return
-        try:
-            await self.ws.send_json(event)
-        except ConnectionError:
-            pass
+        self.post(event)
+
+    async def _write(self) -> None:
+        while True:
+            item = await self.outbox.get()
+            if isinstance(item, bytes):
+                self.media_waiting -= 1
+            if self.ws.closed:
+                continue
+            try:
+                await (self.ws.send_bytes(item) if isinstance(item, bytes) else self.ws.send_json(item))
+            except ConnectionError:
+                pass
+
+    async def flush(self, seconds: float = 5.0) -> None:
+        """Wait (a while) until what was posted has gone out."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not self.outbox.empty() and not self.ws.closed and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
 
     async def close(self, code: int, reason: str) -> None:
+        await self.flush()
         try:
             await self.ws.close(code=code, message=reason.encode())
         except ConnectionError:
             pass
+
+    def finish(self) -> None:
+        self.writer.cancel()
 
 
 class LocalSessions:
@@ -178,10 +220,9 @@ class LocalSessions:
 class DeskLink:
     """A WebSocket client of a session in this process."""
 
-    def __init__(self, backend: LocalSessions, session: Session, ws: Socket):
+    def __init__(self, backend: LocalSessions, session: Session, ws: AiohttpSocket):
         self.backend, self.session, self.ws = backend, session, ws
-        loop = backend.sessions.loop  # where the sessions deliver their events
-        self.client = session.desk.connect(lambda event: loop.create_task(ws.send(event)))
+        self.client = session.desk.connect(ws.post, ws.post_media)  # called on the loop the sessions deliver to
         backend.sockets.setdefault(session.id, set()).add(ws)
 
     async def message(self, text: Optional[str], data: Optional[bytes]) -> list[dict]:

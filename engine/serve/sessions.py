@@ -33,6 +33,7 @@ from engine.api import Engine
 from engine.assemble import Parts
 from engine.render.loop import LiveEngine
 from engine.render.model_worker import ModelWorker, SharedModel
+from .media import MediaFeed
 from .protocol import SpeechDesk, SpeechLimits
 from .webrtc import WebRtcSink
 
@@ -320,11 +321,12 @@ class Sessions:
 
     def adopt(self, engine: LiveEngine, sid: str = DEFAULT, on_event=None) -> Session:
         """Run a built engine as a session (the single-session server and its tests build their own)."""
-        webrtc = None
+        webrtc = media = None
         if self.loop is not None:
             webrtc = WebRtcSink(self.loop, self.cfg.max_peers, self.cfg.peer_connect_seconds, fps=engine.cfg.fps)
-            engine.sinks.append(webrtc)
-        session = Session(sid, engine, SpeechDesk(engine, self.cfg.limits), webrtc)
+            media = MediaFeed(self.loop, engine.cfg.fps, self.cfg.max_peers)
+            engine.sinks += [webrtc, media]
+        session = Session(sid, engine, SpeechDesk(engine, self.cfg.limits, media), webrtc)
         deliver = on_event or (lambda s, event: s.desk.route(event))
         if self.loop is not None:
             engine.on_event = lambda event: self.loop.call_soon_threadsafe(deliver, session, event)
