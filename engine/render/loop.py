@@ -429,13 +429,15 @@ class LiveEngine:
         """Utterance complete: its speech_ended event comes when its last frame is shown."""
         self.buffer.close(utterance)
 
-    def interrupt(self, utterances: Optional[Iterable] = None) -> list:
+    def interrupt(self, utterances: Optional[Iterable] = None, ack: object = None) -> list:
         """Drop queued speech now (all, or only these utterances): frames already rendered from it are replaced by
         the closed-mouth cached frame and muted from the next frame on, whose number the speech_interrupted
-        events give. Returns the utterances dropped or cut short."""
+        events give. With `ack`, an {"type": "interrupted", "utterance": ack} event comes just before that frame,
+        whatever was dropped: a listener of the frames knows where the cut falls. Returns the utterances dropped
+        or cut short."""
         spans, dropped = self.buffer.interrupt(utterances)
-        if dropped or spans:
-            self._inbox.put((spans, dropped))
+        if dropped or spans or ack is not None:
+            self._inbox.put((spans, dropped, ack))
         return dropped
 
     def stop(self) -> None:
@@ -563,11 +565,13 @@ class LiveEngine:
         silenced, the still cached frame to show instead or None, whether its window heard dropped speech).
         `muted` and `dropped` are the presenting thread's record of them, updated here."""
         while not self._inbox.empty():  # interrupts until now: this frame already has the mouth closed
-            spans, tags = self._inbox.get()
+            spans, tags, ack = self._inbox.get()
             muted.extend(spans)
             dropped.update(tags)
             for tag in tags:
                 self._emit({"type": "speech_interrupted", "utterance": tag, "frame": unit.index, "pts": unit.pts})
+            if ack is not None:
+                self._emit({"type": "interrupted", "utterance": ack, "frame": unit.index, "pts": unit.pts})
         start = unit.index * SAMPLES
         muted[:] = [(a, b) for a, b in muted if b > start - N_FFT // 2]  # spans no later window reaches go
         if not self._hears(unit.index, muted):

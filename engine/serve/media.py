@@ -39,7 +39,7 @@ def media_message(number: int, pts: float, frame: Optional[np.ndarray], audio: n
 class MediaFeed:
     """The sink that feeds subscribed clients. Each client's `send_media(bytes) -> bool` posts a message to its
     socket on the server's loop; False means the client has fallen `behind_seconds` of frames behind: it is
-    unsubscribed and told, so a slow reader never holds more than that in the server's memory."""
+    unsubscribed and told ({"type": "subscription", "media": false, "error": ...}), so a slow reader never holds more than that in the server's memory."""
     live = True
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fps: int = FPS, max_clients: int = 4,
@@ -76,4 +76,5 @@ class MediaFeed:
         for client in list(self.clients):
             if not client.send_media(message, self.backlog):
                 self.clients.discard(client)
-                client.send({"type": "error", "message": BEHIND.format(seconds=self.backlog / self.fps)})
+                client.send({"type": "subscription", "media": False,
+                             "error": BEHIND.format(seconds=self.backlog / self.fps)})

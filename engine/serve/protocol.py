@@ -151,9 +151,8 @@ class SpeechDesk:
             if client.utterance is None:
                 raise ProtocolError("'end' without a 'start'")
             self.end_utterance(client)
-        elif kind == "interrupt":  # answered, so that a client can tell the frames before it from those after
+        elif kind == "interrupt":
             self.interrupt(client)
-            return [{"type": "interrupted", **self.queue()}]
         elif kind == "blendshapes":
             if getattr(self.engine, "meter", None) is None:
                 raise ProtocolError("this session computes no blendshapes (serve with --blendshapes)")
@@ -185,9 +184,10 @@ class SpeechDesk:
 
     def interrupt(self, client: Client) -> None:
         """Drop this client's speech, queued or playing, and end its open utterance; other clients' speech and
-        uploads go on. (An utterance with no audio yet ends at once, so its owner still hears of it.)"""
+        uploads go on. (An utterance with no audio yet ends at once, so its owner still hears of it.) The client
+        gets an `interrupted` event in the frames' order: what the session presents after it is muted."""
         mine = {t for t in client.tags if t in self.owners}
-        dropped = set(self.engine.interrupt(mine))
+        dropped = set(self.engine.interrupt(mine, ack=self.new_utterance(client)))
         if client.utterance is not None and client.utterance not in dropped:
             self.engine.close(client.utterance)
         client.utterance = client.pcm = None
@@ -249,7 +249,7 @@ class SpeechDesk:
         tag = event.get("utterance")
         with self._lock:
             client = self.owners.get(tag)
-            if event["type"] in ("speech_ended", "speech_interrupted"):
+            if event["type"] in ("speech_ended", "speech_interrupted", "interrupted"):
                 self.owners.pop(tag, None)
         if client is not None and client in self.clients:
             client.send({**event, **self.queue()})
