@@ -17,13 +17,17 @@ import pytest
 import soundfile
 import soxr
 
+from chromium import Chromium, mouth_box
 from conftest import require
 from core.net import free_port
-from demo.presenter import speak
+from demo.presenter import FacePath, make_presenter_clip, speak
+from engine.render.composite import Compositor
 from engine.render.presenter import Presenter
 from engine.serve.routes import ServerConfig
 from engine.serve.server import Server
 from engine.serve.sessions import SessionsConfig
+from models.mouthwarp import MouthAnimator
+from preprocess.pipeline import PreprocessConfig, preprocess_video
 
 pytestmark = pytest.mark.slow  # a venv of its own, pipelines of several seconds
 
@@ -101,3 +105,61 @@ def run_tests(name: str, setting: dict) -> None:
 
 def test_the_pipecat_video_service(setting):
     run_tests("pipecat", setting)
+
+
+def still_presenter(folder: Path) -> Presenter:
+    """A presenter who holds still (inside the servers' session root), so that the page can watch the mouth in one
+    fixed box."""
+    folder.mkdir(exist_ok=True)
+    clip = make_presenter_clip(folder / "still.mp4", 2.0, 25, path=FacePath(sway=0, bob=0, zoom=0, tilt=0))
+    return Presenter(folder / "cache" / preprocess_video(clip, folder / "cache", PreprocessConfig(),
+                                                         progress=False).name)
+
+
+def open_share(shown: np.ndarray, values: np.ndarray, threshold: float, start_ms: float, end_ms: float) -> float:
+    inside = (shown >= start_ms) & (shown <= end_ms)
+    assert inside.sum() >= 10, "the page showed too few frames"
+    return float((values[inside] > threshold).mean())
+
+
+def test_the_example_bot_answers_typed_lines_and_a_new_line_interrupts(setting, chromium, built):
+    """integrations/pipecat/example/bot.py in Chromium: the page shows the presenter; a typed line is spoken with
+    sound and a moving mouth; a second line cuts the first short, and after it the mouth and the sound stop."""
+    venv = venv_of("pipecat")
+    port = free_port()
+    presenter = still_presenter(built["root"] / "still")
+    box = mouth_box(presenter, MouthAnimator(presenter.face_size), Compositor(presenter))
+    bot = subprocess.Popen([str(venv / "bin" / "python"), str(INTEGRATIONS / "pipecat" / "example" / "bot.py"),
+                            "--server", setting["STREAM_WAV2LIP_URL"], "--presenter", str(presenter.dir),
+                            "--listen", f"127.0.0.1:{port}"], env=setting, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/", bot)
+        with Chromium(chromium) as page:
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for("bot.connected")
+            page.evaluate(f"bot.mouthBox = {box}")
+            page.wait_for("bot.frames.filter(f => f.darkness !== null).length >= 25")
+            page.evaluate("say('This is a long answer. It goes on for quite a while, so that a new line can cut it "
+                          "short, long before it would have ended.')")
+            time.sleep(2.0)
+            page.evaluate("say('Stop.')")
+            time.sleep(5.0)
+            record = page.evaluate("({frames: bot.frames.filter(f => f.darkness !== null), said: bot.said})")
+    finally:
+        bot.terminate()
+        _, errors = bot.communicate(timeout=20)
+    frames = record["frames"]
+    shown = np.array([f["shown"] for f in frames])
+    darkness = np.array([f["darkness"] for f in frames])
+    level = np.array([f["level"] or 0.0 for f in frames])
+    closed = float(np.percentile(darkness, 10)) + 5.0
+    first, second = record["said"]
+    assert len(frames) / ((shown[-1] - shown[0]) / 1000) >= 20, "the page shows the presenter, 25 frames a second"
+    assert open_share(shown, darkness, closed, first - 1000, first) <= 0.05, "the mouth moved before the line"
+    assert open_share(shown, darkness, closed, first + 700, second) >= 0.3, "the mouth does not speak the line"
+    assert open_share(shown, level, 0.01, first + 700, second) >= 0.3, "the line is not heard"
+    # the first line alone would go on ~7 s; cut short, the bot is silent and closed-mouthed 2.5 s after the second
+    assert open_share(shown, darkness, closed, second + 2500, second + 5000) <= 0.05, "the first line went on"
+    assert open_share(shown, level, 0.01, second + 2500, second + 5000) <= 0.05, "the first line is still heard"
+    assert "ERROR" not in errors, errors[-2000:]

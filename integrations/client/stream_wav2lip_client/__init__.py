@@ -10,7 +10,7 @@ import asyncio
 import json
 import struct
 from dataclasses import dataclass
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Callable, Optional
 
 import aiohttp
 
@@ -51,12 +51,15 @@ class AvatarSession:
     `session` is the body of POST /sessions: the presenter (`data_dir`, a cache folder on the server), and any of
     `checkpoint_path`, `enhance`, `latency_ms`, ... (docs/network-api.md). Speech goes in as utterances
     (`start_speech`, `send_audio`, `end_speech`); `interrupt()` drops this client's speech at once; `frames()`
-    yields every frame the session presents. Errors are AvatarError, never a hang: each request and each wait for
-    a frame is bounded by `timeout` seconds."""
+    yields every frame the session presents, and hands `on_event` each event of this client's utterances (queued,
+    speech_started, speech_ended, speech_interrupted, interrupted, error) between the frames it came between.
+    Errors are AvatarError, never a hang: each request and each wait for a frame is bounded by `timeout` seconds."""
 
     def __init__(self, url: str = "http://127.0.0.1:8765", token: Optional[str] = None,
-                 session: Optional[dict] = None, timeout: float = 10.0):
+                 session: Optional[dict] = None, timeout: float = 10.0,
+                 on_event: Optional[Callable[[dict], None]] = None):
         self.url, self.body, self.timeout = url.rstrip("/"), dict(session or {}), timeout
+        self.on_event = on_event
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.id: Optional[str] = None
         self.fps = self.sample_rate = self.width = self.height = 0
@@ -149,8 +152,11 @@ class AvatarSession:
                 raise
             if isinstance(item, MediaFrame):
                 yield item if not self._muting else MediaFrame(**{**item.__dict__, "audio": bytes(len(item.audio))})
-            elif item["type"] == "interrupted":
+                continue
+            if item["type"] == "interrupted":
                 self._muting = False
+            if self.on_event is not None:
+                self.on_event(item)
 
     async def start_speech(self, sample_rate: int, channels: int = 1) -> None:
         """Open an utterance of int16 PCM at this rate (8000 to 48000 Hz; the server resamples)."""

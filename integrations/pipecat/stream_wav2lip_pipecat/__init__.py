@@ -53,13 +53,15 @@ class StreamWav2LipVideoService(AIService):
 
     @property
     def avatar(self) -> AvatarSession:
-        """The session (its id, fps, size and the server's error events)."""
+        """The session (its id, fps, size and the server's error events). Open it before the pipeline starts
+        (`await service.avatar.open()`) to size a transport's video from it."""
         return self._avatar
 
     async def start(self, frame: StartFrame):
         await super().start(frame)
         try:
-            await self._avatar.open()
+            if self._avatar.id is None:  # (opened already by a caller that needed the size for its transport)
+                await self._avatar.open()
         except AvatarError as exc:
             await self._fail(exc)
             return
