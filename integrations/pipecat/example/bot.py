@@ -2,9 +2,7 @@
 local stream-wav2lip server speaks it back over Pipecat's SmallWebRTC transport. A new line interrupts the one
 being said. Nothing leaves this machine.
 
-    .venv/bin/python stream_out.py serve --data_dir out/demo/cache/presenter        # the engine, in its venv
-    integrations/pipecat/.venv/bin/python integrations/pipecat/example/bot.py --presenter out/demo/cache/presenter
-    # then open http://127.0.0.1:7860/
+    bash integrations/pipecat/example/run.sh       # the server, this bot; then open http://127.0.0.1:7860/
 """
 from __future__ import annotations
 
@@ -62,7 +60,7 @@ class EspeakTTSService(TTSService):
 async def start_bot(connection: SmallWebRTCConnection, args: argparse.Namespace, runner: WorkerRunner) -> None:
     """One page: its own avatar session, a pipeline [page in, TTS, avatar, page out], typed lines as speech."""
     avatar = StreamWav2LipVideoService(url=args.server, token=os.environ.get("STREAM_WAV2LIP_TOKEN"),
-                                       presenter=args.presenter)
+                                       presenter=args.presenter, checkpoint=args.checkpoint)
     await avatar.avatar.open()  # first: the transport's video takes the presenter's size
     transport = SmallWebRTCTransport(connection, TransportParams(
         audio_out_enabled=True, video_out_enabled=True,  # each image is shown once the audio before it is sent
@@ -120,6 +118,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", default="http://127.0.0.1:8765", help="the stream-wav2lip server")
     parser.add_argument("--presenter", required=True, help="the presenter cache folder, as the server sees it")
+    parser.add_argument("--checkpoint", help="a Wav2Lip checkpoint, as the server sees it (default: the animator)")
     parser.add_argument("--listen", default="127.0.0.1:7860", help="where this page is served")
     args = parser.parse_args(argv)
     if shutil.which("espeak-ng") is None:
