@@ -185,6 +185,28 @@ async def server_attacks(served: Served, files: dict[str, Path], bomb_hours: flo
                 peers = (await response.json())["webrtc_peers"]
             return f"{peers} peers left; then a real talker {await talk_offer()}, a second one {await talk_offer()}"
 
+        async def media_never_read():
+            """Media asked for on five sockets that then read nothing for 10 s: the server may hold at most 2 s of
+            frames for each of the four a session allows, then stops their media and says so."""
+            sockets = [await http.ws_connect(served.base + "/ws", max_msg_size=0) for _ in range(5)]
+
+            async def told(ws) -> str:
+                while (message := await ws.receive(timeout=10)).type in (aiohttp.WSMsgType.BINARY,
+                                                                         aiohttp.WSMsgType.TEXT):
+                    event = json.loads(message.data) if message.type == aiohttp.WSMsgType.TEXT else {}
+                    if "error" in event or event.get("type") == "error":
+                        return (event.get("error") or event["message"]).split(":")[0]
+                return message.type.name
+            try:
+                for ws in sockets:
+                    await ws.send_json({"type": "media", "on": True})
+                await asyncio.sleep(10.0)
+                answers = [await told(ws) for ws in sockets]
+                return "; ".join(f"{answers.count(a)} x {a[:40]}" for a in sorted(set(answers)))
+            finally:
+                for ws in sockets:
+                    await ws.close()
+
         speech = files["speech"].read_bytes()
         attacks = [
             ("WebSocket from another origin", cross_origin_socket),
@@ -200,6 +222,7 @@ async def server_attacks(served: Served, files: dict[str, Path], bomb_hours: flo
             ("321 more (the first round loads aiortc)", bad_offers),
             ("talk offer (microphone) from another origin", lambda: talk_offer(EVIL)),
             ("321 POST /offer that talk, with a bad SDP", bad_talk_offers),
+            ("media on 5 sockets that never read, 10 s", media_never_read),
         ]
         for name, work in attacks:
             rows.append(await attack(served, name, work))

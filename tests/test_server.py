@@ -704,6 +704,7 @@ def read_media(data: bytes) -> tuple[dict, np.ndarray, np.ndarray]:
     return header, audio, pixels
 
 
+@pytest.mark.slow
 def test_a_client_that_asks_for_media_gets_every_frame_with_its_audio_and_the_interrupt_is_answered(served, voice):
     """{"type": "media"}: a binary message per presented frame, the same pixels (RGB) and audio the other outputs
     get, 25 a second; the speech comes back as sent, resampled; an interrupt is answered in order, and after the

@@ -14,7 +14,7 @@ from typing import AsyncIterator, Callable, Optional
 
 import aiohttp
 
-__all__ = ["AvatarError", "AvatarSession", "MediaFrame"]
+__all__ = ["AvatarError", "AvatarSession", "MediaFrame", "session_body"]
 
 HEADER_LENGTH = struct.Struct("<I")
 
@@ -34,6 +34,13 @@ class MediaFrame:
     image: Optional[bytes]
     width: int
     height: int
+
+
+def session_body(presenter: Optional[str] = None, checkpoint: Optional[str] = None, enhance: Optional[bool] = None,
+                 latency_ms: Optional[int] = None, session: Optional[dict] = None) -> dict:
+    """The POST /sessions body from an avatar's named settings, over `session` (any other session flag)."""
+    named = {"data_dir": presenter, "checkpoint_path": checkpoint, "enhance": enhance, "latency_ms": latency_ms}
+    return {**(session or {}), **{k: v for k, v in named.items() if v is not None}}
 
 
 def parse_media(data: bytes) -> MediaFrame:

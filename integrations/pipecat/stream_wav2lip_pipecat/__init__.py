@@ -16,16 +16,9 @@ from pipecat.frames.frames import (CancelFrame, EndFrame, EndWorkerFrame, Frame,
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.ai_service import AIService
 from pipecat.services.settings import ServiceSettings
-from stream_wav2lip_client import AvatarError, AvatarSession, MediaFrame
+from stream_wav2lip_client import AvatarError, AvatarSession, MediaFrame, session_body
 
 __all__ = ["StreamWav2LipVideoService", "AvatarError"]
-
-
-def session_body(presenter: Optional[str], checkpoint: Optional[str], enhance: Optional[bool],
-                 latency_ms: Optional[int], session: Optional[dict]) -> dict:
-    """The POST /sessions body: the named settings over `session` (any other session flag)."""
-    named = {"data_dir": presenter, "checkpoint_path": checkpoint, "enhance": enhance, "latency_ms": latency_ms}
-    return {**(session or {}), **{k: v for k, v in named.items() if v is not None}}
 
 
 class StreamWav2LipVideoService(AIService):
