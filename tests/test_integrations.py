@@ -4,6 +4,7 @@ OBS. This module starts the servers and hands them the speech, the presenter and
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -48,8 +49,8 @@ def venv_of(name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def setting(built, tmp_path_factory):
-    """The environment of integrations/checks.py: a server with room for two sessions and a token, a second one
-    (a process) to kill, two pieces of 24 kHz speech, the sha1 of every cached frame of the presenter."""
+    """The environment of integrations/checks.py but the server to kill (`doomed`): a server with room for two
+    sessions and a token, two pieces of 24 kHz speech, the sha1 of every cached frame of the presenter."""
     folder = tmp_path_factory.mktemp("agents")
     presenter = built["cache"] / "clip30"
     speeches = []
@@ -64,21 +65,28 @@ def setting(built, tmp_path_factory):
                               .hexdigest() + "\n" for i in range(frames.frames)))
     server = Server(None, ServerConfig(port=0, token=TOKEN),
                     SessionsConfig(root=built["root"], max_sessions=2, cpu_cores=2.0)).start()
-    port = free_port()
-    doomed = subprocess.Popen([sys.executable, str(ROOT / "stream_out.py"), "serve", "--data_dir", str(presenter),
-                               "--listen", f"127.0.0.1:{port}", "--session_root", str(built["root"])],
-                              env={**os.environ, "STREAM_WAV2LIP_TOKEN": TOKEN}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", doomed)
         yield {**os.environ, "STREAM_WAV2LIP_URL": f"http://127.0.0.1:{server.port}", "STREAM_WAV2LIP_TOKEN": TOKEN,
                "STREAM_WAV2LIP_PRESENTER": str(presenter), "STREAM_WAV2LIP_CACHED": str(cached),
-               "STREAM_WAV2LIP_SPEECH": os.pathsep.join(map(str, speeches)),
-               "STREAM_WAV2LIP_DOOMED": f"http://127.0.0.1:{port} {doomed.pid}"}
+               "STREAM_WAV2LIP_SPEECH": os.pathsep.join(map(str, speeches))}
     finally:
-        doomed.kill()
-        doomed.wait(10)
         server.stop()
+
+
+@pytest.fixture
+def doomed(built) -> str:
+    """A second server, a process of its own that the integration's tests kill mid-stream: its URL and pid."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(ROOT / "stream_out.py"), "serve", "--data_dir",
+                                str(built["cache"] / "clip30"), "--listen", f"127.0.0.1:{port}", "--session_root",
+                                str(built["root"])], env={**os.environ, "STREAM_WAV2LIP_TOKEN": TOKEN},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", process)
+        yield f"http://127.0.0.1:{port} {process.pid}"
+    finally:
+        process.kill()
+        process.wait(10)
 
 
 def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 60.0) -> None:
@@ -95,16 +103,16 @@ def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 60.0) -> 
     raise AssertionError(f"{url} not healthy within {seconds:.0f} s")
 
 
-def run_tests(name: str, setting: dict) -> None:
+def run_tests(name: str, setting: dict, doomed: str) -> None:
     venv = venv_of(name)
     result = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             f"{name}/tests"], cwd=INTEGRATIONS, env=setting, capture_output=True, text=True,
-                            timeout=300)
+                             f"{name}/tests"], cwd=INTEGRATIONS, env={**setting, "STREAM_WAV2LIP_DOOMED": doomed},
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{name}'s tests failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
 
 
-def test_the_pipecat_video_service(setting):
-    run_tests("pipecat", setting)
+def test_the_pipecat_video_service(setting, doomed):
+    run_tests("pipecat", setting, doomed)
 
 
 def still_presenter(folder: Path) -> Presenter:
@@ -149,6 +157,10 @@ def test_the_example_bot_answers_typed_lines_and_a_new_line_interrupts(setting, 
     finally:
         bot.terminate()
         _, errors = bot.communicate(timeout=20)
+    request = urllib.request.Request(setting["STREAM_WAV2LIP_URL"] + "/status",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert json.load(answer)["sessions"] == {}, "the stopped bot left its session on the server"
     frames = record["frames"]
     shown = np.array([f["shown"] for f in frames])
     darkness = np.array([f["darkness"] for f in frames])
@@ -163,3 +175,7 @@ def test_the_example_bot_answers_typed_lines_and_a_new_line_interrupts(setting, 
     assert open_share(shown, darkness, closed, second + 2500, second + 5000) <= 0.05, "the first line went on"
     assert open_share(shown, level, 0.01, second + 2500, second + 5000) <= 0.05, "the first line is still heard"
     assert "ERROR" not in errors, errors[-2000:]
+
+
+def test_the_livekit_avatar(setting, doomed):
+    run_tests("livekit", setting, doomed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Optional
 
@@ -70,7 +71,7 @@ class AvatarSession:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.id: Optional[str] = None
         self.fps = self.sample_rate = self.width = self.height = 0
-        self.errors: list[str] = []  # the server's error events (a full queue, say), newest last
+        self.errors: deque[str] = deque(maxlen=100)  # the server's latest error events (a full queue, say)
         self._http: Optional[aiohttp.ClientSession] = None
         self._ws: Optional[aiohttp.ClientWebSocketResponse] = None
         self._muting = False  # interrupted, not yet answered: frames still in flight carry speech that was dropped

@@ -102,7 +102,7 @@ def app(args: argparse.Namespace, runner: WorkerRunner) -> web.Application:
 
 
 async def main(args: argparse.Namespace) -> None:
-    runner = WorkerRunner(handle_sigint=True)
+    runner = WorkerRunner(handle_sigint=True, handle_sigterm=True)  # either way, its sessions end on the server
     site_runner = web.AppRunner(app(args, runner))
     await site_runner.setup()
     host, port = args.listen.rsplit(":", 1)
