@@ -99,7 +99,8 @@ def main() -> None:
             if model == "wav2lip96":
                 body["checkpoint_path"] = str(random_checkpoint(96, work / "wav2lip96.pth"))
             cpu, children, began = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-            result = subprocess.run([str(Path(args.venv) / "bin" / "python"), str(ROOT / "bench" / "agents_conversation.py"),
+            conversation = ROOT / "bench" / "agents_conversation.py"
+            result = subprocess.run([str(Path(args.venv) / "bin" / "python"), str(conversation),
                                      "--url", f"http://127.0.0.1:{server.port}", "--session", json.dumps(body),
                                      "--speech", *lines, "--cached", str(cached), "--minutes", str(args.minutes)],
                                     capture_output=True, text=True, check=True)

@@ -39,7 +39,8 @@ def media_message(number: int, pts: float, frame: Optional[np.ndarray], audio: n
 class MediaFeed:
     """The sink that feeds subscribed clients. Each client's `send_media(bytes) -> bool` posts a message to its
     socket on the server's loop; False means the client has fallen `behind_seconds` of frames behind: it is
-    unsubscribed and told ({"type": "subscription", "media": false, "error": ...}), so a slow reader never holds more than that in the server's memory."""
+    unsubscribed and told ({"type": "subscription", "media": false, "error": ...}), so a slow reader never holds
+    more than that in the server's memory."""
     live = True
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fps: int = FPS, max_clients: int = 4,

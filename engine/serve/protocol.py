@@ -113,7 +113,8 @@ class SpeechDesk:
             self.owners[tag] = client
         return tag
 
-    def connect(self, send: Callable[[dict], None], send_media: Optional[Callable[[bytes, int], bool]] = None) -> Client:
+    def connect(self, send: Callable[[dict], None],
+                send_media: Optional[Callable[[bytes, int], bool]] = None) -> Client:
         client = Client(send, send_media)
         with self._lock:  # (a Ray host connects clients on another thread than the one routing events)
             self.clients.add(client)

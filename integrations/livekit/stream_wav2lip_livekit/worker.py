@@ -16,9 +16,10 @@ livekit.agents.voice.room_io.ATTRIBUTE_PUBLISH_ON_BEHALF, livekit.agents.voice.a
                                                  wait_remote_track=rtc.TrackKind.KIND_VIDEO)
 
 The worker ends when the agent leaves or the room closes; it exits 2 with a one-line reason when a setting is
-missing, and 1 when the room or the stream-wav2lip server cannot be reached, or the server goes away. AvatarRunner publishes the tracks at the first
-frame and reads no more frames until someone subscribes to them, while the server stops sending frames to a
-client 2 s behind: the agent's room connection subscribes to them (ctx.connect()'s default) in time.
+missing, and 1 when the room or the stream-wav2lip server cannot be reached, or the server goes away.
+AvatarRunner publishes the tracks at the first frame and reads no more frames until someone subscribes to them,
+while the server stops sending frames to a client 2 s behind: the agent's room connection subscribes to them
+(ctx.connect()'s default) in time.
 """
 from __future__ import annotations
 
