@@ -33,6 +33,7 @@ from audio.decode import PcmStream
 from core.net import free_port
 from engine.serve.routes import Gate, ServerConfig, check_bind, is_loopback, parse_listen
 from engine.outputs.sinks import to_int16
+from engine.serve.protocol import ProtocolError, SpeechDesk
 from engine.serve.server import Server
 from models.mouthwarp import MouthAnimator
 
@@ -767,3 +768,12 @@ def test_a_client_that_asks_for_media_gets_every_frame_with_its_audio_and_the_in
     speaking_before = [a.any() for h, a, _, seen in media if seen <= answered][-10:]
     after = [a.any() for h, a, _, seen in media if seen > answered]
     assert sum(speaking_before) >= 5 and len(after) >= 20 and not any(after)  # from the answer on: silent
+
+
+def test_a_connection_that_carries_no_media_says_so():
+    """The Ray Serve router's sockets connect to a session's desk without a way to send media, and a desk may have
+    no feed (a session with no server loop): asking for media is then an error event, not a silent nothing."""
+    desk = SpeechDesk(None)
+    for client in (desk.connect(lambda event: None), desk.connect(lambda event: None, lambda data, backlog: True)):
+        with pytest.raises(ProtocolError, match="carries no media"):
+            desk.on_text(client, '{"type": "media", "on": true}')
