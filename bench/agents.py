@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -103,7 +104,9 @@ def main() -> None:
             result = subprocess.run([str(Path(args.venv) / "bin" / "python"), str(conversation),
                                      "--url", f"http://127.0.0.1:{server.port}", "--session", json.dumps(body),
                                      "--speech", *lines, "--cached", str(cached), "--minutes", str(args.minutes)],
-                                    capture_output=True, text=True, check=True)
+                                    capture_output=True, text=True, check=True,
+                                    env={**os.environ, "PYTHONPATH": os.pathsep.join(  # this checkout's packages
+                                        str(ROOT / "integrations" / name) for name in ("client", "pipecat"))})
             wall = time.monotonic() - began
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             client = (after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime) / wall

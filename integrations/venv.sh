@@ -14,6 +14,10 @@ if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" = "$want" ]; then
   echo "[$name] ready: $venv/bin/python"
   exit 0
 fi
+if [ -e "$venv" ] && [ ! -f "$venv/pyvenv.cfg" ]; then
+  echo "[$name] $venv exists and is not a venv: give another folder" >&2
+  exit 2
+fi
 echo "[$name] installing into $venv (first time: a minute or two)"
 rm -rf "$venv"
 trap 'rm -rf "$venv"' ERR

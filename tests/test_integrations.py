@@ -36,12 +36,14 @@ require("aiohttp")
 ROOT = Path(__file__).resolve().parents[1]
 INTEGRATIONS = ROOT / "integrations"
 TOKEN = "integration-secret"
+CHECKOUT_PACKAGES = os.pathsep.join(str(INTEGRATIONS / name) for name in ("client", "pipecat", "livekit"))
 VENVS = Path(os.environ.get("STREAM_WAV2LIP_VENVS", Path.home() / ".cache" / "stream-wav2lip" / "venvs"))
 
 
 def venv_of(name: str) -> Path:
     """The integration's venv, outside the checkout so that a fresh clone (CI) reuses it; made or brought up to
-    date by the integration's own setup script."""
+    date by the integration's own setup script. Its packages may be another checkout's: CHECKOUT_PACKAGES, first
+    on the path, make it run this one's."""
     venv = VENVS / name
     subprocess.run(["bash", str(INTEGRATIONS / name / "setup.sh"), str(venv)], check=True, timeout=900)
     return venv
@@ -63,30 +65,37 @@ def setting(built, tmp_path_factory):
     cached = folder / "cached.sha1"
     cached.write_text("".join(hashlib.sha1(cv2.cvtColor(frames.background(i), cv2.COLOR_BGR2RGB).tobytes())
                               .hexdigest() + "\n" for i in range(frames.frames)))
+    # admission by the session cap alone: a late frame in one test must not refuse the next one's sessions
     server = Server(None, ServerConfig(port=0, token=TOKEN),
-                    SessionsConfig(root=built["root"], max_sessions=2, cpu_cores=2.0)).start()
+                    SessionsConfig(root=built["root"], max_sessions=2, cpu_cores=1e9, worker_share=1e9)).start()
     try:
-        yield {**os.environ, "STREAM_WAV2LIP_URL": f"http://127.0.0.1:{server.port}", "STREAM_WAV2LIP_TOKEN": TOKEN,
+        yield {**os.environ, "PYTHONPATH": CHECKOUT_PACKAGES,
+               "STREAM_WAV2LIP_URL": f"http://127.0.0.1:{server.port}", "STREAM_WAV2LIP_TOKEN": TOKEN,
                "STREAM_WAV2LIP_PRESENTER": str(presenter), "STREAM_WAV2LIP_CACHED": str(cached),
                "STREAM_WAV2LIP_SPEECH": os.pathsep.join(map(str, speeches))}
     finally:
         server.stop()
 
 
-@pytest.fixture
-def doomed(built) -> str:
-    """A second server, a process of its own that the integration's tests kill mid-stream: its URL and pid."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, str(ROOT / "stream_out.py"), "serve", "--data_dir",
-                                str(built["cache"] / "clip30"), "--listen", f"127.0.0.1:{port}", "--session_root",
-                                str(built["root"])], env={**os.environ, "STREAM_WAV2LIP_TOKEN": TOKEN},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+@pytest.fixture(scope="module")
+def doomed(built) -> dict[str, str]:
+    """Per integration, a second server that its tests kill mid-stream (a process of its own, started together):
+    its URL and pid."""
+    servers = {}
+    for name in ("pipecat", "livekit"):
+        port = free_port()
+        servers[name] = port, subprocess.Popen(
+            [sys.executable, str(ROOT / "stream_out.py"), "serve", "--data_dir", str(built["cache"] / "clip30"),
+             "--listen", f"127.0.0.1:{port}", "--session_root", str(built["root"])],
+            env={**os.environ, "STREAM_WAV2LIP_TOKEN": TOKEN}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", process)
-        yield f"http://127.0.0.1:{port} {process.pid}"
+        for port, process in servers.values():
+            wait_healthy(f"http://127.0.0.1:{port}/health", process)
+        yield {name: f"http://127.0.0.1:{port} {process.pid}" for name, (port, process) in servers.items()}
     finally:
-        process.kill()
-        process.wait(10)
+        for _, process in servers.values():
+            process.kill()
+            process.wait(10)
 
 
 def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 60.0) -> None:
@@ -103,10 +112,10 @@ def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 60.0) -> 
     raise AssertionError(f"{url} not healthy within {seconds:.0f} s")
 
 
-def run_tests(name: str, setting: dict, doomed: str) -> None:
+def run_tests(name: str, setting: dict, doomed: dict[str, str]) -> None:
     venv = venv_of(name)
     result = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             f"{name}/tests"], cwd=INTEGRATIONS, env={**setting, "STREAM_WAV2LIP_DOOMED": doomed},
+                             f"{name}/tests"], cwd=INTEGRATIONS, env={**setting, "STREAM_WAV2LIP_DOOMED": doomed[name]},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{name}'s tests failed:\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
 

@@ -172,7 +172,7 @@ class AvatarSession:
         self._speaking = True
 
     async def send_audio(self, pcm: bytes) -> None:
-        await self._send(self._ws.send_bytes(pcm))
+        await self._send(pcm)
 
     async def end_speech(self) -> None:
         if self._speaking:
@@ -190,17 +190,19 @@ class AvatarSession:
         await self._send_json({"type": "interrupt"})
 
     async def _send_json(self, message: dict) -> None:
-        await self._send(self._ws.send_json(message))
+        await self._send(json.dumps(message))
 
-    async def _send(self, sending) -> None:
+    async def _send(self, message) -> None:
+        if self._ws is None:
+            raise AvatarError("the stream-wav2lip session is not open")
         try:
-            await sending
+            await (self._ws.send_bytes(message) if isinstance(message, bytes) else self._ws.send_str(message))
         except (ConnectionError, aiohttp.ClientError) as exc:
             raise AvatarError(f"the stream-wav2lip server closed the connection: {exc}") from None
 
     async def close(self) -> None:
         """End the session on the server (if it is still there) and disconnect. Safe to call twice."""
-        self._closing = True
+        self._closing, self._speaking = True, False
         if self._ws is not None:
             await self._ws.close()
             self._ws = None

@@ -76,17 +76,17 @@ async def say(generator: StreamWav2LipVideoGenerator, pcm: bytes, rate: int) -> 
 
 
 async def conversation(generator: StreamWav2LipVideoGenerator, first: tuple, second: tuple) -> Recorder:
-    """1 s of silence, the first speech, 2 s of silence, the second speech cleared 1.5 s in, 1.5 s of silence."""
+    """1 s of silence, the first speech, 1.5 s of silence, the second speech cleared 1.5 s in, 1 s of silence."""
     recorder = Recorder()
     async with generator:
         consuming = asyncio.ensure_future(recorder.consume(generator))
         await asyncio.sleep(1.0)
         await say(generator, *first)
-        await asyncio.sleep(len(first[0]) / 2 / first[1] + 2.0)
+        await asyncio.sleep(len(first[0]) / 2 / first[1] + 1.5)
         await say(generator, *second)
         await asyncio.sleep(1.5)
         recorder.clear.set()
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.0)
     await asyncio.wait_for(consuming, 5)  # the iteration ends with the session
     return recorder
 

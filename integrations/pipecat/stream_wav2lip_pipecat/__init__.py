@@ -103,7 +103,7 @@ class StreamWav2LipVideoService(AIService):
         await super().process_frame(frame, direction)
         try:
             if isinstance(frame, TTSAudioRawFrame):
-                if not self._failed:
+                if not self._failed and self._avatar.id is not None:  # (not before StartFrame, nor after the end)
                     await self._speak(frame)
                 return
             if isinstance(frame, (TTSStartedFrame, TTSStoppedFrame)):

@@ -72,14 +72,14 @@ async def say(worker: PipelineWorker, pcm: bytes, rate: int) -> None:
 
 
 async def conversation(worker: PipelineWorker, first: tuple, second: tuple) -> None:
-    """1 s of silence, the first speech, 2 s of silence, the second speech interrupted 1.5 s in, 1.5 s of silence."""
+    """1 s of silence, the first speech, 1.5 s of silence, the second speech interrupted 1.5 s in, 1 s of silence."""
     await asyncio.sleep(1.0)
     await say(worker, *first)
-    await asyncio.sleep(len(first[0]) / 2 / first[1] + 2.0)
+    await asyncio.sleep(len(first[0]) / 2 / first[1] + 1.5)
     await say(worker, *second)
     await asyncio.sleep(1.5)
     await worker.queue_frame(InterruptionFrame())
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.0)
     await worker.queue_frame(EndFrame())
 
 
