@@ -8,7 +8,6 @@ import signal
 import time
 
 import numpy as np
-import pytest
 from pipecat.frames.frames import (EndFrame, ErrorFrame, Frame, InterruptionFrame, OutputAudioRawFrame,
                                    OutputImageRawFrame, TTSAudioRawFrame, TTSStartedFrame, TTSStoppedFrame)
 from pipecat.pipeline.pipeline import Pipeline
