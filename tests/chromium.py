@@ -127,6 +127,17 @@ def talk_wav(speech, path: Path, gap_seconds: float = 1.5, noise_db: float = -55
     return path
 
 
+def still_presenter(folder: Path):
+    """A presenter who holds still, so that a page can watch the mouth in one fixed box (mouth_box)."""
+    from demo.presenter import FacePath, make_presenter_clip
+    from engine.render.presenter import Presenter
+    from preprocess.pipeline import PreprocessConfig, preprocess_video
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = make_presenter_clip(folder / "still.mp4", 2.0, 25, path=FacePath(sway=0, bob=0, zoom=0, tilt=0))
+    return Presenter(folder / "cache" / preprocess_video(clip, folder / "cache", PreprocessConfig(),
+                                                         progress=False).name)
+
+
 def mouth_box(presenter, animator, compositor) -> list[int]:
     """[x, y, w, h] in frame pixels: where a wide-open mouth changes any frame of the loop."""
     changed = np.zeros((presenter.height, presenter.width), bool)

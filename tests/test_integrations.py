@@ -18,22 +18,21 @@ import pytest
 import soundfile
 import soxr
 
-from chromium import Chromium, mouth_box
-from conftest import require
+from chromium import Chromium, mouth_box, still_presenter
+from conftest import ROOT, require
+from wsclient import wait_healthy
 from core.net import free_port
-from demo.presenter import FacePath, make_presenter_clip, speak
+from demo.presenter import speak
 from engine.render.composite import Compositor
 from engine.render.presenter import Presenter
 from engine.serve.routes import ServerConfig
 from engine.serve.server import Server
 from engine.serve.sessions import LoadMeter, SessionsConfig
 from models.mouthwarp import MouthAnimator
-from preprocess.pipeline import PreprocessConfig, preprocess_video
 
 pytestmark = pytest.mark.slow  # a venv of its own, pipelines of several seconds
 
 require("aiohttp")
-ROOT = Path(__file__).resolve().parents[1]
 INTEGRATIONS = ROOT / "integrations"
 TOKEN = "integration-secret"
 CHECKOUT_PACKAGES = os.pathsep.join(str(INTEGRATIONS / name) for name in ("client", "pipecat", "livekit"))
@@ -92,26 +91,12 @@ def doomed(built) -> dict[str, str]:
             env={**os.environ, "STREAM_WAV2LIP_TOKEN": TOKEN}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for port, process in servers.values():
-            wait_healthy(f"http://127.0.0.1:{port}/health", process)
+            wait_healthy(f"http://127.0.0.1:{port}/health", process, TOKEN)
         yield {name: f"http://127.0.0.1:{port} {process.pid}" for name, (port, process) in servers.items()}
     finally:
         for _, process in servers.values():
             process.kill()
             process.wait(10)
-
-
-def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the second server exited"
-        try:
-            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
-            with urllib.request.urlopen(request, timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} not healthy within {seconds:.0f} s")
 
 
 def run_tests(name: str, setting: dict, doomed: dict[str, str]) -> None:
@@ -124,15 +109,6 @@ def run_tests(name: str, setting: dict, doomed: dict[str, str]) -> None:
 
 def test_the_pipecat_video_service(setting, doomed):
     run_tests("pipecat", setting, doomed)
-
-
-def still_presenter(folder: Path) -> Presenter:
-    """A presenter who holds still (inside the servers' session root), so that the page can watch the mouth in one
-    fixed box."""
-    folder.mkdir(exist_ok=True)
-    clip = make_presenter_clip(folder / "still.mp4", 2.0, 25, path=FacePath(sway=0, bob=0, zoom=0, tilt=0))
-    return Presenter(folder / "cache" / preprocess_video(clip, folder / "cache", PreprocessConfig(),
-                                                         progress=False).name)
 
 
 def open_share(shown: np.ndarray, values: np.ndarray, threshold: float, start_ms: float, end_ms: float) -> float:

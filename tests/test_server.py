@@ -23,7 +23,7 @@ import soundfile
 
 from chromium import Chromium
 from conftest import CollectSink, require
-from wsclient import events_until, stream, url
+from wsclient import events_until, stream, url, wait_healthy
 from demo.presenter import speak
 from engine.render.blendshapes import BlendshapeMeter
 from engine.render.composite import Compositor
@@ -668,7 +668,6 @@ def test_browser_shows_the_presenter_over_webrtc(served, chromium):
 def test_serve_command_starts_answers_and_stops(built):
     import signal
     import sys
-    import urllib.request
     from conftest import ROOT
     from stream_out import main as stream_out_main
     cache = str(built["cache"] / "clip30")
@@ -678,15 +677,7 @@ def test_serve_command_starts_answers_and_stops(built):
                                 f"127.0.0.1:{port}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-                    assert json.loads(response.read()) ["ok"] is True
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("the server never answered /health")
+        wait_healthy(f"http://127.0.0.1:{port}/health", process, seconds=30)
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)

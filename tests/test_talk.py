@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from chromium import Chromium, mouth_box, mouth_series, talk_wav
+from chromium import Chromium, mouth_box, mouth_series, still_presenter, talk_wav
 from conftest import require
 from wsclient import url
 from audio.decode import load_audio
@@ -34,12 +34,7 @@ def speech(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def still(tmp_path_factory) -> Presenter:
-    """A presenter who holds still, so that the page can watch the mouth in one fixed box."""
-    from demo.presenter import FacePath, make_presenter_clip
-    from preprocess.pipeline import PreprocessConfig, preprocess_video
-    root = tmp_path_factory.mktemp("still")
-    clip = make_presenter_clip(root / "still.mp4", 2.0, 25, path=FacePath(sway=0, bob=0, zoom=0, tilt=0))
-    return Presenter(root / "cache" / preprocess_video(clip, root / "cache", PreprocessConfig(), progress=False).name)
+    return still_presenter(tmp_path_factory.mktemp("still"))
 
 
 def test_a_page_talks_push_to_talk_and_a_second_talker_is_refused(still, chromium, speech, tmp_path):

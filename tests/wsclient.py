@@ -1,9 +1,13 @@
-"""A WebSocket/HTTP client of the server, as the tests use it: URLs, PCM streamed in 20 ms chunks, events."""
+"""A WebSocket/HTTP client of the server, as the tests use it: URLs, PCM streamed in 20 ms chunks, events, a
+server process's /health."""
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
+import urllib.request
+from typing import Optional
 
 import numpy as np
 
@@ -34,3 +38,18 @@ async def events_until(ws, kind: str, timeout: float = 30.0) -> list[dict]:
         if seen[-1]["type"] == kind:
             return seen
     raise AssertionError(f"no {kind} within {timeout} s: {seen}")
+
+
+def wait_healthy(url: str, process: subprocess.Popen, token: Optional[str] = None, seconds: float = 60.0) -> None:
+    """Until the server process answers `url` (its /health) with 200; fails if it exits or takes `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server exited"
+        try:
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+            with urllib.request.urlopen(request, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} not healthy within {seconds:.0f} s")

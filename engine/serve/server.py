@@ -140,18 +140,20 @@ class AiohttpSocket:
             item = await self.outbox.get()
             if isinstance(item, bytes):
                 self.media_waiting -= 1
-            if self.ws.closed:
-                continue
             try:
-                await (self.ws.send_bytes(item) if isinstance(item, bytes) else self.ws.send_json(item))
+                if not self.ws.closed:
+                    await (self.ws.send_bytes(item) if isinstance(item, bytes) else self.ws.send_json(item))
             except ConnectionError:
                 pass
+            finally:
+                self.outbox.task_done()
 
     async def flush(self, seconds: float = 5.0) -> None:
-        """Wait (a while) until what was posted has gone out."""
-        deadline = asyncio.get_running_loop().time() + seconds
-        while not self.outbox.empty() and not self.ws.closed and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        """Wait (a while) until what was posted has gone out (or was dropped, the socket being closed)."""
+        try:
+            await asyncio.wait_for(self.outbox.join(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
     async def close(self, code: int, reason: str) -> None:
         await self.flush()

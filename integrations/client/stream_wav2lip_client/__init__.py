@@ -10,7 +10,7 @@ import asyncio
 import json
 import struct
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator, Callable, Optional
 
 import aiohttp
@@ -159,7 +159,7 @@ class AvatarSession:
                     return
                 raise
             if isinstance(item, MediaFrame):
-                yield item if not self._muting else MediaFrame(**{**item.__dict__, "audio": bytes(len(item.audio))})
+                yield item if not self._muting else replace(item, audio=bytes(len(item.audio)))
                 continue
             if item["type"] == "interrupted":
                 self._muting = False
