@@ -170,8 +170,17 @@ class EngineSpec(ObsSpec):
                 "checkpoint); host: JPEG decodes and cv2 on host threads (the CPU path)", GPU)
     compile: bool = flag(False, "CUDA: torch.compile Wav2Lip and GFPGAN (CUDA graphs) in the background for the "
                                 "batch sizes in use, running eagerly until each is ready", GPU)
+    cuda_graphs: bool = flag(False, "CUDA, device pipeline: capture Wav2Lip's and GFPGAN's whole per-frame steps as "
+                                    "CUDA graphs at start-up (under a second; the other way to what --compile does)",
+                             GPU)
     resident_gib: float = flag(24.0, "device pipeline: most GPU memory for the decoded presenter (beyond it: pinned "
                                      "host memory)", GPU)
+
+    @model_validator(mode="after")
+    def _one_graph_kind(self):
+        if self.compile and self.cuda_graphs:
+            raise ValueError("--compile and --cuda_graphs are two ways to CUDA graphs; choose one")
+        return self
 
     @field_validator("background")
     @classmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from configs.spec import EngineSpec
 from core.timebase import interpolated
@@ -82,13 +82,17 @@ def check_iplap_flags(args: EngineSpec, live: bool) -> None:
                          "--outfile x.mp4, or run it on a CUDA GPU")
 
 
-def compile_batches(batches: tuple[int, ...], wanted: bool, device: str) -> tuple[int, ...]:
-    """--compile: the batch sizes to compile for, on CUDA only (on the CPU it would cost minutes for little)."""
-    from models.predictor import pick_device  # torch: only when a device is named
-    if wanted and pick_device(device).type != "cuda":
-        log.warning("--compile is for CUDA GPUs; running eagerly on the CPU")
-        return ()
-    return batches if wanted else ()
+def cuda_speedups(args: EngineSpec, batch: int) -> dict:
+    """--compile or --cuda_graphs: the batch sizes each applies to, on CUDA only (on the CPU a compile costs minutes
+    for little, and CUDA graphs do not exist)."""
+    from models.graphed import graph_batches  # torch: only when a model is built
+    from models.predictor import pick_device  # torch: only when a model is built
+    wanted = "--compile" if args.compile else "--cuda_graphs" if args.cuda_graphs else None
+    if wanted and pick_device(args.device).type != "cuda":
+        log.warning("%s is for CUDA GPUs; running eagerly on the CPU", wanted)
+        wanted = None
+    return {"compile_batches": (batch,) if wanted == "--compile" else (),
+            "graph_batches": graph_batches(batch) if wanted == "--cuda_graphs" else ()}
 
 
 def pick_pipeline(requested: str, predictor: LipModel) -> str:
@@ -118,10 +122,13 @@ def host_openvino(args: EngineSpec) -> bool:
 
 class Parts:
     """Builds and, across sessions, shares the loaded parts. `share(model, name)` may wrap a model for a session
-    (a server puts a shared model worker in front of it); by default each user gets the model itself."""
+    (a server puts a shared model worker in front of it); by default each user gets the model itself. A worker
+    hands the model up to `shared_batch` frames at once (every session's due frames): the model then takes them in
+    one network call instead of splitting them into the command line's live batch."""
 
-    def __init__(self, share: Callable[[object, str], object] = lambda model, name: model):
-        self._share = share
+    def __init__(self, share: Callable[[object, str], object] = lambda model, name: model,
+                 shared_batch: Optional[int] = None):
+        self._share, self.shared_batch = share, shared_batch
         self._loaded: dict = {}    # key -> [object, set of users]
         self._lock = threading.RLock()
 
@@ -254,6 +261,7 @@ class Parts:
         the checkpoint loaded, converted or put on its device, and the conversion remembered for the next run.
         `check_size(face size)` runs as soon as the checkpoint's size is known, before the model is prepared."""
         batch = args.live_batch_size if live else args.batch_size
+        batch = max(batch, self.shared_batch or 0)
         store = runtime_cache(args)
 
         def wav2lip():
@@ -267,7 +275,7 @@ class Parts:
                 check_size(generator.spec.size)
                 model = LipSyncPredictor(generator.model, args.device, args.dtype, batch_size=batch,
                                          runtime=args.runtime, store_dir=store, own_model=True,
-                                         compile_batches=compile_batches((batch,), args.compile, args.device))
+                                         **cuda_speedups(args, batch))
                 del generator  # OpenVINO has its own copy now; torch's is freed
                 remember_conversion(args.checkpoint_path, store, model, args.dtype)
             model.warm_up(1)
@@ -280,10 +288,11 @@ class Parts:
         if not args.gfpgan_path:
             raise ValueError(f"--enhance {args.enhance} needs --gfpgan_path GFPGANv1.4.pth")
         batch = 2 if live else 16  # live: one frame at a time; a file render: as many heads as the GPU takes
+        batch = max(batch, self.shared_batch or 0)
 
         def gfpgan():
             enhancer = GfpganEnhancer(load_gfpgan(args.gfpgan_path, args.trust_checkpoint), args.device,
-                                      args.gfpgan_dtype, batch, compile_batches((batch,), args.compile, args.device))
+                                      args.gfpgan_dtype, batch, **cuda_speedups(args, batch))
             if live and not enhancer.realtime:
                 raise ValueError(f"--enhance {args.enhance} cannot run live on the CPU (GFPGAN takes seconds per "
                                  f"frame here); use it for --outfile x.mp4, or on a CUDA GPU")

@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from core.errors import UserError
+from core.timebase import MEL_SHAPE
 
 from .blocks import ConvBN, Wav2Lip
+from .graphed import GraphedStep
 from .openvino_cpu import OpenVinoStore, cpu_has_native_bf16, int8_by_default
 from .runtime import TorchRunner, build_openvino, pick_runtime
 from .stored import HostPredictor
@@ -96,13 +98,15 @@ class LipSyncPredictor(HostPredictor):
     int8 calibrates on generic face crops (models/calibration.py), or on `calibration_faces` (N,S,S,3) uint8 when
     given; `store_dir` keeps converted OpenVINO models between runs (one conversion per checkpoint);
     `compile_batches` (torch runtime) compiles the model for those batch sizes in the background while it runs
-    eagerly (models/compiled.py)."""
+    eagerly (models/compiled.py); `graph_batches` (torch on CUDA) captures the device pipeline's whole step as
+    CUDA graphs for those batch sizes (models/graphed.py)."""
 
     def __init__(self, model: Wav2Lip, device: Union[str, torch.device, None] = None,
                  dtype: Union[str, torch.dtype, None] = None, batch_size: int = 16, fold_bn: bool = True,
                  channels_last: bool = True, runtime: Optional[str] = None,
                  calibration_faces: Optional[np.ndarray] = None, store_dir: Union[str, Path, None] = None,
-                 compile_batches: tuple[int, ...] = (), progress=lambda step: None, own_model: bool = False):
+                 compile_batches: tuple[int, ...] = (), graph_batches: tuple[int, ...] = (),
+                 progress=lambda step: None, own_model: bool = False):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.runtime = pick_runtime(self.device, runtime)
         self.device_tensors = self.runtime == "torch"
@@ -121,6 +125,10 @@ class LipSyncPredictor(HostPredictor):
         else:
             self.runner = TorchRunner(net, self.device, precision, channels_last, compile_batches)
             self.precision = precision
+        self.device_step = GraphedStep(self._device_step, lambda b: (
+            torch.zeros(b, *MEL_SHAPE, device=self.device), torch.zeros(b, self.size, self.size, 3, dtype=torch.uint8,
+                                                                        device=self.device)),
+            graph_batches, self.device, self.name) if graph_batches and self.runtime == "torch" else self._device_step
         log.info("predictor: %s on %s via %s, %s%s%s", model.spec.name, self.device, self.runtime,
                  str(self.precision).replace("torch.", ""), ", BatchNorm folded" if fold_bn else "",
                  ", channels-last" if channels_last and self.runtime == "torch" else "")
@@ -156,20 +164,23 @@ class LipSyncPredictor(HostPredictor):
 
     @torch.inference_mode()
     def _predict_tensors(self, mel_windows: np.ndarray, faces: torch.Tensor) -> torch.Tensor:
-        """The reference pre/post-processing of _inputs and _predict_batch, on the device: uint8 in, uint8 out."""
         if not isinstance(self.runner, TorchRunner):
             raise ValueError("device tensors need the torch runtime (--runtime torch)")
         if faces.ndim != 4 or tuple(faces.shape[1:]) != (self.size, self.size, 3):
             raise ValueError(f"faces must be (B,{self.size},{self.size},3); got {tuple(faces.shape)}")
         outputs = []
         for i in range(0, len(faces), self.batch_size):
-            ref = faces[i:i + self.batch_size].permute(0, 3, 1, 2).float().div_(255)  # B,3,S,S BGR in [0,1]
-            target = ref.clone()
-            target[:, :, self.size // 2:] = 0
             mel = torch.from_numpy(np.ascontiguousarray(mel_windows[i:i + self.batch_size], np.float32))
-            y = self.runner.run_tensors(mel.to(faces.device, non_blocking=True)[:, None],
-                                        torch.cat([target, ref], dim=1)).float()
-            if self.tanh_head:
-                y = (y + 1) / 2
-            outputs.append(y.clamp_(0, 1).mul_(255).to(torch.uint8).permute(0, 2, 3, 1))  # truncation, as numpy
+            outputs.append(self.device_step(mel.to(faces.device, non_blocking=True), faces[i:i + self.batch_size]))
         return torch.cat(outputs) if outputs else faces.new_zeros((0, self.size, self.size, 3))
+
+    def _device_step(self, mel: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+        """The reference pre/post-processing of _inputs and _predict_batch on the device around the model: mel
+        windows (B,80,16) float and crops (B,S,S,3) uint8 in, generated crops uint8 out (what a CUDA graph holds)."""
+        ref = faces.permute(0, 3, 1, 2).float().div_(255)  # B,3,S,S BGR in [0,1]
+        target = ref.clone()
+        target[:, :, self.size // 2:] = 0
+        y = self.runner.run_tensors(mel[:, None], torch.cat([target, ref], dim=1)).float()
+        if self.tanh_head:
+            y = (y + 1) / 2
+        return y.clamp_(0, 1).mul_(255).to(torch.uint8).permute(0, 2, 3, 1)  # truncation, as numpy

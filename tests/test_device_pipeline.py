@@ -138,6 +138,48 @@ def test_a_compiled_model_runs_eagerly_until_its_graph_is_ready_and_equal_after(
         assert swap(torch.rand(3, 3, 8, 8)).shape == (3, 4, 6, 6)  # a batch nothing compiled for runs eagerly
 
 
+def test_cuda_graphs_and_compile_are_one_choice_and_neither_runs_on_the_cpu(caplog, capsys):
+    from engine.assemble import cuda_speedups
+    from engine.cli import parse_args
+    from models.graphed import graph_batches
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--compile", "--cuda_graphs"])
+    assert exited.value.code == 2 and "choose one" in capsys.readouterr().err
+    spec = parse_args(["--cuda_graphs", "--device", "cpu"]).engine()
+    assert cuda_speedups(spec, 16) == {"compile_batches": (), "graph_batches": ()}
+    assert "--cuda_graphs is for CUDA GPUs" in caplog.text
+    # every call of up to the batch in use replays a graph at most twice its size
+    assert graph_batches(16) == (1, 2, 4, 8, 16) and graph_batches(6) == (1, 2, 4, 6) and graph_batches(1) == (1,)
+
+
+@pytest.mark.cuda
+def test_captured_cuda_graphs_replay_the_eager_steps_padded_and_never_overwrite_a_result():
+    """models/graphed.py on a GPU: Wav2Lip's and GFPGAN's whole uint8 steps, graphed against eager."""
+    from models.gfpgan import GfpganEnhancer
+    from models.gfpgan.arch import build_gfpgan
+    torch.manual_seed(0)
+    cuda = torch.device("cuda")
+    predictor = LipSyncPredictor(randomise_batchnorm(Wav2Lip(wav2lip96.GENERATOR)), cuda, "fp16", runtime="torch",
+                                 batch_size=8, graph_batches=(1, 4, 8))
+    assert sorted(predictor.device_step.graphs) == [1, 4, 8]
+    mel = torch.randn(12, 80, 16, device=cuda)
+    faces = torch.randint(0, 256, (12, 96, 96, 3), dtype=torch.uint8, device=cuda)
+    with torch.inference_mode():
+        for rows in (1, 3, 8, 12):  # captured, padded into 4, captured, eager (larger than any graph)
+            graphed, eager = predictor.device_step(mel[:rows], faces[:rows]), predictor._device_step(mel[:rows],
+                                                                                                  faces[:rows])
+            assert graphed.shape == eager.shape == (rows, 96, 96, 3)
+            assert (graphed.int() - eager.int()).abs().max() <= 2, rows
+        kept = predictor.device_step(mel[:1], faces[:1])
+        copy = kept.clone()
+        predictor.device_step(mel[5:6], faces[5:6])  # the same graph again, other inputs
+        assert torch.equal(kept, copy)
+        enhancer = GfpganEnhancer(build_gfpgan(), cuda, batch_size=2, graph_batches=(2,))
+        heads = torch.randint(0, 256, (3, 512, 512, 3), dtype=torch.uint8, device=cuda)
+        graphed, eager = enhancer.enhance_tensors(heads), torch.cat([enhancer._step(heads[:2]), enhancer._step(heads[2:])])
+        assert (graphed.int() - eager.int()).abs().max() <= 2
+
+
 @pytest.mark.cuda
 def test_presenter_images_fall_back_to_pinned_host_memory_when_they_do_not_fit(presenter):
     frames = load_resident(presenter, torch.device("cuda"), with_heads=False, max_gib=1e-6)

@@ -8,6 +8,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from ..graphed import GraphedStep
 from ..predictor import pick_device
 from ..registry import GFPGAN, Family, describe_difference, load, shapes_of, what_is_it
 
@@ -54,7 +55,8 @@ class GfpganEnhancer:
     the same result on every frame (upstream draws fresh noise per call, which flickers in video)."""
 
     def __init__(self, model: torch.nn.Module, device: Union[str, torch.device, None] = None,
-                 dtype: Union[str, torch.dtype, None] = None, batch_size: int = 4, compile_batches: tuple = ()):
+                 dtype: Union[str, torch.dtype, None] = None, batch_size: int = 4, compile_batches: tuple = (),
+                 graph_batches: tuple = ()):
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.dtype = gfpgan_dtype(self.device, dtype)
         self.batch_size = batch_size
@@ -65,6 +67,9 @@ class GfpganEnhancer:
                                                                      dtype=self.dtype),),
                                     compile_batches, name="GFPGAN",
                                     call_kwargs={"return_rgb": False, "randomize_noise": False})
+        self.step = GraphedStep(self._step, lambda b: (torch.zeros(b, HEAD_SIZE, HEAD_SIZE, 3, dtype=torch.uint8,
+                                                                   device=self.device),),
+                                graph_batches, self.device, "GFPGAN") if graph_batches else self._step
         self.realtime = self.device.type == "cuda"
         if not self.realtime:
             log.warning("GFPGAN runs on the CPU at about 4 s per head here: fine for a file render, far too slow for "
@@ -82,11 +87,13 @@ class GfpganEnhancer:
 
     @torch.inference_mode()
     def enhance_tensors(self, heads: torch.Tensor) -> torch.Tensor:
-        """(B,512,512,3) uint8 BGR tensor on the enhancer's device -> restored heads there: GFPGANer's pre- and
-        post-processing (RGB, [-1,1], clamp, rounding) done on the device, nothing through the host."""
-        outputs = []
-        for i in range(0, len(heads), self.batch_size):
-            x = heads[i:i + self.batch_size].flip(-1).permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1  # RGB
-            y = self.net(x.contiguous(), return_rgb=False, randomize_noise=False)[0].float().clamp_(-1, 1)
-            outputs.append(((y + 1) * 127.5).round_().permute(0, 2, 3, 1).to(torch.uint8).flip(-1))
-        return torch.cat(outputs)
+        """(B,512,512,3) uint8 BGR tensor on the enhancer's device -> restored heads there, nothing through the
+        host."""
+        return torch.cat([self.step(heads[i:i + self.batch_size]) for i in range(0, len(heads), self.batch_size)])
+
+    def _step(self, heads: torch.Tensor) -> torch.Tensor:
+        """GFPGANer's pre- and post-processing (RGB, [-1,1], clamp, rounding) on the device around the network: uint8
+        heads in and out (what a CUDA graph holds)."""
+        x = heads.flip(-1).permute(0, 3, 1, 2).to(self.dtype) / 127.5 - 1  # RGB
+        y = self.net(x.contiguous(), return_rgb=False, randomize_noise=False)[0].float().clamp_(-1, 1)
+        return ((y + 1) * 127.5).round_().permute(0, 2, 3, 1).to(torch.uint8).flip(-1)
