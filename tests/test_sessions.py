@@ -252,6 +252,74 @@ def test_the_worker_batches_by_earliest_deadline_and_kind_and_answers_the_hopele
     assert [c.tolist() for c in model.calls[1:]] == [[3.0, 5.0, 7.0], [4.0], [9.0]]
 
 
+def test_a_server_s_wav2lip_takes_the_worker_s_whole_batch_in_one_network_call(built, checkpoint):
+    """The worker hands the model every session's due frames at once; the live batch (one frame) must not split
+    them into one network call each."""
+    from engine.assemble import Parts
+    from engine.cli import parse_args
+    spec = parse_args(["--data_dir", str(built["cache"] / "clip25"), "--checkpoint_path", str(checkpoint),
+                       "--runtime", "torch", "--dtype", "fp32", "--device", "cpu"]).engine()
+    calls = {}
+    for label, parts in (("alone", Parts()), ("served", Parts(shared_batch=16))):
+        presenter, model, _, _ = parts.build(spec, live=True)
+        counted = []
+        model.runner.net.register_forward_hook(lambda module, inputs, output: counted.append(len(inputs[0])))
+        indices = list(range(16))
+        model.predict(np.zeros((16, 80, 16), np.float32), np.stack([presenter.face(i) for i in indices]))
+        calls[label] = counted
+    assert calls == {"alone": [1] * 16, "served": [16]}
+
+
+def test_one_slow_call_does_not_switch_the_shared_model_off_for_good():
+    """A cold first call made every later frame look hopeless, and refused frames never measured the model again:
+    a session showed cached frames for ever (seen in bench/sessions.py)."""
+    class ColdStart:
+        def __init__(self):
+            self.calls = 0
+
+        def predict(self, x):
+            self.calls += 1
+            time.sleep(0.5 if self.calls == 1 else 0.0)
+            return x * 2
+
+    worker = ModelWorker(ColdStart(), "cold", margin=0.0, retry_after=5)
+    try:
+        assert worker.call("predict", np.array([1.0])).tolist() == [2.0]  # 0.5 s: the estimate is now 0.5 s a row
+        answers = [worker.call("predict", np.array([1.0]), due=time.monotonic() + 0.1) for _ in range(12)]
+    finally:
+        worker.close()
+    refused = [a is None for a in answers]
+    assert refused[:5] == [True] * 5 and not any(refused[5:]), refused
+
+
+def test_the_worker_gathers_frames_that_can_wait_into_one_call_and_never_holds_an_urgent_one():
+    """Sessions in step would otherwise take turns one frame a call; a frame with time to spare waits up to
+    `gather` for others, a frame without goes at once."""
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def predict(self, x):
+            self.calls.append(x.tolist())
+            return x * 2
+
+    model = Recorder()
+    worker = ModelWorker(model, "recorder", max_batch=4, margin=0.0, gather=0.5)
+    try:
+        now = time.monotonic()
+        first = worker.submit("predict", (np.array([1.0]),), now + 10.0)
+        time.sleep(0.1)  # well inside the gather window
+        second = worker.submit("predict", (np.array([2.0]),), now + 10.0)
+        assert first.result(timeout=5).tolist() == [2.0] and second.result(timeout=5).tolist() == [4.0]
+        assert model.calls == [[1.0, 2.0]]
+        started = time.monotonic()
+        urgent = worker.submit("predict", (np.array([3.0]),), started + 0.4)  # less time than the window
+        assert urgent.result(timeout=5).tolist() == [6.0]
+        assert time.monotonic() - started < 0.2 and model.calls[-1] == [3.0]
+    finally:
+        worker.close()
+
+
 @pytest.mark.slow
 def test_ray_serve_places_sessions_on_both_replicas_and_each_streams_frames(built, voices, tmp_path):
     """Two CPU session hosts behind the router on a local Ray instance: speech in through the router (WebSocket

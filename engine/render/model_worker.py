@@ -4,10 +4,13 @@ Sessions do not each own a copy of Wav2Lip (or GFPGAN) and call it on their own:
 calls fighting over one card, on the CPU many thread pools fighting over two cores. Each session's model stage
 hands its batch to the worker with the time its first frame must be shown; the worker's one thread takes the most
 urgent request, fills the batch with the next most urgent ones (up to `max_batch` frames), runs the model once and
-hands every session its own rows back. Earliest deadline first means no session starves: a request waiting
+hands every session its own rows back. The most urgent request waits a few milliseconds for others to join it
+when its time allows (`gather`). Earliest deadline first means no session starves: a request waiting
 longer only becomes more urgent. A request that can no longer make its time, given what a frame has cost lately,
 is answered with None at once, and its session shows the cached frames (counted as skipped), as a single
-session's skip policy does.
+session's skip policy does. After `retry_after` such answers in a row one request is run anyway, and if it is
+served the old costs are forgotten: one slow call (a cold start, a busy moment) would otherwise refuse every
+frame for good, since refused frames never measure the model again.
 """
 from __future__ import annotations
 
@@ -58,8 +61,11 @@ class ModelWorker:
     arrays or tensors with a leading batch dimension (or None for an optional argument left out) and returning one
     row per input row."""
 
-    def __init__(self, model, name: str, max_batch: int = 16, margin: float = 0.02):
-        self.model, self.name, self.max_batch, self.margin = model, name, max_batch, margin
+    def __init__(self, model, name: str, max_batch: int = 16, margin: float = 0.02, gather: float = 0.0,
+                 retry_after: int = 25):
+        self.model, self.name, self.max_batch, self.margin, self.gather = model, name, max_batch, margin, gather
+        self.retry_after = retry_after           # requests answered None in a row before one is run anyway
+        self._dropped_in_a_row = 0
         self._queue: list[Request] = []
         self._order = itertools.count()
         self._wake = threading.Condition()
@@ -109,9 +115,11 @@ class ModelWorker:
         with self._wake:
             while not self._queue and not self._closed:
                 self._wake.wait()
+            self._gather()
             if self._closed:
                 return []
-            now, per_row = time.monotonic(), self.per_row()
+            retry = self._dropped_in_a_row >= self.retry_after
+            now, per_row = time.monotonic(), 0.0 if retry else self.per_row()
 
             def hopeless(request: Request, rows: int) -> bool:
                 return now + per_row * rows > request.due + self.margin
@@ -140,8 +148,22 @@ class ModelWorker:
                 heapq.heappush(self._queue, request)
             return batch
 
+    def _gather(self) -> None:
+        """Give other sessions' due frames up to `gather` seconds to join the most urgent one, if even a full batch
+        after that wait would leave it on time: sessions running in step take turns one frame each otherwise, and
+        one call of many frames costs far less than many calls of one (on a GPU, kernel launches dominate a small
+        batch). A frame with less time to spare goes at once."""
+        until = time.monotonic() + self.gather
+        while self._queue and not self._closed and sum(r.rows for r in self._queue) < self.max_batch:
+            now = time.monotonic()
+            spare = self._queue[0].due - now - self.per_row() * self.max_batch - self.margin
+            if now >= until or spare < until - now:
+                return
+            self._wake.wait(until - now)
+
     def _answer_none(self, request: Request) -> None:
         self.dropped += request.rows
+        self._dropped_in_a_row += 1
         request.future.set_result(None)
 
     def _run(self) -> None:
@@ -169,6 +191,9 @@ class ModelWorker:
                 request.future.set_exception(exc)
             return
         rows = sum(r.rows for r in batch)
+        if self._dropped_in_a_row >= self.retry_after:  # a retry: the costs that refused everything were stale
+            self._costs.clear()
+        self._dropped_in_a_row = 0
         self._costs.append(spent / rows)
         self.busy_seconds += spent
         self.rows += rows

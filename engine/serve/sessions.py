@@ -72,6 +72,7 @@ class SessionsConfig:
     cpu_cores: Optional[float] = None        # CPU the sessions may use (None: half this machine's cores)
     worker_share: float = 0.8                # most of its time a model worker may be busy
     max_batch: int = 16                      # most frames in one shared model call
+    gather: float = 0.008                    # seconds a due frame may wait for other sessions' to share its call
     limits: SpeechLimits = SpeechLimits()
     max_peers: int = default_of(ServeSpec, "max_peers")  # WebRTC viewers per session
     peer_connect_seconds: float = 15.0
@@ -250,7 +251,7 @@ class Sessions:
                  loop: Optional[asyncio.AbstractEventLoop] = None):
         self.defaults, self.cfg, self.loop = defaults, cfg, loop
         self.workers: list[ModelWorker] = []
-        self.parts = Parts(share=self._share)
+        self.parts = Parts(share=self._share, shared_batch=self.cfg.max_batch)
         self.meter = LoadMeter()
         self._sessions: dict[str, Session] = {}
         self._ended = (0, 0)  # frames and late or skipped frames of ended sessions
@@ -261,7 +262,7 @@ class Sessions:
         self._sampler.start()
 
     def _share(self, model, name: str) -> SharedModel:
-        worker = ModelWorker(model, name, self.cfg.max_batch)
+        worker = ModelWorker(model, name, self.cfg.max_batch, gather=self.cfg.gather)
         self.workers.append(worker)
         return SharedModel(worker, model)
 
