@@ -7,6 +7,11 @@
 #   there: bash bench/cuda_check.sh run .cuda "$OUT" [STEP ...]   the CUDA tests, then the benches (or only the
 #                                                                 named steps); logs into $OUT
 #
+# The default steps print every figure of the GPU targets in about 7 minutes, most telling first: the tests, the
+# 720p engine eager and with CUDA graphs (enhance none and face), the device steps alone (paste-back, graphs
+# against eager), sessions with CUDA graphs (none and face), 1080p with face, --compile. `models`, `cold_start`
+# and `profile` run only when named.
+#
 # `run` calls the CUDA tests' own functions (tests/test_device_pipeline.py) on the carried test clip: their pytest
 # fixtures would need mediapipe and espeak-ng to rebuild it. Every bench prints its command and machine first.
 set -uo pipefail
@@ -55,15 +60,19 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 
 step() {  # step NAME SECONDS COMMAND...: one check, its log in $OUT/NAME.log, bounded in time
     local name=$1 limit=$2; shift 2
-    [ "$only" = "  " ] || [[ "$only" == *" $name "* ]] || return 0
+    if [ "$only" = "  " ]; then
+        [[ " models cold_start profile " == *" $name "* ]] && return 0
+    else
+        [[ "$only" == *" $name "* ]] || return 0
+    fi
     echo "== $name: $*" | tee -a "$out/summary.log"
     timeout "$limit" "$@" > "$out/$name.log" 2>&1
     echo "== $name: exit $?" | tee -a "$out/summary.log"
-    grep -E "^20[0-9-]+ |per-stage|file render|live loop|resident|presenter |sessions|^\| |PASS|FAIL|Error|error" \
-        "$out/$name.log" | tail -n 12 | tee -a "$out/summary.log"
+    grep -E "^20[0-9-]+ |per-stage|file render|live loop|resident|presenter |sessions|paste-back|batch [0-9]|held|^\| |PASS|FAIL|Error|error" \
+        "$out/$name.log" | tail -n 14 | tee -a "$out/summary.log"
 }
 
-step tests 120 python3 - "$carry" <<'EOF'
+step tests 100 python3 - "$carry" <<'EOF'
 import sys, traceback
 from pathlib import Path
 sys.path[:0] = [".", "tests"]
@@ -78,7 +87,9 @@ checks = [("test_the_device_pipeline_on_cuda_equals_the_host_path[none]",
           ("test_the_device_pipeline_on_cuda_equals_the_host_path[face]",
            lambda: t.test_the_device_pipeline_on_cuda_equals_the_host_path(presenter, media, "face")),
           ("test_presenter_images_fall_back_to_pinned_host_memory_when_they_do_not_fit",
-           lambda: t.test_presenter_images_fall_back_to_pinned_host_memory_when_they_do_not_fit(presenter))]
+           lambda: t.test_presenter_images_fall_back_to_pinned_host_memory_when_they_do_not_fit(presenter)),
+          ("test_captured_cuda_graphs_replay_the_eager_steps_padded_and_never_overwrite_a_result",
+           t.test_captured_cuda_graphs_replay_the_eager_steps_padded_and_never_overwrite_a_result)]
 failed = 0
 for name, check in checks:
     try:
@@ -92,12 +103,18 @@ sys.exit(1 if failed else 0)
 EOF
 
 p720=$(ls -d "$carry"/720p/*) p1080=$(ls -d "$carry"/1080p/*)
-common=(--device cuda --size 288 --speech "$carry/speech.wav" --seconds 20 --live_seconds 15)
-step engine_none 80 python3 bench/engine.py "${common[@]}" --data_dir "$p720" --enhance none
-step engine_face 90 python3 bench/engine.py "${common[@]}" --data_dir "$p720" --enhance face
-step engine_1080 60 python3 bench/engine.py "${common[@]}" --data_dir "$p1080" --enhance face --live_seconds 0
-step sessions 80 python3 bench/sessions.py --device cuda --size 288 --speech "$carry/speech.wav" --data_dir "$p720" \
-    --hold 8 --step 4 --max 32
+common=(--device cuda --size 288 --speech "$carry/speech.wav" --seconds 20 --live_seconds 10)
+step engine_none 60 python3 bench/engine.py "${common[@]}" --data_dir "$p720" --enhance none
+step engine_graphs 60 python3 bench/engine.py "${common[@]}" --data_dir "$p720" --enhance none --cuda_speedup graphs
+step engine_face 70 python3 bench/engine.py "${common[@]}" --data_dir "$p720" --enhance face --cuda_speedup graphs
+step device_steps 45 python3 bench/device_steps.py --device cuda --data_dir "$p720" --batches 1,2,16
+sessions=(--device cuda --size 288 --speech "$carry/speech.wav" --data_dir "$p720" --cuda_graphs --hold 5)
+step sessions 90 python3 bench/sessions.py "${sessions[@]}" --step 8 --max 64
+step sessions_face 75 python3 bench/sessions.py "${sessions[@]}" --enhance face --step 2 --max 16
+step engine_1080 50 python3 bench/engine.py "${common[@]}" --data_dir "$p1080" --enhance face --cuda_speedup graphs \
+    --live_seconds 0
+step engine_compile 150 python3 bench/engine.py "${common[@]}" --data_dir "$p720" --enhance none \
+    --cuda_speedup compile --stages 0
 step models 100 python3 bench/models.py --device cuda --seconds 0.5
 step cold_start 40 python3 bench/thread_cold_start.py
 step profile 60 python3 bench/engine.py "${common[@]}" --data_dir "$p720" --enhance none --stages 0 --live_seconds 0 \

@@ -4,6 +4,7 @@ python bench/engine.py [--size 96|288|384] [--enhance none|lip|face] [--device a
                        device] [--resolution 720p|1080p] [--data_dir CACHE] [--seconds 20] [--live_seconds 20]
                        [--stages 32] [--runtime auto] [--dtype auto] [--latency_ms 300] [--batch_size 16]
                        [--live_batch_size 1] [--lip wav2lip|animator] [--speech WAV] [--profile] [--fps 25|50]
+                       [--cuda_speedup none|graphs|compile]
 Random weights (speed does not depend on them); a measurement given 0 seconds (or 0 frames) is skipped.
 - per-stage ms per frame on `stages` frames: decode (cached images to what the model and composite read), model,
   enhance (GFPGAN), composite (paste-back, enhancement included), download (device to host), encode (x264/NVENC
@@ -16,6 +17,8 @@ Random weights (speed does not depend on them); a measurement given 0 seconds (o
   RSS.
 With --fps 50 (the generated presenter preprocessed with its in-between backgrounds) both runs put an in-between
 frame after each; the live line adds the frames presented and the in-between frame's cost.
+--cuda_speedup (CUDA): graphs captures the Wav2Lip and GFPGAN steps at the batch sizes in use (models/graphed.py;
+the capture time is printed); compile builds torch.compile graphs and waits for them before anything is timed.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from machine import header  # noqa: E402
 
 from audio.decode import load_audio  # noqa: E402
 from core.timebase import SAMPLE_RATE  # noqa: E402
+from models.graphed import graph_batches  # noqa: E402
 from demo.presenter import FacePath, make_presenter_clip, speak  # noqa: E402
 from engine.assemble import pick_pipeline  # noqa: E402
 from engine.outputs.targets import use_gpu_encoder  # noqa: E402
@@ -191,6 +195,7 @@ def main() -> None:
                         help="profile the file render to the null sink: each thread's busiest functions")
     parser.add_argument("--speech", help="a speech file to use (default: espeak-ng, which a GPU machine may lack)")
     parser.add_argument("--fps", type=int, default=25, choices=(25, 50))
+    parser.add_argument("--cuda_speedup", default="none", choices=["none", "graphs", "compile"])
     parser.add_argument("--lip", default="wav2lip", choices=["wav2lip", "animator"],
                         help="the lip model: Wav2Lip at --size (random weights) or the weight-free mouth animator")
     args = parser.parse_args()
@@ -205,6 +210,7 @@ def main() -> None:
                          progress=False)
         presenter = Presenter(work / "cache" / "presenter", args.size, load_heads=args.enhance != "none",
                               load_between=args.fps == 50)
+    started = time.perf_counter()
     if args.lip == "animator":
         predictor = MouthAnimator(presenter.face_size, library=library_for(presenter))
         described = "the weight-free mouth animator, " + ("the presenter's recorded mouths" if predictor.library
@@ -212,15 +218,22 @@ def main() -> None:
     else:
         predictor = LipSyncPredictor(Wav2Lip(SPECS[args.size]).eval(), args.device, args.dtype,
                                      batch_size=args.batch_size, runtime=args.runtime,
-                                     calibration_faces=presenter.sample_faces(32), store_dir=work / "runtime")
+                                     calibration_faces=presenter.sample_faces(32), store_dir=work / "runtime",
+                                     **speedup(args, args.batch_size, args.live_batch_size))
+        if args.cuda_speedup == "compile":
+            predictor.runner.net.wait()
         described = (f"Wav2Lip-{args.size} on {predictor.device} via {predictor.runtime} "
                      f"({str(predictor.precision).replace('torch.', '')})")
     enhancer = None
     if args.enhance != "none":
         from models.gfpgan import GfpganEnhancer
         from models.gfpgan.arch import build_gfpgan
-        enhancer = GfpganEnhancer(build_gfpgan(), args.device)
+        enhancer = GfpganEnhancer(build_gfpgan(), args.device, **speedup(args, 4, 1))  # 4 heads a call, 1 live
+        if args.cuda_speedup == "compile":
+            enhancer.net.wait()
         described += f", GFPGAN {args.enhance} ({str(enhancer.dtype).replace('torch.', '')})"
+    if args.cuda_speedup != "none":
+        described += f", {args.cuda_speedup} ready after {time.perf_counter() - started:.1f} s"
     pipeline = pick_pipeline(args.pipeline, predictor)
     if pipeline == "device":
         frames = load_resident(presenter, predictor.device, enhancer is not None)
@@ -278,6 +291,15 @@ def main() -> None:
           f"minute; CPU {100 * cpu / wall:.0f}% (of {os.cpu_count()} "
           f"cores x 100%); GPU utilisation {gpu}; peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def speedup(args, file_batch: int, live_batch: int) -> dict:
+    """The model's constructor arguments for --cuda_speedup: the batch sizes the file render and the live loop use."""
+    if args.cuda_speedup == "graphs":
+        return {"graph_batches": tuple(sorted(set(graph_batches(file_batch)) | {live_batch}))}
+    if args.cuda_speedup == "compile":
+        return {"compile_batches": (file_batch, live_batch)}
+    return {}
 
 
 def drift_ms_per_minute(stats, fps: int) -> float:

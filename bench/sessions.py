@@ -2,16 +2,18 @@
 
 python bench/sessions.py [--size 0|96|288|384] [--enhance none|lip|face --gfpgan_path G.pth] [--device auto]
                          [--resolution 540p|720p|1080p] [--data_dir CACHE] [--hold 60] [--step 1] [--max 64]
-                         [--latency_ms 300] [--speech WAV]
+                         [--latency_ms 300] [--speech WAV] [--cuda_graphs]
 --size 0 (default) is the weight-free mouth animator; 96/288/384 is Wav2Lip at that size with random weights, saved
-in the released checkpoint layout and loaded as a user's file would be (speed does not depend on the weights).
+in the released checkpoint layout and loaded as a user's file would be (speed does not depend on the weights);
+--enhance without --gfpgan_path saves a random GFPGANv1.4-layout file the same way.
 
 Every session runs in one process as `stream_out.py serve` hosts them (engine/serve/sessions.py: the shared presenter, one
 model worker batching every session's frames by deadline), with a null output, and speaks all the time: speech is
 pushed in 20 ms chunks kept 0.1 s ahead of its clock (the WebSocket transport is not in the figures). Each step adds
 `step` sessions and holds `hold` seconds; for that hold it prints per session the worst fps, the late and skipped
-frames, the worst p95 input-to-screen latency, the CPU cores busy, and how many more sessions the admission check
-(measured load, default budget) would have let in. It stops after the first step with a late frame or a p95 over
+frames, the worst p95 input-to-screen latency, the CPU cores busy, the frames per call of the shared model worker
+(how well it batches the sessions' due frames) with the most frames the model takes in one network call, and how many more sessions the admission check (measured load,
+default budget) would have let in. It stops after the first step with a late frame or a p95 over
 the latency target.
 """
 from __future__ import annotations
@@ -50,6 +52,14 @@ def random_checkpoint(size: int, path: Path) -> Path:
     return path
 
 
+def random_gfpgan(path: Path) -> Path:
+    """A GFPGAN checkpoint of random weights in the released layout ({'params_ema'})."""
+    import torch
+    from models.gfpgan.arch import build_gfpgan
+    torch.save({"params_ema": build_gfpgan().state_dict()}, path)
+    return path
+
+
 def chunks_forever(pcm: np.ndarray):
     step = SAMPLE_RATE // 50
     while True:
@@ -70,6 +80,7 @@ def main() -> None:
     parser.add_argument("--max", type=int, default=64)
     parser.add_argument("--latency_ms", type=float, default=300.0)
     parser.add_argument("--speech", help="a speech file to use (default: espeak-ng, which a GPU machine may lack)")
+    parser.add_argument("--cuda_graphs", action="store_true", help="the models' steps as CUDA graphs (CUDA only)")
     args = parser.parse_args()
     print(header())
     from audio.decode import load_audio
@@ -77,8 +88,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-sessions-"))
     flags = ["--device", args.device, "--latency_ms", str(args.latency_ms), "--enhance", args.enhance]
-    if args.gfpgan_path:
-        flags += ["--gfpgan_path", args.gfpgan_path]
+    if args.cuda_graphs:
+        flags.append("--cuda_graphs")
+    if args.enhance != "none":
+        flags += ["--gfpgan_path", args.gfpgan_path or str(random_gfpgan(work / "GFPGANv1.4.pth"))]
     if args.size:
         flags += ["--checkpoint_path", str(random_checkpoint(args.size, work / f"wav2lip{args.size}.pth"))]
     if args.data_dir:
@@ -98,8 +111,8 @@ def main() -> None:
     print(f"presenter {cache}, {'Wav2Lip-%d (random weights)' % args.size if args.size else 'mouth animator'}, "
           f"enhance {args.enhance}, latency target {args.latency_ms:.0f} ms, {args.hold:.0f} s per step")
     print("| sessions | worst fps | late frames | skipped | worst p95 input→screen ms | CPU cores busy | "
-          "admission: more allowed |")
-    print("|---|---|---|---|---|---|---|")
+          "frames per worker call (network batch) | admission: more allowed |")
+    print("|---|---|---|---|---|---|---|---|")
     feeders, held = [], 0
     try:
         while len(sessions) < args.max:
@@ -112,6 +125,7 @@ def main() -> None:
             time.sleep(2.0)  # start-up (first frames, warm caches) is not part of the hold
             running = [sessions.get(sid) for sid in sessions.ids()]
             before = {s.id: (s.engine.stats.frames, s.engine.stats.late, s.engine.stats.skipped) for s in running}
+            calls0 = [(w.rows, w.batches) for w in sessions.workers]
             cpu0, t0 = time.process_time(), time.monotonic()
             meter.sample(*sessions.frames(), list(sessions.workers))
             time.sleep(args.hold)
@@ -126,9 +140,12 @@ def main() -> None:
                 skipped += stats.skipped - skipped0
                 heard = list(stats.input_latencies)[-(stats.frames - frames0):]  # speech never stops: one a frame
                 p95.append(float(np.percentile(heard, 95)) * 1000 if heard else float("nan"))
+            rows = sum(w.rows - r for w, (r, _) in zip(sessions.workers, calls0))
+            calls = sum(w.batches - b for w, (_, b) in zip(sessions.workers, calls0))
             left, _ = meter.room(default_budget, len(running), list(sessions.workers))
             worst = max(p95)
-            print(f"| {len(running)} | {min(fps):.1f} | {late} | {skipped} | {worst:.0f} | {cores:.2f} | {left} |",
+            print(f"| {len(running)} | {min(fps):.1f} | {late} | {skipped} | {worst:.0f} | {cores:.2f} | "
+                  f"{rows / max(calls, 1):.1f} ({sessions.workers[0].model.batch_size}) | {left} |",
                   flush=True)
             if late or not worst <= args.latency_ms:
                 break
