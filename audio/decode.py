@@ -245,7 +245,8 @@ def _upload_reason(ffmpeg_says: list[str]) -> str:
 
 # --- raw PCM from a client ------------------------------------------------------------------------------------------
 class PcmStream:
-    """One client's little-endian interleaved PCM -> 16 kHz mono float32, chunk by chunk.
+    """One client's little-endian interleaved PCM -> 16 kHz mono float32, chunk by chunk (float samples past
+    full scale are clipped to ±1).
 
     A single streaming resampler (soxr) runs over the whole utterance, so the output equals resampling the whole
     signal at once, sample for sample, whatever the chunk sizes; flush() gives the resampler's tail."""
@@ -269,6 +270,8 @@ class PcmStream:
             pcm /= 32768.0
         elif not np.all(np.isfinite(pcm)):
             raise AudioError("the chunk holds NaN or infinite samples")
+        else:  # past full scale: clipped here, so the mix and the resampler cannot overflow to inf and NaN
+            np.clip(pcm, -1.0, 1.0, out=pcm)
         pcm = pcm.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
         return self._resampler.resample_chunk(pcm) if self._resampler is not None else pcm
 

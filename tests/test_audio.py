@@ -139,3 +139,21 @@ def test_the_filter_bank_is_librosas_without_loading_librosa():
     reference = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600, htk=False, norm="slaney")
     assert mel_basis().shape == reference.shape == (80, 401)
     assert np.array_equal(mel_basis(), reference)  # bit for bit: a training run must not drift from the reference
+
+
+@pytest.mark.parametrize("channels, rate", [(2, 16000), (1, 48000), (2, 48000)])
+def test_float_pcm_at_the_edge_of_float32_stays_finite_through_mixing_and_resampling(channels, rate):
+    """±3.4e38 is a finite float32: a stereo mix of it overflowed to inf, and resampling 3e38 to NaN."""
+    from audio.decode import PcmStream
+    edge = np.full(rate // 10 * channels, 3.4e38, np.float32)
+    edge[::7] = -3.4e38
+    stream = PcmStream("float32", channels, rate)
+    out = np.concatenate([stream.feed(edge.tobytes()), stream.flush()])
+    assert out.size > 0 and np.isfinite(out).all() and np.abs(out).max() <= 1.5
+
+
+def test_the_live_queue_holds_only_finite_samples_within_full_scale():
+    from engine.render.sources import AudioBuffer
+    buffer = AudioBuffer()
+    buffer.push(np.array([np.nan, np.inf, -np.inf, 2.0, -3e38, 0.5], np.float32))
+    assert buffer.take(6).tolist() == [0.0, 1.0, -1.0, 1.0, -1.0, 0.5]

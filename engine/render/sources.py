@@ -55,9 +55,12 @@ class AudioBuffer:
         self.ended = threading.Event()      # no more input will come (files done)
 
     def push(self, pcm: np.ndarray, tag: object = None) -> None:
-        """Queue samples. A chunk shorter than 20 ms joins the queued one before it when both belong to the same
-        utterance, so a client sending one sample at a time costs a queue entry per 20 ms, not per sample."""
-        pcm = np.asarray(pcm, np.float32).reshape(-1)
+        """Queue samples, finite and within full scale: NaN becomes silence and anything past ±1 is clipped, as
+        the encoders' 16 bits would (whatever a source did before, the timeline and the mel stay finite). A chunk
+        shorter than 20 ms joins the queued one before it when both belong to the same utterance, so a client
+        sending one sample at a time costs a queue entry per 20 ms, not per sample."""
+        pcm = np.clip(np.nan_to_num(np.asarray(pcm, np.float32).reshape(-1), nan=0.0, posinf=1.0, neginf=-1.0),
+                      -1.0, 1.0)
         if pcm.size:
             with self._lock:
                 now = time.monotonic()
