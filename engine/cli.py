@@ -92,8 +92,11 @@ def run(args: StreamOutSpec) -> int:
     try:
         stats = engine.close()
     except KeyboardInterrupt:  # the sinks were closed on the way out: the file holds what was rendered
-        print(f"interrupted: wrote {', '.join(args.outfile) or 'nothing'} with the first {engine.stats.frames} "
-              f"frames", file=sys.stderr)
+        if engine.stats.frames == 0:
+            print("interrupted before the first frame: nothing written", file=sys.stderr)
+        else:
+            print(f"interrupted: wrote {', '.join(args.outfile) or 'nothing'} with the first {engine.stats.frames} "
+                  f"frames", file=sys.stderr)
         return 130
     between = f", {stats.frames} more in between at {args.fps} frames/s" if interpolated(args.fps) else ""
     print(f"wrote {', '.join(engine.written)}: {stats.frames} frames ({stats.frames / FPS:.2f} s){between}, "

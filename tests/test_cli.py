@@ -123,6 +123,27 @@ def test_sigterm_finishes_the_mp4_like_ctrl_c(checkpoint, prepared, built, talk,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav", "partial.mp4"]  # no scratch folder left
 
 
+def test_sigterm_before_the_first_frame_says_interrupted_and_leaves_nothing(checkpoint, prepared, built, talk,
+                                                                              tmp_path):
+    """Stopped as soon as the mp4's scratch folder appears: one line, exit 130, no file and no scratch left (it was
+    "error: could not write out.mp4: no frames", exit 2)."""
+    import signal
+    out = tmp_path / "early.mp4"
+    proc = subprocess.Popen([sys.executable, "stream_out.py", "--checkpoint_path", str(checkpoint), "--data_dir",
+                             str(built["cache"] / "clip25"), "--audio_files", str(talk[0]), "--outfile", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".render-*.partial")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130 and "Traceback" not in err and not any(l.startswith("error:") for l in lines), err
+    assert lines[-1] == "interrupted before the first frame: nothing written" or \
+        lines[-1].startswith(f"interrupted: wrote {out}"), lines[-1]  # the first frame can beat the signal
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["early.mp4"] if out.exists() else [])
+
+
 def test_presets_set_engine_defaults_and_flags_win(tmp_path):
     from engine.cli import parse_args
     args = parse_args(["--config", "wav2lip288", "--audio_files", "a.wav"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -294,8 +295,14 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
     finally:
         stop.set()
         frames.close()  # the stages' threads are joined before the caller closes the meter or the model
+        stopping = sys.exc_info()[0] is KeyboardInterrupt
         for sink in sinks:
-            sink.close()
+            try:
+                sink.close()
+            except Exception as exc:  # stopped before its first frame: nothing to finish, and the stop is the news
+                if not stopping:
+                    raise
+                log.info("stopped: %s", exc)
     return stats
 
 
