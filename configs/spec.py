@@ -10,6 +10,7 @@ import os
 from copy import copy
 from pathlib import Path
 from typing import Literal, Optional
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,13 +26,25 @@ GROUPS = PRESENTER, LIP_MODEL, ENHANCE, OUTPUTS, TIMING, GPU, SERVER, RAY, PREPR
     "Ray Serve", "preprocess")  # in --help's order
 
 
-def flag(default=None, help: str = "", group: str = "", factory=None, ge=None, le=None, **cli):
+def flag(default=None, help: str = "", group: str = "", factory=None, ge=None, le=None, gt=None, **cli):
     """A spec field that is also a command-line flag: its help, its --help group, its range and any argparse extras
     (a default of ... makes it required)."""
     extra = {"group": group, "cli": cli}
     if factory is not None:
-        return Field(default_factory=factory, description=help, json_schema_extra=extra, ge=ge, le=le)
-    return Field(default, description=help, json_schema_extra=extra, ge=ge, le=le)
+        return Field(default_factory=factory, description=help, json_schema_extra=extra, ge=ge, le=le, gt=gt)
+    return Field(default, description=help, json_schema_extra=extra, ge=ge, le=le, gt=gt)
+
+
+def destination(entry: str) -> tuple[str, Optional[int]]:
+    """'HOST' or 'HOST:PORT' (IPv6 in brackets) -> (host in lower case, port or None)."""
+    parts = urlsplit(f"//{entry}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not parts.hostname or port == -1 or port == 0 or parts.path or parts.query or parts.username:
+        raise ValueError(f"{entry!r}: give HOST or HOST:PORT, e.g. 192.168.1.20:9000")
+    return parts.hostname.lower(), port
 
 
 def default_of(spec: type[BaseModel], name: str):
@@ -71,7 +84,7 @@ def pads(group: str):
 class ObsSpec(Spec):
     """Where OBS's websocket listens (obs-websocket 5, OBS 28 and later)."""
     obs_host: str = flag("127.0.0.1", "OBS's websocket host", OUTPUTS)
-    obs_port: int = flag(4455, "OBS's websocket port", OUTPUTS)
+    obs_port: int = flag(4455, "OBS's websocket port", OUTPUTS, ge=1, le=65535)
     obs_password: str = flag("", "OBS's websocket password (Tools > WebSocket Server Settings)", OUTPUTS)
 
 
@@ -79,7 +92,8 @@ class ObsSetupSpec(ObsSpec):
     """`stream_out.py obs-setup`: point OBS at our stream, or start its virtual camera."""
     target: str = flag("obs", "obs (our MPEG-TS on udp://127.0.0.1:23000), a udp:// or srt:// URL, or vcam (start "
                               "OBS's virtual camera)", OUTPUTS)
-    audio_delay_ms: int = flag(0, "the input's audio sync offset", OUTPUTS)
+    audio_delay_ms: int = flag(0, "the input's audio sync offset (OBS takes -950 to 20000)", OUTPUTS, ge=-950,
+                               le=20000)
 
 
 class EngineSpec(ObsSpec):
@@ -110,7 +124,7 @@ class EngineSpec(ObsSpec):
                                               metavar="renderer_checkpoint.pth")
     iplap_references: int = flag(
         25, "--model iplap: reference faces the renderer warps from (the reference's 25; fewer are faster, each "
-            "costs about as much as the rest of a frame)", LIP_MODEL, metavar="N")
+            "costs about as much as the rest of a frame)", LIP_MODEL, metavar="N", ge=1, le=100)
     trust_checkpoint: bool = flag(False, "allow checkpoints that pickle Python objects", LIP_MODEL)
     # enhancement
     enhance: Literal["none", "lip", "face"] = flag("none", "GFPGAN on the head", ENHANCE)
@@ -136,7 +150,7 @@ class EngineSpec(ObsSpec):
                  "spill-suppressed for OBS's chroma key). Needs a cache made with --matte", OUTPUTS)
     preview: bool = flag(False, "also show the output in a window", OUTPUTS)
     audio_device: Optional[str] = flag(None, "vcam: sound device the audio plays on (name or index)", OUTPUTS)
-    audio_delay_ms: float = flag(0.0, "vcam: delay the audio; OBS: audio sync offset", OUTPUTS)
+    audio_delay_ms: float = flag(0.0, "vcam: delay the audio; OBS: audio sync offset", OUTPUTS, ge=-950, le=20000)
     obs_control: bool = flag(False, "with obs/vcam: create/refresh our source in OBS's current scene (or start its "
                                     "virtual camera)", OUTPUTS)
     blendshapes_csv: Optional[str] = flag(
@@ -152,9 +166,9 @@ class EngineSpec(ObsSpec):
                 "same audio (exact for the animator, cheap); auto: pixels with a Wav2Lip checkpoint, animator "
                 "otherwise", OUTPUTS)
     # live timing
-    latency_ms: float = flag(300.0, "live: audio-in to frame-out target", TIMING)
-    silence_db: float = flag(-45.0, "quieter than this: no inference, still mouth", TIMING)
-    seconds: Optional[float] = flag(None, "live: stop after this many seconds", TIMING)
+    latency_ms: float = flag(300.0, "live: audio-in to frame-out target", TIMING, gt=0, le=60000)
+    silence_db: float = flag(-45.0, "quieter than this (dBFS): no inference, still mouth", TIMING, ge=-150, le=0)
+    seconds: Optional[float] = flag(None, "live: stop after this many seconds", TIMING, gt=0)
     batch_size: int = flag(16, "frames per model call when writing a file", TIMING, ge=1)
     live_batch_size: int = flag(1, "frames per model call when live", TIMING, ge=1)
     # GPU and runtime
@@ -174,7 +188,7 @@ class EngineSpec(ObsSpec):
                                     "CUDA graphs at start-up (under a second; the other way to what --compile does)",
                              GPU)
     resident_gib: float = flag(24.0, "device pipeline: most GPU memory for the decoded presenter (beyond it: pinned "
-                                     "host memory)", GPU)
+                                     "host memory)", GPU, ge=0)
 
     @model_validator(mode="after")
     def _one_graph_kind(self):
@@ -207,16 +221,28 @@ class ServeSpec(Spec):
     allow_origin: tuple[str, ...] = flag((), "with --listen: a web origin (e.g. https://my.app) whose pages may use "
                                              "the API", SERVER, action="append", metavar="ORIGIN")
     max_queue_seconds: float = flag(300.0, "with --listen: most speech waiting to be spoken, all clients and uploads "
-                                           "together", SERVER)
+                                           "together", SERVER, gt=0)
     max_client_queue_seconds: float = flag(60.0, "with --listen: most speech one WebSocket client may have waiting",
-                                           SERVER)
-    max_peers: int = flag(4, "with --listen: most WebRTC viewers per session", SERVER)
+                                           SERVER, gt=0)
+    max_peers: int = flag(4, "with --listen: most WebRTC viewers per session", SERVER, ge=1, le=1000)
     session_root: str = flag(".", "serve: the folder whose presenters, checkpoints and recordings POST /sessions "
                                   "may name (paths in a session body stay inside it)", SERVER)
-    max_sessions: int = flag(32, "serve: most sessions at once", SERVER)
+    max_sessions: int = flag(32, "serve: most sessions at once", SERVER, ge=1, le=10000)
     cpu_cores: Optional[float] = flag(None, "serve: CPU cores the sessions may use; a new session is refused when "
                                             "the measured load says it would not fit (default: half this machine's "
-                                            "cores: one Python process)", SERVER)
+                                            "cores: one Python process)", SERVER, gt=0)
+    allow_output: tuple[str, ...] = flag((), "serve: a destination besides loopback that session bodies may stream to, "
+                                             "as HOST (any port) or HOST:PORT", SERVER, action="append",
+                                         metavar="HOST[:PORT]")
+    max_outputs: int = flag(2, "serve: most outputs (streams and recordings) one session body may ask for", SERVER,
+                            ge=0, le=16)
+
+    @field_validator("allow_output")
+    @classmethod
+    def _destinations(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            destination(entry)
+        return value
 
 
 class StreamOutSpec(EngineSpec, ServeSpec):
@@ -233,8 +259,8 @@ class RayServeSpec(StreamOutSpec):
     """`stream_out.py ray-serve`: the engine flags every host's sessions start from, and the hosts."""
     listen: str = flag("127.0.0.1:8000", "where the router listens", SERVER, metavar="HOST:PORT")
     hosts: int = flag(1, "session host replicas (one per GPU)", RAY, ge=1)
-    cpus_per_host: float = flag(1.0, "", RAY)
-    gpus_per_host: float = flag(0.0, "1 on GPU machines: a replica owns a GPU", RAY)
+    cpus_per_host: float = flag(1.0, "", RAY, gt=0)
+    gpus_per_host: float = flag(0.0, "1 on GPU machines: a replica owns a GPU", RAY, ge=0)
     ray_address: Optional[str] = flag(None, "a running Ray cluster ('auto'); default: start one on this machine", RAY)
 
 

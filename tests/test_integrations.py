@@ -65,9 +65,9 @@ def setting(built, tmp_path_factory):
     cached.write_text("".join(hashlib.sha1(cv2.cvtColor(frames.background(i), cv2.COLOR_BGR2RGB).tobytes())
                               .hexdigest() + "\n" for i in range(frames.frames)))
     server = Server(None, ServerConfig(port=0, token=TOKEN), SessionsConfig(root=built["root"], max_sessions=2))
-    # admission by the session cap alone (a load window too short to measure): a session's first late frames,
+    # admission by the session cap alone: a session's first late frames,
     # while another starts beside it on these two cores, must not refuse the other
-    server.sessions.meter = LoadMeter(window=0.0)
+    server.sessions.meter = LoadMeter(cap_only=True)
     server.start()
     try:
         yield {**os.environ, "PYTHONPATH": CHECKOUT_PACKAGES,

@@ -182,6 +182,36 @@ def test_admission_refuses_past_the_measured_capacity_and_running_sessions_go_on
     assert after["frames"] > before["frames"] + 25 and after["lip_synced"] > 0  # the running session went on
 
 
+async def burst(address: str, body: dict, count: int) -> list[int]:
+    """`count` POST /sessions at once: their HTTP statuses."""
+    async with aiohttp.ClientSession() as http:
+        async def post() -> int:
+            async with http.post(address, json=body) as response:
+                await response.read()
+                return response.status
+        return list(await asyncio.gather(*(post() for _ in range(count))))
+
+
+def test_bursts_of_posts_admit_two_on_an_idle_server_and_no_more_than_the_measured_room_after(built):
+    from dataclasses import replace
+    server = start_server(built)
+    sessions, address = server.sessions, url(server, "/sessions")
+    try:
+        idle = asyncio.run(burst(address, {"data_dir": "cache/clip25"}, 20))
+        assert idle.count(201) == 2 and idle.count(503) == 18
+        time.sleep(3.5)  # measured: 2 s and more of two sessions' frames
+        busy, per_session = sessions.meter.cores()
+        sessions.cfg = replace(sessions.cfg, cpu_cores=busy + 2.5 * per_session)  # room for two more, measured
+        assert sessions.room()[0] == 2
+        measured = asyncio.run(burst(address, {"data_dir": "cache/clip25"}, 50))
+        # no more than the room measured (fewer if the burst itself made a running session late: then it has none);
+        # the running sessions' late frames under a burst are a figure (bench/hostile.py), not a bound here
+        assert 1 <= measured.count(201) <= 2 and measured.count(503) == 50 - measured.count(201)
+        assert len(sessions) == 2 + measured.count(201)
+    finally:
+        server.stop()
+
+
 def test_bad_bodies_name_the_field_unknown_ids_are_404_and_metrics_parse(built):
     from prometheus_client.parser import text_string_to_metric_families
     server = start_server(built)
@@ -216,6 +246,64 @@ def test_bad_bodies_name_the_field_unknown_ids_are_404_and_metrics_parse(built):
     assert set(frames) == set(created) and all(v > 0 for v in frames.values())
     assert {s.labels["session"] for s in families["swl_session_late_frames"].samples} == set(created)
     assert families["swl_sessions"].samples[0].value == 2
+
+
+class TroubledSink:
+    """A real sink in trouble at its `at`-th frame: the disk fills up (raises), or the write hangs until released."""
+    def __init__(self, at: int, hang: bool = False):
+        self.at, self.hang, self.frames, self.released = at, hang, 0, threading.Event()
+
+    def open(self, width, height):
+        pass
+
+    def write(self, frame, audio, pts):
+        self.frames += 1
+        if self.frames == self.at:
+            if not self.hang:
+                raise OSError(28, "No space left on device")
+            self.released.wait(30)
+
+    def close(self):
+        pass
+
+
+def test_a_failing_session_ends_alone_a_stalled_one_is_named_and_health_stays_ok(built):
+    from engine.cli import parse_args
+    server = start_server(built)
+    base = url(server, "")
+    spec = parse_args(["--data_dir", str(built["root"] / "cache" / "clip25")]).engine().replace(outfile=())
+    hung = TroubledSink(10, hang=True)
+    events = []
+    try:
+        async def scenario():
+            status, created = await request("POST", f"{base}/sessions", {"data_dir": "cache/clip30"})
+            assert status == 201
+            failing = server.sessions.start(spec, "doomed", extra_sinks=(TroubledSink(15),), admit=False)
+            failing.desk.connect(events.append)
+            server.sessions.start(spec, "stuck", extra_sinks=(hung,), admit=False)
+            for _ in range(100):  # the failure comes after 15 frames; the stall is named 2 s after 10 frames
+                health = await request("GET", f"{base}/health")
+                if health[1]["stopped"] and health[1]["stalled"]:
+                    break
+                await asyncio.sleep(0.1)
+            answers = [health] + [await request("GET", f"{base}{path}") for path in (
+                "/sessions/doomed/status", "/sessions/stuck/status", f"/sessions/{created['id']}/status")]
+            hung.released.set()
+            return answers
+        health, doomed, stuck, fine = asyncio.run(scenario())
+        for _ in range(100):  # released: it presents again
+            unstuck = server.sessions.get("stuck").state()
+            if unstuck == "running":
+                break
+            time.sleep(0.1)
+    finally:
+        hung.released.set()
+        server.stop()
+    assert health == (200, {"ok": True, "sessions": 3, "stopped": ["doomed"], "stalled": ["stuck"]})
+    assert doomed[1]["state"] == "failed" and doomed[1]["error"] == "[Errno 28] No space left on device"
+    assert stuck[1]["state"] == "stalled" and fine[1]["state"] == "running" and fine[1]["frames"] > 25
+    assert unstuck == "running"
+    assert {"type": "session_failed", "error": "[Errno 28] No space left on device"} in events
 
 
 def test_the_worker_batches_by_earliest_deadline_and_kind_and_answers_the_hopeless_with_none():

@@ -6,6 +6,7 @@ Frames stay JPEG-encoded in memory and are decoded when needed: a 10 s 1080p cac
 from __future__ import annotations
 
 import logging
+import struct
 import zipfile
 from pathlib import Path
 from typing import Optional
@@ -39,11 +40,51 @@ def playable_manifest(cache_dir: Path, face_size: Optional[int] = None, iplap: b
                              f"{manifest.get('format_version')}, this version reads {cache.FORMAT_VERSION}); "
                              f"rebuild it with `python stream_out.py preprocess <video> --out {cache_dir.parent} "
                              f"--force`")
+    problem = manifest_problem(manifest)
+    if problem:
+        raise PresenterError(f"{cache_dir}: its manifest {problem}; rebuild the cache with `python stream_out.py "
+                             f"preprocess <video> --out {cache_dir.parent} --force`")
     rebuild = "--config iplap" if iplap else f"--face_size {face_size}"
     if face_size is not None and manifest["face_size"] != face_size:
         raise PresenterError(f"{cache_dir}: cache was made for {manifest['face_size']} px faces but the model needs "
                              f"{face_size} px; rebuild it with `preprocess {rebuild}`")
     return manifest
+
+
+MAX_SIDE = 8192  # pixels a side of any cached image: a forged size cannot make a decode take gigabytes
+
+
+def manifest_problem(manifest: object) -> Optional[str]:
+    """What is wrong with a manifest's keys and types (None: nothing)."""
+    if not isinstance(manifest, dict):
+        return "is not a JSON object"
+    sizes = {"width": manifest.get("width"), "height": manifest.get("height"),
+             "face_size": manifest.get("face_size"), "head_size": manifest.get("head_size", 512)}
+    for key, value in sizes.items():
+        if type(value) is not int or not 0 < value <= MAX_SIDE:
+            return f"has {key} {str(value)[:20]!r}, not a whole number of pixels from 1 to {MAX_SIDE}"
+    return None
+
+
+def image_size(data: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) from a PNG's or JPEG's header, without decoding it; None when it is neither."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if data[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 9 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:  # fill byte, or a marker with no length
+            at += 1 if marker == 0xFF else 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            height, width = struct.unpack(">HH", data[at + 5:at + 9])
+            return width, height
+        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    return None
 
 
 class Presenter:
@@ -95,12 +136,25 @@ class Presenter:
         self._iplap = self._read_all("iplap_face", faces) if load_iplap else {}
 
     def _read_all(self, sub: str, indices) -> dict[int, bytes]:
+        """The encoded images of one kind, each checked against the size the manifest gives it (from its header:
+        one image forged to 20000 x 20000 pixels would otherwise take gigabytes and seconds at every decode)."""
         folder = self.dir / sub
-        try:
-            return {int(i): (folder / cache.frame_name(int(i), sub)).read_bytes() for i in indices}
-        except FileNotFoundError as exc:
-            raise PresenterError(f"{self.dir}: incomplete cache ({exc.filename} is missing); rebuild it with "
-                                 f"preprocess --force") from exc
+        expected = {"body_face": (self.face_size,) * 2, "heads": (self.head_size,) * 2,
+                    "iplap_face": (128, 128)}.get(sub, (self.width, self.height))
+        images = {}
+        for i in indices:
+            path = folder / cache.frame_name(int(i), sub)
+            try:
+                images[int(i)] = data = path.read_bytes()
+            except FileNotFoundError as exc:
+                raise PresenterError(f"{self.dir}: incomplete cache ({exc.filename} is missing); rebuild it with "
+                                     f"preprocess --force") from exc
+            size = image_size(data)
+            if size != expected:
+                found = "not a PNG or JPEG image" if size is None else f"{size[0]}x{size[1]}"
+                raise PresenterError(f"{path}: {found}, where the cache's manifest says {expected[0]}x{expected[1]}; "
+                                     f"rebuild the cache with preprocess --force")
+        return images
 
     @staticmethod
     def _decode(data: bytes) -> np.ndarray:

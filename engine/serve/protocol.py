@@ -239,11 +239,11 @@ class SpeechDesk:
                 "queued_utterances": len(self.engine.buffer.queued_tags)}
 
     def route(self, event: dict) -> None:
-        """An engine event: blendshapes to every client that asked for them; the others to the client that queued
-        the utterance (uploads have none), with the queue depth."""
-        if event["type"] == "blendshapes":
+        """An engine event: blendshapes to every client that asked for them, a session's failure to every client;
+        the others to the client that queued the utterance (uploads have none), with the queue depth."""
+        if event["type"] in ("blendshapes", "session_failed"):
             with self._lock:
-                subscribed = [c for c in self.clients if c.blendshapes]
+                subscribed = [c for c in self.clients if c.blendshapes or event["type"] == "session_failed"]
             for client in subscribed:
                 client.send(event)
             return

@@ -71,7 +71,7 @@ class SessionHost:
         except UnknownSession as exc:
             return {"http": 404, "error": str(exc)}
 
-    def health(self) -> tuple[int, list[str]]:
+    def health(self) -> dict:
         return health_of(self.sessions)
 
     def connect(self, sid: str) -> Optional[int]:
@@ -181,17 +181,20 @@ class PlacedSessions:
         statuses = await asyncio.gather(*(h.status.remote() for h in self.hosts), return_exceptions=True)
         return exposition_of([(str(i), s) for i, s in enumerate(statuses) if isinstance(s, dict)])
 
-    async def health(self) -> tuple[int, list[str]]:
-        """Every host's sessions; a host that does not answer counts as stopped."""
+    async def health(self) -> dict:
+        """Every host's sessions; a host that does not answer makes the whole not ok."""
         answers = await asyncio.gather(*(h.health.remote() for h in self.hosts), return_exceptions=True)
-        sessions, stopped = 0, []
+        health = {"ok": True, "sessions": 0, "stopped": [], "stalled": []}
         for i, answer in enumerate(answers):
             if isinstance(answer, BaseException):
-                stopped.append(f"host {i}")
+                health["ok"] = False
+                health["stopped"].append(f"host {i}")
             else:
-                sessions += answer[0]
-                stopped += answer[1]
-        return sessions, stopped
+                health["ok"] &= answer["ok"]
+                health["sessions"] += answer["sessions"]
+                health["stopped"] += answer["stopped"]
+                health["stalled"] += answer["stalled"]
+        return health
 
     async def connect(self, sid: str, ws: Socket) -> Optional["HostLink"]:
         host = self.placement.get(sid)
@@ -224,7 +227,7 @@ class HostLink:
 def call_of(connection: HTTPConnection) -> Call:
     body = connection.stream if isinstance(connection, Request) else no_body
     return Call(connection.scope.get("method", "GET"), connection.scope["path"], connection.headers,
-                connection.path_params, body)
+                connection.path_params, body, connection.client.host if connection.client else "")
 
 
 def response_of(answer: Answer) -> Response:

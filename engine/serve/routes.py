@@ -19,6 +19,8 @@ import hmac
 import ipaddress
 import json
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Mapping, Optional, Protocol
@@ -42,6 +44,10 @@ TOO_BIG = 1009  # WebSocket close code: a message over max_message_bytes
 OFFER_SECONDS = 30.0  # an offer not answered by then is dropped (its peer takes no viewer's or talker's place)
 JSON = "application/json; charset=utf-8"
 OFFER_BODY = "expected JSON {sdp, type} with string values"
+SESSION_BODY_BYTES = 64 << 10  # a session body is a few engine flags
+OFFER_BODY_BYTES = 256 << 10   # an SDP offer, candidates included, is a few kilobytes
+MAX_CONTROL_PER_SECOND = 200  # text messages one socket may send a second (over 5 s) before it is closed
+POLICY_VIOLATION = 1008       # WebSocket close code: a client over its message rate
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,9 @@ class ServerConfig:
     peer_connect_seconds: float = 15.0     # a viewer not connected by then gives its slot back
     max_decodes: int = 2                   # uploads read and decoded at once; more wait their turn
     upload_seconds: float = 60.0           # a request body must arrive within this
-    auth_seconds: float = 10.0             # a browser's WebSocket must send its token within this
+    auth_seconds: float = 10.0             # a browser's WebSocket must send its token within this, pings or not
+    max_sockets: int = 512                 # WebSockets open at once, authenticated or not
+    max_sockets_per_address: int = 64      # of which from one client address
 
     @classmethod
     def from_spec(cls, spec: ServeSpec) -> "ServerConfig":
@@ -204,6 +212,7 @@ class Call:
     headers: Mapping[str, str]  # case-insensitive, as both frameworks give them
     params: Mapping[str, str] = field(default_factory=dict)  # the route's path parameters
     body: Callable[[], AsyncIterator[bytes]] = no_body  # the body's chunks as they arrive
+    remote: str = ""  # the client's address
 
     async def read(self, limit: int) -> bytes:
         """The body, or its first limit + 1 bytes once it is longer: enough to refuse it, never more held."""
@@ -297,7 +306,7 @@ class Backend(Protocol):
     async def speak(self, sid: str, data: bytes) -> tuple[int, dict]: ...
     async def offer(self, sid: str, sdp: str, kind: str) -> tuple[int, dict]: ...
     async def metrics(self) -> tuple[bytes, str]: ...
-    async def health(self) -> tuple[int, list[str]]: ...  # sessions, and those whose engine stopped
+    async def health(self) -> dict: ...  # ok, sessions, and those failed or stalled (health_of)
 
     async def connect(self, sid: str, ws: Socket) -> Optional[Link]:
         """A client of the session, its events sent to `ws`; None if the session is gone."""
@@ -309,6 +318,7 @@ class Api:
 
     def __init__(self, cfg: ServerConfig, backend: Backend):
         self.cfg, self.backend, self.gate = cfg, backend, Gate(cfg)
+        self.sockets = SocketCaps(cfg.max_sockets, cfg.max_sockets_per_address)
         self._decodes = asyncio.Semaphore(cfg.max_decodes)
 
     async def handle(self, handler: str, call: Call) -> Answer:
@@ -324,8 +334,8 @@ class Api:
         return Answer(200, VIEWER.read_bytes(), "text/html; charset=utf-8")
 
     async def health(self, call: Call) -> Answer:
-        sessions, stopped = await self.backend.health()
-        return Answer(503 if stopped else 200, {"ok": not stopped, "sessions": sessions, "stopped": stopped})
+        health = await self.backend.health()
+        return Answer(200 if health["ok"] else 503, health)
 
     async def metrics(self, call: Call) -> Answer:
         body, content_type = await self.backend.metrics()
@@ -335,7 +345,8 @@ class Api:
         return Answer(200, await self.backend.status())
 
     async def create(self, call: Call) -> Answer:
-        return Answer(*await self.backend.create(await self._json(call, "expected a JSON object of engine flags")))
+        return Answer(*await self.backend.create(await self._json(call, "expected a JSON object of engine flags",
+                                                                  SESSION_BODY_BYTES)))
 
     async def end(self, call: Call) -> Answer:
         return Answer(*await self.backend.end(call.params["id"]))
@@ -350,7 +361,7 @@ class Api:
 
     async def offer(self, call: Call) -> Answer:
         sid = self._known(call)
-        body = await self._json(call, OFFER_BODY)
+        body = await self._json(call, OFFER_BODY, OFFER_BODY_BYTES)
         if not isinstance(body, dict) or type(body.get("sdp")) is not str or type(body.get("type")) is not str:
             return error(400, OFFER_BODY)
         return Answer(*await self.backend.offer(sid, body["sdp"], body["type"]))
@@ -363,18 +374,20 @@ class Api:
             raise UnknownSession(sid)
         return sid
 
-    async def _body(self, call: Call) -> bytes:
-        limit = self.cfg.max_upload_bytes
+    async def _body(self, call: Call, limit: Optional[int] = None) -> bytes:
+        limit = limit or self.cfg.max_upload_bytes
         try:
             data = await asyncio.wait_for(call.read(limit), self.cfg.upload_seconds)
         except asyncio.TimeoutError:
             raise Refused(error(408, f"upload not received within {self.cfg.upload_seconds:.0f} s")) from None
         if len(data) > limit:
-            raise Refused(error(413, f"request body over {limit / 2 ** 20:g} MiB"))
+            size = f"{limit / 2 ** 20:g} MiB" if limit >= 2 ** 20 else f"{limit >> 10} KiB"
+            raise Refused(error(413, f"request body over {size}"))
         return data
 
-    async def _json(self, call: Call, expected: str) -> object:
-        data = await self._body(call)
+    async def _json(self, call: Call, expected: str, limit: int) -> object:
+        """A small JSON body: capped per route, so parsing it cannot hold the event loop."""
+        data = await self._body(call, limit)
         try:
             return json.loads(data)
         except (ValueError, RecursionError):
@@ -382,29 +395,45 @@ class Api:
 
     # --- WebSocket ---------------------------------------------------------------------------------------------
     async def socket(self, call: Call, upgrade: Callable[[], Awaitable[Socket]]) -> Optional[Answer]:
-        """The speech protocol on a WebSocket: an unknown session is answered before the upgrade (404). Then the
-        token, from the header or the first message within auth_seconds (else closed with 4401); then each
-        message to the session's desk, the replies and the session's events back, and 4404 once it ends."""
+        """The speech protocol on a WebSocket, within the caps on open sockets (503 before the upgrade). With the
+        token in a header an unknown session is answered before the upgrade (404); without it, nothing about the
+        session is looked up until the first message has brought the token, within auth_seconds counted from the
+        upgrade (else closed with 4401). Then each message to the session's desk, the replies and the session's
+        events back, and 4404 once it ends. A client sending text messages faster than MAX_CONTROL_PER_SECOND is
+        told once and closed (1008)."""
+        with self.sockets.admit(call.remote) as refusal:
+            if refusal is not None:
+                return error(503, refusal)
+            return await self._converse(call, upgrade)
+
+    async def _converse(self, call: Call, upgrade: Callable[[], Awaitable[Socket]]) -> Optional[Answer]:
         sid = call.params.get("id", DEFAULT)
-        if not self.backend.has(sid):
+        by_header = self.gate.token_ok(bearer(call.headers))
+        if by_header and not self.backend.has(sid):
             return error(404, str(UnknownSession(sid)))
         ws = await upgrade()
         try:
-            if not self.gate.token_ok(bearer(call.headers)) and not await self._authenticate(ws):
+            if not by_header and not await self._authenticate(ws):
                 return None
         except Unauthorized as exc:
             await ws.send({"type": "error", "message": str(exc)})
             await ws.close(UNAUTHORIZED, "unauthorized")
             return None
-        link = await self.backend.connect(sid, ws)
+        link = await self.backend.connect(sid, ws) if self.backend.has(sid) else None
         if link is None:
             await session_ended(ws, sid)
             return None
+        rate = MessageRate(MAX_CONTROL_PER_SECOND)
         try:
             while (message := await ws.receive()) is not None:
                 text, data = message
                 if len(data if data is not None else text.encode(errors="surrogatepass")) > self.cfg.max_message_bytes:
                     await ws.close(TOO_BIG, "message too big")
+                    break
+                if text is not None and not rate.allows(time.monotonic()):
+                    await ws.send({"type": "error", "message": f"over {MAX_CONTROL_PER_SECOND} messages a second: "
+                                                               f"closing"})
+                    await ws.close(POLICY_VIOLATION, "too many messages")
                     break
                 replies = await link.message(text, data)
                 if replies is None:
@@ -419,8 +448,9 @@ class Api:
     async def _authenticate(self, ws: Socket) -> bool:
         """A socket without the token in a header: its first message must bring it. False: it closed first."""
         try:
-            first = await ws.receive(self.cfg.auth_seconds)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.cfg.auth_seconds):  # absolute: pings and other frames do not extend it
+                first = await ws.receive()
+        except TimeoutError:
             raise Unauthorized(f"no token within {self.cfg.auth_seconds:.0f} s: send "
                                f'{{"type": "auth", "token": ...}} first') from None
         if first is None:
@@ -428,6 +458,52 @@ class Api:
         authenticate(first[0], self.gate.token_ok)
         await ws.send({"type": "authenticated"})
         return True
+
+
+class MessageRate:
+    """At most `per_second` messages a second on average over the last `window` seconds (bursts allowed)."""
+
+    def __init__(self, per_second: float, window: float = 5.0):
+        self.capacity, self.rate = per_second * window, per_second
+        self.tokens, self.at = self.capacity, None
+
+    def allows(self, now: float) -> bool:
+        if self.at is not None:
+            self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        self.tokens -= 1
+        return self.tokens >= 0
+
+
+class SocketCaps:
+    """Open WebSockets, in all and per client address, counted from before the upgrade to the close; a refusal is
+    one line, and the log says so at most once every 10 s (with how many were refused meanwhile)."""
+
+    def __init__(self, most: int, per_address: int):
+        self.most, self.per_address = most, per_address
+        self.open: dict[str, int] = {}
+        self.refused, self._warned = 0, float("-inf")
+
+    @contextmanager
+    def admit(self, address: str):
+        total, here = sum(self.open.values()), self.open.get(address, 0)
+        refusal = (f"{total} WebSockets are open, the server's most" if total >= self.most else
+                   f"{here} WebSockets are open from {address}, the most for one address"
+                   if here >= self.per_address else None)
+        if refusal is not None:
+            self.refused += 1
+            if time.monotonic() - self._warned >= 10:
+                log.warning("refused %d WebSocket(s) in the last 10 s: %s", self.refused, refusal)
+                self.refused, self._warned = 0, time.monotonic()
+            yield refusal
+            return
+        self.open[address] = here + 1
+        try:
+            yield None
+        finally:
+            self.open[address] -= 1
+            if not self.open[address]:
+                del self.open[address]
 
 
 async def session_ended(ws: Socket, sid: str) -> None:
@@ -466,5 +542,10 @@ async def answer_offer(session: Session, sdp: str, kind: str) -> tuple[int, dict
     return 200, {"sdp": sdp, "type": kind}
 
 
-def health_of(sessions: Sessions) -> tuple[int, list[str]]:
-    return len(sessions), [sid for sid in sessions.ids() if not sessions.alive(sid)]
+def health_of(sessions: Sessions) -> dict:
+    """The server's health: not ok only when it cannot serve (the single-session server's own session stopped). A
+    failed or stalled session of many is listed, and its own /sessions/{id}/status says why."""
+    states = sessions.states()
+    stopped = [sid for sid, state in states.items() if state in ("failed", "ended")]
+    return {"ok": DEFAULT not in stopped, "sessions": len(states), "stopped": stopped,
+            "stalled": [sid for sid, state in states.items() if state == "stalled"]}

@@ -50,7 +50,8 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
 
 
 def call_of(request: web.Request) -> Call:
-    return Call(request.method, request.path, request.headers, request.match_info, request.content.iter_any)
+    return Call(request.method, request.path, request.headers, request.match_info, request.content.iter_any,
+                request.remote or "")
 
 
 def response_of(answer: Answer) -> web.Response:
@@ -208,7 +209,7 @@ class LocalSessions:
     async def metrics(self) -> tuple[bytes, str]:
         return exposition(self.sessions)
 
-    async def health(self) -> tuple[int, list[str]]:
+    async def health(self) -> dict:
         return health_of(self.sessions)
 
     async def connect(self, sid: str, ws: Socket) -> Optional["DeskLink"]:

@@ -11,6 +11,7 @@ A new session is admitted only when the measured load says the running ones stay
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import os
@@ -21,16 +22,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import ValidationError
 
 from configs.flags import field_of, first_error
-from configs.spec import EngineSpec, ServeSpec, default_of
+from configs.spec import EngineSpec, ServeSpec, default_of, destination
 from core.errors import UserError
 from core.timebase import FPS, SAMPLE_RATE
 
 from engine.api import Engine
-from engine.assemble import Parts
+from engine.assemble import Parts, resolve_cache
 from engine.render.loop import LiveEngine
 from engine.render.model_worker import ModelWorker, SharedModel
 from .media import MediaFeed
@@ -44,6 +46,8 @@ SESSION_FLAGS = ("data_dir", "checkpoint_path", "enhance", "gfpgan_path", "gfpga
 PATH_FLAGS = ("data_dir", "checkpoint_path", "gfpgan_path")
 STREAM_SCHEMES = ("udp://", "srt://", "rtp://", "tcp://")
 MAX_LATENCY_MS = 5000
+STALLED_SECONDS = 2.0  # a session's presenter this far behind its clock is reported stalled
+UNMEASURED_MOST = 2    # sessions running before their load is measured: a client may open two at once, no burst more
 
 
 class BadSession(UserError):
@@ -66,12 +70,52 @@ class UnknownSession(KeyError):
 
 
 @dataclass(frozen=True)
+class OutputPolicy:
+    """Where a session body may send its stream: loopback, and the serve command's --allow_output destinations
+    (HOST, any port, or HOST:PORT); never a listening mode, which would hand the stream to whoever connects; at most
+    `max_outputs` outputs."""
+    allowed: tuple[str, ...] = ()
+    max_outputs: int = default_of(ServeSpec, "max_outputs")
+
+    def check(self, target: str) -> str:
+        parts = urlsplit(target)
+        try:
+            host, port = (parts.hostname or "").lower(), parts.port
+        except ValueError:
+            host, port = "", None
+        if not host or not port:
+            raise BadSession("outfile", f"{target[:100]!r}: a stream URL needs a host and a port")
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if "listen" in query or any(mode != "caller" for mode in query.get("mode", [])):
+            raise BadSession("outfile", f"{target[:100]!r}: a session streams to a receiver; it does not listen "
+                                        f"(whoever connected would get the stream)")
+        if not (loopback(host) or host in self._hosts or (host, port) in self._hosts):
+            raise BadSession("outfile", f"{target[:100]!r}: streams go to loopback unless the server allows the "
+                                        f"destination (serve --allow_output {host}:{port})")
+        return target
+
+    @property
+    def _hosts(self) -> set:
+        return {host if port is None else (host, port) for host, port in map(destination, self.allowed)}
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class SessionsConfig:
     root: Path = Path(default_of(ServeSpec, "session_root"))  # API bodies' paths stay inside
     max_sessions: int = default_of(ServeSpec, "max_sessions")
     cpu_cores: Optional[float] = None        # CPU the sessions may use (None: half this machine's cores)
     worker_share: float = 0.8                # most of its time a model worker may be busy
     max_batch: int = 16                      # most frames in one shared model call
+    outputs: OutputPolicy = OutputPolicy()   # where session bodies may stream
     gather: float = 0.008                    # seconds a due frame may wait for other sessions' to share its call
     limits: SpeechLimits = SpeechLimits()
     max_peers: int = default_of(ServeSpec, "max_peers")  # WebRTC viewers per session
@@ -82,7 +126,7 @@ class SessionsConfig:
         return cls(root=Path(spec.session_root), max_sessions=spec.max_sessions, cpu_cores=spec.cpu_cores,
                    limits=SpeechLimits(max_queue_seconds=spec.max_queue_seconds,
                                        max_client_queue_seconds=spec.max_client_queue_seconds),
-                   max_peers=spec.max_peers)
+                   max_peers=spec.max_peers, outputs=OutputPolicy(spec.allow_output, spec.max_outputs))
 
     @property
     def cores(self) -> float:
@@ -91,9 +135,11 @@ class SessionsConfig:
         return self.cpu_cores if self.cpu_cores is not None else 0.5 * (os.cpu_count() or 1)
 
 
-def session_spec(defaults: EngineSpec, body: object, root: Path) -> EngineSpec:
+def session_spec(defaults: EngineSpec, body: object, root: Path, outputs: OutputPolicy = OutputPolicy()
+                 ) -> EngineSpec:
     """The serve command's engine spec with a session body's keys on top: only SESSION_FLAGS, each checked by the
-    spec (type, choices), paths kept inside `root`, outputs live ones or recordings there."""
+    spec (type, choices, range), paths kept inside `root` after every symlink (the chosen child cache's files
+    included), outputs allowed by `outputs`. Nothing is created here: see reserve_outputs."""
     if not isinstance(body, dict):
         raise BadSession("body", "expected a JSON object of engine flags, e.g. {\"data_dir\": \"cache/anna\"}")
     for key in body:
@@ -103,56 +149,129 @@ def session_spec(defaults: EngineSpec, body: object, root: Path) -> EngineSpec:
         spec = defaults.replace(**{"outfile": (), "face": None, **body})  # serve command's --face video
     except ValidationError as exc:
         raise BadSession(field_of(exc), first_error(exc).split(": ", 1)[1]) from None
-    paths = {key: str(inside(root, getattr(spec, key), key)) for key in PATH_FLAGS if key in body}
-    # a client's choice of file loads as plain weights, whatever the server allows
-    spec = spec.replace(**paths, outfile=tuple(output(root, v) for v in spec.outfile), trust_checkpoint=False)
-    if not spec.data_dir:
-        raise BadSession("data_dir", "missing: which presenter cache should speak")
     if spec.latency_ms > MAX_LATENCY_MS:
         raise BadSession("latency_ms", f"at most {MAX_LATENCY_MS} ms")
-    reserve_outputs(spec.outfile)
-    return spec
+    if len(spec.outfile) > outputs.max_outputs:
+        raise BadSession("outfile", f"at most {outputs.max_outputs} outputs a session (serve --max_outputs)")
+    paths = {key: str(model_file(root, getattr(spec, key), key)) for key in ("checkpoint_path", "gfpgan_path")
+             if key in body}
+    if not spec.data_dir:
+        raise BadSession("data_dir", "missing: which presenter cache should speak")
+    if "data_dir" in body:
+        paths["data_dir"] = str(presenter_cache(root, spec.data_dir))
+    # a client's choice of file loads as plain weights, whatever the server allows
+    return spec.replace(**paths, outfile=tuple(output(root, v, outputs) for v in spec.outfile),
+                        trust_checkpoint=False)
 
 
-def reserve_outputs(outputs: tuple[str, ...]) -> None:
-    """Create each recording file now, exclusively: two sessions (or one body naming a file twice) cannot both
-    write it. The encoder overwrites the empty file; release_outputs removes it if the session never starts."""
-    made = []
+def model_file(root: Path, value: str, key: str) -> Path:
+    path = inside(root, value, key)
+    if not path.is_file():
+        raise BadSession(key, f"{value[:100]!r}: " + ("a folder, not a checkpoint file" if path.is_dir() else
+                                                      "no such file"))
+    return path
+
+
+def presenter_cache(root: Path, value: str) -> Path:
+    """The cache the engine will load (a cache, or the one cache in a folder), inside the root, with no file in it
+    that links outside."""
+    from preprocess.cache import read_manifest  # preprocess/ only for the cache check
+    folder = inside(root, value, "data_dir")
+    if not folder.is_dir():
+        raise BadSession("data_dir", f"{value[:100]!r}: no such presenter cache folder")
+    try:
+        cache = inside(root, str(resolve_cache(EngineSpec(data_dir=str(folder)), 96)), "data_dir")
+    except ValueError as exc:
+        raise BadSession("data_dir", str(exc)) from None
+    if read_manifest(cache) is None:
+        raise BadSession("data_dir", f"{value[:100]!r}: not a presenter cache (no manifest; see "
+                                     f"`stream_out.py preprocess`)")
+    escape = link_outside(cache, root.resolve())
+    if escape is not None:
+        raise BadSession("data_dir", f"{value[:100]!r}: {escape.relative_to(cache)} links outside the server's "
+                                     f"session root")
+    return cache
+
+
+def link_outside(folder: Path, top: Path) -> Optional[Path]:
+    """The first symlink under `folder` whose target lies outside `top` (scandir's types: no stat per file)."""
+    folders = [folder]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    if top not in Path(entry.path).resolve().parents:
+                        return Path(entry.path)
+                elif entry.is_dir():
+                    folders.append(Path(entry.path))
+    return None
+
+
+def reserve_outputs(outputs: tuple[str, ...]) -> list[Path]:
+    """Create each recording file now, exclusively, with the folders it needs: two sessions (or one body naming a
+    file twice) cannot both write it. The encoder overwrites the empty file. Returns the folders made, which
+    release_outputs removes with the files if the session never starts."""
+    files, folders = [], []
     for target in outputs:
         if target == "obs" or target.startswith(STREAM_SCHEMES):
             continue
+        path = Path(target)
+        missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            folders[:0] = missing
             os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
-            release_outputs(made)
-            raise BadSession("outfile", f"{Path(target).name!r} exists already (or is named twice)") from None
-        made.append(target)
+            release_outputs(tuple(files), folders)
+            raise BadSession("outfile", f"{path.name!r} exists already (or is named twice)") from None
+        except OSError as exc:
+            release_outputs(tuple(files), folders)
+            raise BadSession("outfile", f"{path.name!r}: cannot write there ({exc.strerror})") from None
+        files.append(target)
+    return folders
 
 
-def release_outputs(outputs: tuple[str, ...]) -> None:
+def release_outputs(outputs: tuple[str, ...], folders: list[Path] = ()) -> None:
+    """Remove the empty recordings of a session that never started, and the folders made for them (deepest
+    first, if still empty)."""
     for target in outputs:
         path = Path(target)
         if path.is_file() and path.stat().st_size == 0:
             path.unlink()
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: something else is in it now
+            pass
 
 
 def inside(root: Path, value: str, key: str) -> Path:
     root = root.resolve()
-    path = (root / value).resolve()
+    try:
+        path = (root / value).resolve()
+        path.exists()  # a name too long for the disk says so here
+    except (OSError, RuntimeError, ValueError) as exc:  # a name too long, a symlink loop, a NUL byte
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise BadSession(key, f"{value[:100]!r}: not a usable path ({reason})") from None
     if path != root and root not in path.parents:
         raise BadSession(key, f"must lie inside the server's session root ({value[:100]!r} does not)")
     return path
 
 
-def output(root: Path, target: str) -> str:
-    """A session output: a stream URL, 'obs', or a .ts/.mp4 recording inside the root (never overwritten)."""
-    if target == "obs" or target.startswith(STREAM_SCHEMES):
+def output(root: Path, target: str, policy: OutputPolicy) -> str:
+    """A session output: an allowed stream URL, 'obs', or a .ts/.mp4 recording inside the root (never
+    overwritten)."""
+    if target == "obs":
         return target
+    if target.startswith(STREAM_SCHEMES):
+        return policy.check(target)
     if not target.endswith((".ts", ".mp4")):
         raise BadSession("outfile", f"{target[:100]!r}: give a stream URL ({', '.join(STREAM_SCHEMES)}), 'obs', or "
                                     f"a .ts or .mp4 file")
     path = inside(root, target, "outfile")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    clash = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if clash is not None and clash != path:
+        raise BadSession("outfile", f"{target[:100]!r}: {clash.name!r} is a file, not a folder")
     return str(path)
 
 
@@ -167,14 +286,28 @@ class Session:
     created_at: float = field(default_factory=time.monotonic)
     error: Optional[str] = None              # why its engine stopped, if it failed
 
+    def state(self) -> str:
+        """starting, running, stalled (the presenter is over 2 s behind its clock), failed (see `error`) or
+        ended."""
+        if self.error is not None:
+            return "failed"
+        if self.thread is None or not self.thread.is_alive():
+            return "ended" if self.thread is not None else "starting"
+        started = self.engine.started_at
+        if started is None or time.monotonic() < started:
+            return "starting"
+        behind = (time.monotonic() - started) * FPS - self.engine.stats.frames
+        return "stalled" if behind > STALLED_SECONDS * FPS else "running"
+
     def status(self) -> dict:
-        """fps (frames presented); latency from the input (arrival of the chunk that completed a frame's window to
+        """The state; fps (frames presented); latency from the input (arrival of the chunk that completed a frame's window to
         that frame on screen, waits behind queued speech included) beside the clock's pacing offset; frames shown without the
         model to stay on time; the queue; sinks and viewers."""
         stats, engine = self.engine.stats, self.engine
         running = engine.started_at is not None and time.monotonic() > engine.started_at
         elapsed = time.monotonic() - engine.started_at if running else 0.0
-        return {"id": self.id, "fps": stats.presented / elapsed if elapsed > 1 else 0.0, "frames": stats.frames,
+        return {"id": self.id, "state": self.state(), "fps": stats.presented / elapsed if elapsed > 1 else 0.0,
+                "frames": stats.frames,
                 "presented": stats.presented,  # frames the sinks got: `frames` at 25 fps, twice them at --fps 50
                 "lip_synced": stats.inferred, "speech_frames": stats.speech, "skipped": stats.skipped,
                 "late": stats.late, "latency_ms": {"target": engine.cfg.latency_ms, **stats.latency_ms()},
@@ -191,40 +324,59 @@ class Sample:
     frames: int                 # frames presented by all sessions, ended ones included
     behind: int                 # of which late or shown without the model to stay on time
     busy: dict                  # model worker -> seconds it has spent in the model
+    sessions: int               # sessions running (started or starting) when sampled
 
 
 class LoadMeter:
     """The measured load over the last `window` seconds: CPU cores busy, CPU seconds per presented frame, and each
-    model worker's busy share. From these, how many more sessions fit."""
+    model worker's busy share. From these, how many more sessions fit. `cap_only`: only the session cap counts
+    (for tests of what lies beyond admission)."""
 
-    def __init__(self, window: float = 10.0):
-        self.window = window
+    def __init__(self, window: float = 10.0, cap_only: bool = False):
+        self.window, self.cap_only = window, cap_only
         self._samples: deque[Sample] = deque()
         self._lock = threading.Lock()
 
-    def sample(self, frames: int, behind: int, workers: list[ModelWorker]) -> None:
+    def sample(self, frames: int, behind: int, workers: list[ModelWorker], sessions: int) -> None:
         now = time.monotonic()
         with self._lock:
             self._samples.append(Sample(now, time.process_time(), frames, behind,
-                                        {w: w.busy_seconds for w in workers}))
+                                        {w: w.busy_seconds for w in workers}, sessions))
             while len(self._samples) > 2 and now - self._samples[1].at >= self.window:
                 self._samples.popleft()
 
+    def cores(self) -> tuple[float, float]:
+        """(CPU cores busy over the window, cores one more session adds at the measured CPU per frame)."""
+        with self._lock:
+            return self._cores(self._samples[0], self._samples[-1])
+
+    @staticmethod
+    def _cores(first: Sample, last: Sample) -> tuple[float, float]:
+        busy = (last.cpu - first.cpu) / (last.at - first.at)
+        return busy, FPS * (last.cpu - first.cpu) / max(last.frames - first.frames, 1)
+
     def room(self, cfg: SessionsConfig, running: int, workers: list[ModelWorker]) -> tuple[int, str]:
-        """(how many more sessions fit, why no more). Unmeasured (under 2 s or 25 frames seen), only the session
-        cap counts: nothing runs yet that a new session could make late."""
+        """(how many more sessions fit, why no more). `running` counts the sessions still starting too. Unmeasured
+        (under 2 s or 25 frames seen), at most UNMEASURED_MOST sessions run: a burst of requests on an idle server
+        admits that many, not the cap. Measured, the sessions that joined during the window are not in the measure
+        yet, and each takes a place at the measured cost."""
         left, reason = cfg.max_sessions - running, f"the session cap ({cfg.max_sessions}) is reached"
         with self._lock:
             first, last = (self._samples[0], self._samples[-1]) if self._samples else (None, None)
-        if first is None or last.at - first.at < 2.0 or last.frames - first.frames < FPS or not running:
-            return left, reason
-        elapsed, frames = last.at - first.at, last.frames - first.frames
+        if self.cap_only or not running:
+            return max(0, left), reason
+        if first is None or last.at - first.at < 2.0 or last.frames - first.frames < FPS:
+            if running >= UNMEASURED_MOST:
+                return 0, (f"{running} session(s) just started, whose load is not measured yet; try again in a few "
+                           f"seconds")
+            return max(0, min(left, UNMEASURED_MOST - running)), reason
+        elapsed = last.at - first.at
         if last.behind > first.behind:  # the running sessions are not keeping up now: nothing more fits
             return 0, (f"the running sessions had {last.behind - first.behind} late or skipped frame(s) in the last "
                        f"{elapsed:.0f} s")
-        busy = (last.cpu - first.cpu) / elapsed
-        per_session = FPS * (last.cpu - first.cpu) / frames  # cores one more session adds at this frame cost
-        fit = math.floor((cfg.cores - busy) / per_session) if per_session > 0 else left
+        busy, per_session = self._cores(first, last)
+        unmeasured = max(0, running - first.sessions)
+        fit = math.floor((cfg.cores - busy) / per_session) - unmeasured if per_session > 0 else left
         if fit < left:
             left = fit
             reason = (f"measured {busy:.2f} of {cfg.cores:.2f} CPU cores busy with {running} session(s) at "
@@ -235,7 +387,7 @@ class LoadMeter:
                 continue
             share = (last.busy[worker] - first.busy[worker]) / elapsed
             needs = FPS * worker.per_row()
-            fit = math.floor((cfg.worker_share - share) / needs) if needs > 0 else left
+            fit = math.floor((cfg.worker_share - share) / needs) - unmeasured if needs > 0 else left
             if fit < left:
                 left = fit
                 reason = (f"the {worker.name} model is busy {100 * share:.0f}% of the time (limit "
@@ -268,7 +420,7 @@ class Sessions:
 
     def _sample_every_second(self) -> None:
         while not self._stop.wait(1.0):
-            self.meter.sample(*self.frames(), list(self.workers))
+            self.meter.sample(*self.frames(), list(self.workers), len(self) + self._starting)
 
     def frames(self) -> tuple[int, int]:
         """Frames presented by all sessions, ended ones included, and how many of them were late or skipped."""
@@ -295,11 +447,12 @@ class Sessions:
     def create(self, body: object, sid: Optional[str] = None,
                on_event: Optional[Callable[[Session, dict], None]] = None) -> Session:
         """A session from an API body: checked, admitted, built (sharing what is loaded), running."""
-        args = session_spec(self.defaults, body, self.cfg.root)
+        args = session_spec(self.defaults, body, self.cfg.root, self.cfg.outputs)
+        folders = reserve_outputs(args.outfile)
         try:
             return self.start(args, sid or secrets.token_hex(6), on_event)
         except BaseException:
-            release_outputs(args.outfile)
+            release_outputs(args.outfile, folders)
             raise
 
     def start(self, args: EngineSpec, sid: str, on_event=None, extra_sinks: tuple = (),
@@ -345,13 +498,14 @@ class Sessions:
     def _run(self, session: Session) -> None:
         try:
             session.engine.run()
-        except Exception as exc:  # its status and /health say so; the other sessions go on
-            session.error = str(exc)
-            log.exception("session %s failed", session.id)
+        except Exception as exc:  # it ends alone: its clients, its status and /health say so; the others go on
+            session.error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            log.error("session %s failed: %s", session.id, session.error)
+            log.debug("session %s failed", session.id, exc_info=True)
+            session.engine.on_event({"type": "session_failed", "error": session.error})
 
-    def alive(self, sid: str) -> bool:
-        session = self._sessions.get(sid)
-        return session is not None and session.thread.is_alive()
+    def states(self) -> dict[str, str]:
+        return {sid: session.state() for sid, session in list(self._sessions.items())}
 
     def end(self, sid: str) -> dict:
         """Stop a session's clock, close its outputs and release what only it used; its final status."""
