@@ -5,6 +5,7 @@ Starts `stream_out.py serve` from --root (default: this checkout; pass an older 
 way) on a generated 540p presenter, sends every attack below one at a time, and prints for each what the server
 answered, how long it took and how much the server's resident memory grew (now, and at its peak). Then it measures
 the idle server's CPU share and runs the command-line mistakes, printing their exit code and stderr line count.
+The session attacks POST bodies to /sessions on a --session_root set up with a linked, a forged and a broken cache.
 """
 from __future__ import annotations
 
@@ -229,11 +230,119 @@ async def server_attacks(served: Served, files: dict[str, Path], bomb_hours: flo
     return rows
 
 
+def session_root(work: Path, cache: Path) -> Path:
+    """The served --session_root: a copy of the presenter, a folder whose one child links to it from outside, a copy
+    with one frame's header forged to 50000 x 50000, a copy whose manifest lacks its width, and a plain file."""
+    root = work / "root"
+    shutil.copytree(cache, root / "own" / "presenter")
+    (root / "linked").mkdir()
+    (root / "linked" / "presenter").symlink_to(cache)
+    shutil.copytree(cache, root / "forged" / "presenter")
+    ihdr = (50000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    frame = sorted((root / "forged" / "presenter" / "bg").iterdir())[0]
+    frame.write_bytes(b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" + ihdr + bytes(4))
+    shutil.copytree(cache, root / "nowidth" / "presenter")
+    manifest = root / "nowidth" / "presenter" / "manifest.json"
+    manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "width"}))
+    (root / "a_file").write_text("x")
+    return root
+
+
+async def session_attacks(served: Served, root: Path) -> list[tuple]:
+    """Session bodies a client with the token could send (issue 36, rows 1-4, 9-11): what POST /sessions answers,
+    and for a session that was created, what became of it and of /health."""
+    async with aiohttp.ClientSession() as http:
+        async def room(seconds: float = 20.0) -> None:
+            """Until the measured admission has room again (the sessions of the attacks before were ended)."""
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                async with http.get(served.base + "/status") as response:
+                    if (await response.json())["capacity"]["sessions_left"] > 0:
+                        return
+                await asyncio.sleep(0.5)
+
+        async def create(body: dict, watch: float = 0.0) -> str:
+            await room()
+            async with http.post(served.base + "/sessions", json=body) as response:
+                status, text = response.status, await response.text()
+            try:
+                answer = json.loads(text)
+            except ValueError:  # an unhandled error's plain-text page
+                answer = {"error": " ".join(text.split())}
+            said = f"{status} {(answer.get('error') or '')[:90]}".strip()
+            if status != 201:
+                return said
+            await asyncio.sleep(watch)
+            async with http.get(served.base + f"/sessions/{answer['id']}/status") as response:
+                state = (await response.json()).get("error") or "running"
+            async with http.get(served.base + "/health") as response:
+                health = response.status
+            async with http.delete(served.base + f"/sessions/{answer['id']}") as response:
+                await response.read()
+            return f"{said}; after {watch:g} s: {state[:40]}, /health {health}"
+
+        async def behind() -> int:
+            async with http.get(served.base + "/status") as response:
+                statuses = (await response.json())["sessions"].values()
+            return sum(status["late"] + status["skipped"] for status in statuses)
+
+        async def burst() -> str:
+            """50 POST /sessions at once: how many are admitted, and the running sessions' late or skipped frames
+            over the next 5 s."""
+            await room()
+            before = await behind()
+
+            async def post():
+                async with http.post(served.base + "/sessions", json={"data_dir": "own"}) as response:
+                    return response.status, await response.json()
+            answers = await asyncio.gather(*(post() for _ in range(50)))
+            await asyncio.sleep(5.0)
+            late = await behind() - before
+            for status, answer in answers:
+                if status == 201:
+                    async with http.delete(served.base + f"/sessions/{answer['id']}") as response:
+                        await response.read()
+            admitted = sum(status == 201 for status, _ in answers)
+            return f"{admitted} admitted, {50 - admitted} refused; late or skipped frames in the next 5 s: {late}"
+
+        async def leaves_no_folder() -> str:
+            said = await create({"data_dir": "own", "outfile": ["recordings/x.mp4"], "silence_db": 7000.0})
+            return f"{said}; folder left: {'yes' if (root / 'recordings').exists() else 'no'}"
+
+        attacks = [
+            ("data_dir: a folder whose one child links outside the root", lambda: create({"data_dir": "linked"}, 1)),
+            ("outfile tcp://127.0.0.1:P?listen=1", lambda: create({"data_dir": "own", "outfile": [
+                f"tcp://127.0.0.1:{free_port()}?listen=1"]}, 1)),
+            ("outfile srt://127.0.0.1:P?mode=listener", lambda: create({"data_dir": "own", "outfile": [
+                f"srt://127.0.0.1:{free_port()}?mode=listener"]}, 1)),
+            ("outfile udp://169.254.169.254:80", lambda: create({"data_dir": "own", "outfile": [
+                "udp://169.254.169.254:80"]}, 1)),
+            ("outfile udp://255.255.255.255:9000", lambda: create({"data_dir": "own", "outfile": [
+                "udp://255.255.255.255:9000"]}, 1)),
+            ("twelve udp:// outputs", lambda: create({"data_dir": "own", "outfile": [
+                f"udp://127.0.0.1:{40000 + i}" for i in range(12)]}, 1)),
+            ("silence_db 7000", lambda: create({"data_dir": "own", "silence_db": 7000.0}, 1)),
+            ("outfile tcp://127.0.0.1:1 (nothing listens)", lambda: create({"data_dir": "own", "outfile": [
+                "tcp://127.0.0.1:1"]}, 2)),
+            ("a cache frame's header forged to 50000x50000", lambda: create({"data_dir": "forged"}, 1)),
+            ("a 300-character data_dir", lambda: create({"data_dir": "a" * 300})),
+            ("outfile under an existing file", lambda: create({"data_dir": "own", "outfile": ["a_file/x.mp4"]})),
+            ("checkpoint_path naming a folder", lambda: create({"data_dir": "own", "checkpoint_path": "own"})),
+            ("a cache whose manifest lacks its width", lambda: create({"data_dir": "nowidth"}, 1)),
+            ("a refused body naming recordings/x.mp4", leaves_no_folder),
+            ("50 POST /sessions at once", burst),
+        ]
+        return [await attack(served, name, work) for name, work in attacks]
+
+
 def cli_rows(root: Path, cache: Path, files: dict[str, Path], work: Path) -> list[tuple]:
     """Command-line mistakes: (what, exit code, whether a traceback was printed, the error line)."""
     def run(name: str, *args: str, env: dict | None = None) -> tuple:
-        result = subprocess.run([sys.executable, "stream_out.py", *args], cwd=root, capture_output=True, text=True,
-                                env=env)
+        try:
+            result = subprocess.run([sys.executable, "stream_out.py", *args], cwd=root, capture_output=True,
+                                    text=True, env=env, timeout=60)
+        except subprocess.TimeoutExpired:  # a server that accepted its flags
+            return name, "-", False, "still running after 60 s: the flags were accepted"
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         error = next((line for line in lines if line.startswith("error:")), lines[-1] if lines else "")
         return name, result.returncode, "Traceback" in result.stderr, error[:110]
@@ -250,7 +359,11 @@ def cli_rows(root: Path, cache: Path, files: dict[str, Path], work: Path) -> lis
             run("port in use", "serve", "--data_dir", str(cache), "--listen", f"127.0.0.1:{busy.getsockname()[1]}"),
             run("checkpoint whose pickle runs code", "--checkpoint_path", str(files["evil"]), *common),
             run("truncated wav", *common[:3], str(files["truncated"]), *common[4:]),
-            run("no ffmpeg on PATH", *common, env={**os.environ, "PATH": str(work / "empty")})]
+            run("no ffmpeg on PATH", *common, env={**os.environ, "PATH": str(work / "empty")}),
+            run("serve --max_peers -1", "serve", "--data_dir", str(cache), "--max_peers", "-1", "--listen",
+                f"127.0.0.1:{free_port()}"),
+            run("serve --max_queue_seconds 0", "serve", "--data_dir", str(cache), "--max_queue_seconds", "0",
+                "--listen", f"127.0.0.1:{free_port()}")]
     busy.close()
     return rows
 
@@ -285,12 +398,14 @@ def main() -> None:
         clip = make_presenter_clip(work / "presenter.mp4", 4.0, 25, FacePath(width=960, height=540, scale=1.2))
         cache = work / "cache" / preprocess_video(clip, work / "cache", PreprocessConfig(), progress=False).name
     files = make_files(work, args.bomb_hours)
-    served = Served(args.root, cache)
+    root = session_root(work, cache)
+    served = Served(args.root, cache, "--session_root", str(root))
     try:
         idle_before = cpu_seconds(served.proc.pid)
         time.sleep(args.idle_seconds)
         idle = 100 * (cpu_seconds(served.proc.pid) - idle_before) / args.idle_seconds
         rows = asyncio.run(server_attacks(served, files, args.bomb_hours))
+        rows += asyncio.run(session_attacks(served, root))
     finally:
         served.close()
     print(header())

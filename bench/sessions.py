@@ -127,9 +127,9 @@ def main() -> None:
             before = {s.id: (s.engine.stats.frames, s.engine.stats.late, s.engine.stats.skipped) for s in running}
             calls0 = [(w.rows, w.batches) for w in sessions.workers]
             cpu0, t0 = time.process_time(), time.monotonic()
-            meter.sample(*sessions.frames(), list(sessions.workers))
+            meter.sample(*sessions.frames(), list(sessions.workers), len(sessions))
             time.sleep(args.hold)
-            meter.sample(*sessions.frames(), list(sessions.workers))
+            meter.sample(*sessions.frames(), list(sessions.workers), len(sessions))
             elapsed, cores = time.monotonic() - t0, (time.process_time() - cpu0) / (time.monotonic() - t0)
             fps, late, skipped, p95 = [], 0, 0, []
             for s in running:
