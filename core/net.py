@@ -1,6 +1,7 @@
-"""Local networking helpers shared by the tests and the benchmarks."""
+"""Local networking helpers: loopback addresses, and a free port for the tests and the benchmarks."""
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 
@@ -9,3 +10,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def is_loopback(host: str) -> bool:
+    """'localhost' or a loopback address (127.0.0.0/8, ::1); a name other than localhost is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -75,8 +75,6 @@ def check_iplap_flags(args: EngineSpec, live: bool) -> None:
         if not getattr(args, flag):
             raise ValueError(f"--model iplap needs --{flag} ({IPLAP_FILES[flag]}, linked from the README of "
                              f"https://github.com/Weizhi-Zhong/IP_LAP)")
-    if args.iplap_references < 1:
-        raise ValueError(f"--iplap_references {args.iplap_references}: give 1 or more (the reference uses 25)")
     if live and pick_device(args.device).type != "cuda":
         raise ValueError("--model iplap cannot run live on the CPU (a frame takes seconds here); render to "
                          "--outfile x.mp4, or run it on a CUDA GPU")

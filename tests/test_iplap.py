@@ -611,7 +611,6 @@ def test_a_render_draws_only_speech_inside_the_face_box(released, iplap_cache, m
 @pytest.mark.parametrize("change, says", [
     (("--renderer_checkpoint", ""), "--model iplap needs --renderer_checkpoint (renderer_checkpoint.pth"),
     (("--checkpoint_path", "wav2lip.pth"), "--checkpoint_path is a Wav2Lip checkpoint"),
-    (("--iplap_references", "0"), "--iplap_references 0: give 1 or more"),
     (("live",), "--model iplap cannot run live on the CPU"),
 ])
 def test_iplap_flags_are_checked_before_anything_loads(released, iplap_cache, change, says):
@@ -619,6 +618,14 @@ def test_iplap_flags_are_checked_before_anything_loads(released, iplap_cache, ch
     args = iplap_args(released, iplap_cache, *(change if change[0] != "live" else ()))
     with pytest.raises(ValueError, match=re.escape(says)):
         Parts().build(args, live=change[0] == "live")
+
+
+def test_iplap_references_out_of_range_is_refused_on_the_command_line(capsys):
+    from engine.cli import parse_args
+    for value in ("0", "101"):
+        with pytest.raises(SystemExit) as exited:
+            parse_args(["--model", "iplap", "--iplap_references", value])
+        assert exited.value.code == 2 and "argument --iplap_references" in capsys.readouterr().err
 
 
 def test_the_preset_preprocesses_at_128_without_smoothing_and_preprocess_loads_no_torch():

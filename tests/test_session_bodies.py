@@ -12,13 +12,27 @@ from configs.spec import EngineSpec
 from engine.serve.sessions import BadSession, OutputPolicy, release_outputs, reserve_outputs, session_spec
 
 
-@pytest.fixture()
-def root(built, tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def shared_root(built, tmp_path_factory) -> Path:
     """A session root holding one real cache (copied in) and one symlinked in from outside."""
-    root = tmp_path / "root"
+    root = tmp_path_factory.mktemp("bodies") / "root"
     shutil.copytree(built["cache"] / "clip25", root / "own" / "clip25")
     (root / "linked").mkdir()
     (root / "linked" / "clip30").symlink_to(built["cache"] / "clip30")
+    return root
+
+
+@pytest.fixture()
+def root(shared_root, tmp_path) -> Path:
+    """The shared root for a test that only reads it; see `own_root` for one that changes it."""
+    return shared_root
+
+
+@pytest.fixture()
+def own_root(shared_root, tmp_path) -> Path:
+    """A copy of the shared root, for a test that changes it."""
+    root = tmp_path / "root"
+    shutil.copytree(shared_root, root, symlinks=True)
     return root
 
 
@@ -35,11 +49,11 @@ def test_a_cache_root_inside_whose_child_links_outside_is_refused_and_its_own_ch
     assert refused({"data_dir": "linked/clip30"}, root).field == "data_dir"
 
 
-def test_a_file_in_a_cache_that_links_outside_the_root_is_refused(root, built):
-    frame = next((root / "own" / "clip25").rglob("*.jpg"))
+def test_a_file_in_a_cache_that_links_outside_the_root_is_refused(own_root, built):
+    frame = next((own_root / "own" / "clip25").rglob("*.jpg"))
     frame.unlink()
     frame.symlink_to(next((built["cache"] / "clip25").rglob("*.jpg")))
-    error = refused({"data_dir": "own/clip25"}, root)
+    error = refused({"data_dir": "own/clip25"}, own_root)
     assert error.field == "data_dir" and "links outside" in str(error)
 
 
@@ -83,19 +97,21 @@ def test_bad_paths_are_one_400_line_naming_the_field(root, body, field):
     assert error.field == field and "\n" not in str(error)
 
 
-def test_a_refused_body_leaves_no_folder_and_a_session_that_never_starts_takes_its_own_away(root):
-    refused({"data_dir": "own", "outfile": ["recordings/new/x.mp4"], "latency_ms": 9000.0}, root)
-    refused({"data_dir": "own", "outfile": ["recordings/new/x.mp4"], "checkpoint_path": "nosuch.pth"}, root)
-    assert not (root / "recordings").exists()
-    (root / "kept").mkdir()
-    spec = session_spec(EngineSpec(), {"data_dir": "own", "outfile": ["recordings/new/x.mp4", "kept/y.ts"]}, root)
-    assert not (root / "recordings").exists()  # checking makes nothing
+def test_a_refused_body_leaves_no_folder_and_a_session_that_never_starts_takes_its_own_away(own_root):
+    refused({"data_dir": "own", "outfile": ["recordings/new/x.mp4"], "latency_ms": 9000.0}, own_root)
+    refused({"data_dir": "own", "outfile": ["recordings/new/x.mp4"], "checkpoint_path": "nosuch.pth"}, own_root)
+    assert not (own_root / "recordings").exists()
+    (own_root / "kept").mkdir()
+    spec = session_spec(EngineSpec(), {"data_dir": "own", "outfile": ["recordings/new/x.mp4", "kept/y.ts"]},
+                        own_root)
+    assert not (own_root / "recordings").exists()  # checking makes nothing
     folders = reserve_outputs(spec.outfile)
-    assert (root / "recordings" / "new" / "x.mp4").is_file() and (root / "kept" / "y.ts").is_file()
+    assert (own_root / "recordings" / "new" / "x.mp4").is_file() and (own_root / "kept" / "y.ts").is_file()
     with pytest.raises(BadSession, match="exists already"):  # taken: another session cannot write it too
         reserve_outputs(spec.outfile[:1])
     release_outputs(spec.outfile, folders)  # the session never started: its empty files and the folders made go
-    assert not (root / "recordings").exists() and (root / "kept").is_dir() and not (root / "kept" / "y.ts").exists()
+    assert not (own_root / "recordings").exists() and (own_root / "kept").is_dir()
+    assert not (own_root / "kept" / "y.ts").exists()
 
 
 @pytest.mark.parametrize("flag, value", [("--max_peers", "-1"), ("--max_peers", "0"), ("--max_queue_seconds", "0"),
@@ -116,11 +132,11 @@ def forged_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
 
 
-def test_a_cache_image_of_another_size_or_a_forged_header_is_refused_at_load_in_one_line(root):
+def test_a_cache_image_of_another_size_or_a_forged_header_is_refused_at_load_in_one_line(own_root):
     import cv2
     import numpy as np
     from engine.render.presenter import Presenter, PresenterError
-    cache = root / "own" / "clip25"
+    cache = own_root / "own" / "clip25"
     background = sorted((cache / "bg").iterdir())[3]
     original = background.read_bytes()
     for data, found in ((cv2.imencode(".jpg", np.zeros((64, 80, 3), np.uint8))[1].tobytes(), "80x64"),
@@ -134,13 +150,13 @@ def test_a_cache_image_of_another_size_or_a_forged_header_is_refused_at_load_in_
 
 
 @pytest.mark.parametrize("change", [{"width": None}, {"face_size": "96"}, {"height": 10 ** 6}])
-def test_a_manifest_with_a_key_missing_or_of_the_wrong_type_is_a_400_not_a_500(root, change):
+def test_a_manifest_with_a_key_missing_or_of_the_wrong_type_is_a_400_not_a_500(own_root, change):
     import json
     from engine.serve.sessions import Sessions, SessionsConfig, create_answer
-    manifest = root / "own" / "clip25" / "manifest.json"
+    manifest = own_root / "own" / "clip25" / "manifest.json"
     values = {**json.loads(manifest.read_text()), **change}
     manifest.write_text(json.dumps({k: v for k, v in values.items() if v is not None}))
-    sessions = Sessions(EngineSpec(), SessionsConfig(root=root))
+    sessions = Sessions(EngineSpec(), SessionsConfig(root=own_root))
     try:
         status, body = create_answer(sessions, {"data_dir": "own"})
     finally:

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from audio.decode import AudioError
 from configs.spec import ServeSpec
+from core.net import is_loopback
 
 from .protocol import ProtocolError, SpeechDesk, SpeechLimits, Unauthorized, authenticate
 from .sessions import DEFAULT, Session, Sessions, SessionsConfig, UnknownSession
@@ -83,15 +84,6 @@ class ServerConfig:
 
     def limits(self) -> SpeechLimits:
         return SpeechLimits(self.max_utterance_seconds, self.max_queue_seconds, self.max_client_queue_seconds)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def is_ip(host: str) -> bool:

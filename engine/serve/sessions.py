@@ -11,7 +11,6 @@ A new session is admitted only when the measured load says the running ones stay
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import math
 import os
@@ -29,6 +28,7 @@ from pydantic import ValidationError
 from configs.flags import field_of, first_error
 from configs.spec import EngineSpec, ServeSpec, default_of, destination
 from core.errors import UserError
+from core.net import is_loopback
 from core.timebase import FPS, SAMPLE_RATE
 
 from engine.api import Engine
@@ -89,7 +89,7 @@ class OutputPolicy:
         if "listen" in query or any(mode != "caller" for mode in query.get("mode", [])):
             raise BadSession("outfile", f"{target[:100]!r}: a session streams to a receiver; it does not listen "
                                         f"(whoever connected would get the stream)")
-        if not (loopback(host) or host in self._hosts or (host, port) in self._hosts):
+        if not (is_loopback(host) or host in self._hosts or (host, port) in self._hosts):
             raise BadSession("outfile", f"{target[:100]!r}: streams go to loopback unless the server allows the "
                                         f"destination (serve --allow_output {host}:{port})")
         return target
@@ -97,15 +97,6 @@ class OutputPolicy:
     @property
     def _hosts(self) -> set:
         return {host if port is None else (host, port) for host, port in map(destination, self.allowed)}
-
-
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -300,9 +291,9 @@ class Session:
         return "stalled" if behind > STALLED_SECONDS * FPS else "running"
 
     def status(self) -> dict:
-        """The state; fps (frames presented); latency from the input (arrival of the chunk that completed a frame's window to
-        that frame on screen, waits behind queued speech included) beside the clock's pacing offset; frames shown without the
-        model to stay on time; the queue; sinks and viewers."""
+        """The state; fps (frames presented); latency from the input (arrival of the chunk that completed a frame's
+        window to that frame on screen, waits behind queued speech included) beside the clock's pacing offset;
+        frames shown without the model to stay on time; the queue; sinks and viewers."""
         stats, engine = self.engine.stats, self.engine
         running = engine.started_at is not None and time.monotonic() > engine.started_at
         elapsed = time.monotonic() - engine.started_at if running else 0.0
