@@ -43,6 +43,10 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+def children(pid: int) -> list[int]:
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+
+
 def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
@@ -305,6 +309,22 @@ async def session_attacks(served: Served, root: Path) -> list[tuple]:
             admitted = sum(status == 201 for status, _ in answers)
             return f"{admitted} admitted, {50 - admitted} refused; late or skipped frames in the next 5 s: {late}"
 
+        async def deleted() -> str:
+            """A session with a stream and a recording: how long DELETE takes, and its encoders left after."""
+            await room()
+            encoders = set(children(served.proc.pid))
+            async with http.post(served.base + "/sessions", json={"data_dir": "own", "outfile": [
+                    f"udp://127.0.0.1:{free_port()}", "deleted.ts"]}) as response:
+                sid = (await response.json())["id"]
+            await asyncio.sleep(2.0)
+            encoders = set(children(served.proc.pid)) - encoders
+            started = time.monotonic()
+            async with http.delete(served.base + f"/sessions/{sid}") as response:
+                await response.read()
+            took = time.monotonic() - started
+            return (f"DELETE answered in {took:.2f} s; {len(encoders)} encoders before, "
+                    f"{len(encoders & set(children(served.proc.pid)))} left after")
+
         async def leaves_no_folder() -> str:
             said = await create({"data_dir": "own", "outfile": ["recordings/x.mp4"], "silence_db": 7000.0})
             return f"{said}; folder left: {'yes' if (root / 'recordings').exists() else 'no'}"
@@ -331,6 +351,7 @@ async def session_attacks(served: Served, root: Path) -> list[tuple]:
             ("a cache whose manifest lacks its width", lambda: create({"data_dir": "nowidth"}, 1)),
             ("a refused body naming recordings/x.mp4", leaves_no_folder),
             ("50 POST /sessions at once", burst),
+            ("DELETE a session with a udp:// stream and a recording", deleted),
         ]
         return [await attack(served, name, work) for name, work in attacks]
 

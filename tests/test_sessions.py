@@ -3,6 +3,7 @@ the API, on two real presenter caches, each fed its own espeak-ng speech, each r
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -180,6 +181,32 @@ def test_admission_refuses_past_the_measured_capacity_and_running_sessions_go_on
     assert refused[0] == 503 and "CPU cores busy" in refused[1]["error"], refused
     assert overall["capacity"]["sessions_left"] == 0 and list(overall["sessions"]) == [sid]
     assert after["frames"] > before["frames"] + 25 and after["lip_synced"] > 0  # the running session went on
+
+
+def children() -> set[int]:
+    """This process's child processes (the in-process server's encoders among them)."""
+    import subprocess
+    return {int(pid) for pid in subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True,
+                                               text=True).stdout.split()}
+
+
+def test_delete_leaves_none_of_the_session_s_encoders_running(built):
+    server = start_server(built)
+    base = url(server, "")
+    try:
+        async def scenario():
+            before = children()
+            status, created = await request("POST", f"{base}/sessions", {
+                "data_dir": "cache/clip25", "outfile": ["udp://127.0.0.1:45711", "rec/deleted.ts"]})
+            assert status == 201, created
+            await asyncio.sleep(1.0)
+            encoders = children() - before
+            status, _ = await request("DELETE", f"{base}/sessions/{created['id']}")
+            return status, encoders, children() & encoders
+        status, encoders, left = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert status == 200 and len(encoders) == 2 and not left
 
 
 async def burst(address: str, body: dict, count: int) -> list[int]:
