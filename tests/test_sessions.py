@@ -209,6 +209,26 @@ def test_delete_leaves_none_of_the_session_s_encoders_running(built):
     assert status == 200 and len(encoders) == 2 and not left
 
 
+def test_the_load_meter_counts_the_encoders_the_process_started():
+    """Admission measures CPU per frame: an output's ffmpeg encoder is part of what a session costs, though it is
+    another process (the process's own time left twelve encoders out)."""
+    import subprocess
+    from engine.serve.sessions import CLOCK_TICKS, process_tree_cpu
+    before = process_tree_cpu()
+    encoder = subprocess.Popen(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-t",
+                                "20", "-c:v", "libx264", "-preset", "medium", "-f", "null", "-"])
+    try:
+        time.sleep(2.0)
+        running = process_tree_cpu() - before
+        fields = open(f"/proc/{encoder.pid}/stat").read().rsplit(")", 1)[1].split()
+        its_own = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # read after: it only grew since
+    finally:
+        encoder.kill()
+        encoder.wait()
+    assert its_own > 0.5 and running >= 0.8 * its_own, (running, its_own)
+    assert process_tree_cpu() - before >= running  # ended and reaped, its time still counts
+
+
 async def burst(address: str, body: dict, count: int) -> list[int]:
     """`count` POST /sessions at once: their HTTP statuses."""
     async with aiohttp.ClientSession() as http:

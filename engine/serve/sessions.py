@@ -46,6 +46,7 @@ SESSION_FLAGS = ("data_dir", "checkpoint_path", "enhance", "gfpgan_path", "gfpga
 PATH_FLAGS = ("data_dir", "checkpoint_path", "gfpgan_path")
 STREAM_SCHEMES = ("udp://", "srt://", "rtp://", "tcp://")
 MAX_LATENCY_MS = 5000
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc's unit of CPU time
 STALLED_SECONDS = 2.0  # a session's presenter this far behind its clock is reported stalled
 UNMEASURED_MOST = 2    # sessions running before their load is measured: a client may open two at once, no burst more
 
@@ -318,6 +319,39 @@ class Sample:
     sessions: int               # sessions running (started or starting) when sampled
 
 
+def process_tree_cpu() -> float:
+    """CPU seconds of this process and of every process it started, running or ended: a session's cost includes
+    its ffmpeg encoders, which the process's own time leaves out. Running descendants are read from /proc (Linux);
+    elsewhere only the ended ones count."""
+    times = os.times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for pid in descendants(os.getpid()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(f) for f in fields[11:15]) / CLOCK_TICKS  # utime, stime, and its ended children's
+        except (OSError, IndexError, ValueError):  # it ended meanwhile: its time is in children_* soon
+            continue
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    found, parents = [], [pid]
+    while parents:
+        parent = parents.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                children = [int(c) for c in Path(f"/proc/{parent}/task/{thread}/children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            parents += children
+    return found
+
+
 class LoadMeter:
     """The measured load over the last `window` seconds: CPU cores busy, CPU seconds per presented frame, and each
     model worker's busy share. From these, how many more sessions fit. `cap_only`: only the session cap counts
@@ -331,7 +365,7 @@ class LoadMeter:
     def sample(self, frames: int, behind: int, workers: list[ModelWorker], sessions: int) -> None:
         now = time.monotonic()
         with self._lock:
-            self._samples.append(Sample(now, time.process_time(), frames, behind,
+            self._samples.append(Sample(now, process_tree_cpu(), frames, behind,
                                         {w: w.busy_seconds for w in workers}, sessions))
             while len(self._samples) > 2 and now - self._samples[1].at >= self.window:
                 self._samples.popleft()
