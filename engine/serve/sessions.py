@@ -383,8 +383,8 @@ class LoadMeter:
     def room(self, cfg: SessionsConfig, running: int, workers: list[ModelWorker]) -> tuple[int, str]:
         """(how many more sessions fit, why no more). `running` counts the sessions still starting too. Unmeasured
         (under 2 s or 25 frames seen), at most UNMEASURED_MOST sessions run: a burst of requests on an idle server
-        admits that many, not the cap. Measured, the sessions that joined during the window are not in the measure
-        yet, and each takes a place at the measured cost."""
+        admits that many, not the cap. Measured, each session admitted since the last sample (a second at most) takes
+        a place at the measured cost on top of it."""
         left, reason = cfg.max_sessions - running, f"the session cap ({cfg.max_sessions}) is reached"
         with self._lock:
             first, last = (self._samples[0], self._samples[-1]) if self._samples else (None, None)
@@ -400,7 +400,7 @@ class LoadMeter:
             return 0, (f"the running sessions had {last.behind - first.behind} late or skipped frame(s) in the last "
                        f"{elapsed:.0f} s")
         busy, per_session = self._cores(first, last)
-        unmeasured = max(0, running - first.sessions)
+        unmeasured = max(0, running - last.sessions)  # admitted since the last sample: in no measure yet
         fit = math.floor((cfg.cores - busy) / per_session) - unmeasured if per_session > 0 else left
         if fit < left:
             left = fit

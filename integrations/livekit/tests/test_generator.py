@@ -184,8 +184,10 @@ def test_the_server_gone_mid_stream_ends_the_iteration_with_an_error():
     async def main() -> AvatarError:
         async with generator:
             consuming = asyncio.ensure_future(recorder.consume(generator))
-            while len(recorder.recording.pts) < 25:  # a second of frames
+            started = time.monotonic()
+            while len(recorder.recording.pts) < 25 and time.monotonic() - started < 15:  # a second of frames
                 await asyncio.sleep(0.05)
+            assert len(recorder.recording.pts) >= 25, "no frames from the server to be killed"
             os.kill(int(pid), signal.SIGKILL)
             with pytest.raises(AvatarError) as gone:
                 await asyncio.wait_for(consuming, 15)

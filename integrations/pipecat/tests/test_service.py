@@ -142,8 +142,10 @@ def test_the_server_gone_mid_stream_ends_the_pipeline_with_an_error():
     worker, errors = pipeline_of(avatar, recorder)
 
     async def kill_later():
-        while len(recorder.recording.pts) < 25:  # a second of frames
+        started = time.monotonic()
+        while len(recorder.recording.pts) < 25 and time.monotonic() - started < 15:  # a second of frames
             await asyncio.sleep(0.05)
+        assert len(recorder.recording.pts) >= 25, f"no frames from the server to be killed: {errors}"
         os.kill(int(pid), signal.SIGKILL)
 
     async def main():
