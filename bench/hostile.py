@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE))
 import aiohttp  # noqa: E402
 
 from core.net import free_port  # noqa: E402
+from core.processes import cpu_seconds, descendants  # noqa: E402
 from machine import header  # noqa: E402
 from demo.presenter import FacePath, make_presenter_clip, speak  # noqa: E402
 from preprocess.pipeline import PreprocessConfig, preprocess_video  # noqa: E402
@@ -41,15 +42,6 @@ def memory_mb(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process, MB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
-def children(pid: int) -> list[int]:
-    return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
-
-
-def cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Served:
@@ -312,18 +304,18 @@ async def session_attacks(served: Served, root: Path) -> list[tuple]:
         async def deleted() -> str:
             """A session with a stream and a recording: how long DELETE takes, and its encoders left after."""
             await room()
-            encoders = set(children(served.proc.pid))
+            encoders = set(descendants(served.proc.pid))
             async with http.post(served.base + "/sessions", json={"data_dir": "own", "outfile": [
                     f"udp://127.0.0.1:{free_port()}", "deleted.ts"]}) as response:
                 sid = (await response.json())["id"]
             await asyncio.sleep(2.0)
-            encoders = set(children(served.proc.pid)) - encoders
+            encoders = set(descendants(served.proc.pid)) - encoders
             started = time.monotonic()
             async with http.delete(served.base + f"/sessions/{sid}") as response:
                 await response.read()
             took = time.monotonic() - started
             return (f"DELETE answered in {took:.2f} s; {len(encoders)} encoders before, "
-                    f"{len(encoders & set(children(served.proc.pid)))} left after")
+                    f"{len(encoders & set(descendants(served.proc.pid)))} left after")
 
         async def leaves_no_folder() -> str:
             said = await create({"data_dir": "own", "outfile": ["recordings/x.mp4"], "silence_db": 7000.0})

@@ -183,14 +183,11 @@ def test_admission_refuses_past_the_measured_capacity_and_running_sessions_go_on
     assert after["frames"] > before["frames"] + 25 and after["lip_synced"] > 0  # the running session went on
 
 
-def children() -> set[int]:
-    """This process's child processes (the in-process server's encoders among them)."""
-    import subprocess
-    return {int(pid) for pid in subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True,
-                                               text=True).stdout.split()}
-
-
 def test_delete_leaves_none_of_the_session_s_encoders_running(built):
+    from core.processes import descendants
+
+    def children() -> set[int]:  # the in-process server's encoders among them
+        return set(descendants(os.getpid()))
     server = start_server(built)
     base = url(server, "")
     try:
@@ -213,15 +210,14 @@ def test_the_load_meter_counts_the_encoders_the_process_started():
     """Admission measures CPU per frame: an output's ffmpeg encoder is part of what a session costs, though it is
     another process (the process's own time left twelve encoders out)."""
     import subprocess
-    from engine.serve.sessions import CLOCK_TICKS, process_tree_cpu
+    from core.processes import cpu_seconds, process_tree_cpu
     before = process_tree_cpu()
     encoder = subprocess.Popen(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-t",
                                 "20", "-c:v", "libx264", "-preset", "medium", "-f", "null", "-"])
     try:
         time.sleep(2.0)
         running = process_tree_cpu() - before
-        fields = open(f"/proc/{encoder.pid}/stat").read().rsplit(")", 1)[1].split()
-        its_own = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # read after: it only grew since
+        its_own = cpu_seconds(encoder.pid)  # read after: it only grew since
     finally:
         encoder.kill()
         encoder.wait()

@@ -29,6 +29,7 @@ from configs.flags import field_of, first_error
 from configs.spec import EngineSpec, ServeSpec, default_of, destination
 from core.errors import UserError
 from core.net import is_loopback
+from core.processes import process_tree_cpu
 from core.timebase import FPS, SAMPLE_RATE
 
 from engine.api import Engine
@@ -46,7 +47,6 @@ SESSION_FLAGS = ("data_dir", "checkpoint_path", "enhance", "gfpgan_path", "gfpga
 PATH_FLAGS = ("data_dir", "checkpoint_path", "gfpgan_path")
 STREAM_SCHEMES = ("udp://", "srt://", "rtp://", "tcp://")
 MAX_LATENCY_MS = 5000
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc's unit of CPU time
 STALLED_SECONDS = 2.0  # a session's presenter this far behind its clock is reported stalled
 UNMEASURED_MOST = 2    # sessions running before their load is measured: a client may open two at once, no burst more
 
@@ -317,39 +317,6 @@ class Sample:
     behind: int                 # of which late or shown without the model to stay on time
     busy: dict                  # model worker -> seconds it has spent in the model
     sessions: int               # sessions running (started or starting) when sampled
-
-
-def process_tree_cpu() -> float:
-    """CPU seconds of this process and of every process it started, running or ended: a session's cost includes
-    its ffmpeg encoders, which the process's own time leaves out. Running descendants are read from /proc (Linux);
-    elsewhere only the ended ones count."""
-    times = os.times()
-    total = times.user + times.system + times.children_user + times.children_system
-    for pid in descendants(os.getpid()):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15]) / CLOCK_TICKS  # utime, stime, and its ended children's
-        except (OSError, IndexError, ValueError):  # it ended meanwhile: its time is in children_* soon
-            continue
-    return total
-
-
-def descendants(pid: int) -> list[int]:
-    found, parents = [], [pid]
-    while parents:
-        parent = parents.pop()
-        try:
-            threads = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for thread in threads:
-            try:
-                children = [int(c) for c in Path(f"/proc/{parent}/task/{thread}/children").read_text().split()]
-            except (OSError, ValueError):
-                continue
-            found += children
-            parents += children
-    return found
 
 
 class LoadMeter:
