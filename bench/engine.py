@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import header  # noqa: E402
 
 from audio.decode import load_audio  # noqa: E402
-from core.timebase import SAMPLE_RATE  # noqa: E402
+from core.timebase import SAMPLE_RATE, frame_pts  # noqa: E402
 from models.graphed import graph_batches  # noqa: E402
 from demo.presenter import FacePath, make_presenter_clip, speak  # noqa: E402
 from engine.assemble import pick_pipeline  # noqa: E402
@@ -167,8 +167,8 @@ def stage_ms(presenter, predictor, compositor, enhancer, count: int, work: Path)
         sink = Mp4Sink(work / "stages.mp4")
         use_gpu_encoder([sink], compositor)
         sink.open(presenter.width, presenter.height)
-        for frame in host:
-            sink.write(frame, np.zeros(640, np.float32), 0.0)
+        for k, frame in enumerate(host):
+            sink.write(frame, np.zeros(640, np.float32), frame_pts(k))
         sink.close()
     timed("encode", encode)
     return costs

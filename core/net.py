@@ -5,9 +5,9 @@ import ipaddress
 import socket
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (for a server, OBS or a browser to take)."""
-    with socket.socket() as s:
+def free_port(kind: str = "tcp") -> int:
+    """A TCP (or UDP) port on 127.0.0.1 that nothing uses right now (for a server, OBS or a browser to take)."""
+    with socket.socket(type=socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from audio.decode import AudioFile, PcmStream, check_files, stream_files
 from configs.spec import EngineSpec
-from core.timebase import interpolated
+from core.timebase import TIME_BASE, interpolated, seconds
 from engine.assemble import Parts, blendshape_meter, check_frame_flags, resolve_cache
 from engine.outputs.targets import CSV_LIVE, MIXED, make_sinks, obs_control, use_gpu_encoder
 from engine.render.interpolate import in_between_weights
@@ -72,10 +72,15 @@ class LipSync:
 @dataclass(frozen=True)
 class Frame:
     """One output frame: RGB (RGBA with --background alpha) pixels, the audio shown with it (16 kHz mono float32)
-    and its presentation time in seconds."""
+    and its presentation time, an integer in `time_base` (one audio sample) as in PyAV; `time` is it in seconds."""
     image: np.ndarray
     audio: np.ndarray
-    pts: float
+    pts: int
+    time_base = TIME_BASE
+
+    @property
+    def time(self) -> float:
+        return seconds(self.pts)
 
 
 class FrameTap:
@@ -96,7 +101,7 @@ class FrameTap:
     def open(self, width: int, height: int) -> None:
         pass
 
-    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: float) -> None:
+    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: int) -> None:
         if not self.reading or frame is None:
             return
         image = cv2.cvtColor(frame, cv2.COLOR_BGRA2RGBA if frame.shape[2] == 4 else cv2.COLOR_BGR2RGB)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.timebase import FPS, slot
 from demo.presenter import FacePath, make_presenter_clip, speak
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ class CollectSink:
         self.frames.append(frame)
         self.audio.append(audio)
         self.times.append(time.monotonic())
-        self.numbers.append(int(round(pts * 25)))
+        self.numbers.append(slot(pts, FPS))
         self.pts.append(pts)
 
     def close(self):

@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from core.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
+from core.net import free_port
+from core.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME, frame_pts
 from engine.outputs.obs import ObsSettings, setup_media_source
 from engine.outputs.sinks import Mp4Sink, MpegTsSink, SinkError, VirtualCameraSink
 from engine.render.loop import EngineConfig, LiveEngine, render_file
@@ -46,8 +47,8 @@ def test_a_sink_given_frames_with_a_pts_gap_keeps_the_gap(kind, tmp_path):
     sink = Mp4Sink(path) if kind == "mp4" else MpegTsSink(str(path))
     sink.open(WIDTH, HEIGHT)
     for k in SHOWN:
-        sink.write(grey(10 * k), tone(k), k / FPS)
-    sink.write(grey(255), tone(24), 24 / FPS)  # its slot is taken: dropped
+        sink.write(grey(10 * k), tone(k), frame_pts(k))
+    sink.write(grey(255), tone(24), frame_pts(24))  # its slot is taken: dropped
     sink.close()
     frames, audio = decoded(path)
     levels = frames.reshape(len(frames), -1).mean(axis=1)
@@ -76,16 +77,10 @@ def test_mpegts_stream_decodes_with_matching_timestamps(rig, talk, tmp_path):
     assert float(audio["duration"]) + aac_priming == pytest.approx(3.0, abs=0.07)
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_live_udp_stream_reaches_a_listener(rig, talk, tmp_path):
     presenter, predictor, compositor = rig
-    port = free_udp_port()
+    port = free_port("udp")
     received = tmp_path / "received.ts"
     listener = subprocess.Popen(["ffmpeg", "-v", "error", "-y", "-i", f"udp://127.0.0.1:{port}?timeout=4000000",
                                  "-c", "copy", str(received)], stderr=subprocess.PIPE)

@@ -27,7 +27,7 @@ from core.errors import UserError
 from core.ffmpeg import Child, find_tool
 from core.scratch import make_scratch, publish, remove
 
-from core.timebase import FPS, SAMPLE_RATE
+from core.timebase import FPS, SAMPLE_RATE, slot
 
 log = logging.getLogger("engine.outputs.sinks")
 
@@ -65,7 +65,7 @@ def video_encoder(codec: str, live: bool, quality: int = 18, bitrate: str = "4M"
 
 
 class Slots:
-    """A constant-rate output's frame slots: frame k belongs at pts k/fps. The encoders take frames at a fixed
+    """A constant-rate output's frame slots: frame k belongs at k/fps seconds. The encoders take frames at a fixed
     rate, so a frame whose pts skips slots has the previous frame repeated, with silence, into the slots between,
     and a frame for a slot already written is dropped: the output keeps the clock's timing whatever reaches it."""
 
@@ -74,16 +74,16 @@ class Slots:
         self.silence = np.zeros(SAMPLE_RATE // fps, np.float32)
         self._last: Optional[np.ndarray] = None
 
-    def feed(self, frame: np.ndarray, audio: np.ndarray, pts: float,
+    def feed(self, frame: np.ndarray, audio: np.ndarray, pts: int,
              write: Callable[[np.ndarray, np.ndarray], None]) -> None:
         """write(frame, audio) for each slot up to and including the one `pts` falls in."""
-        slot = round(pts * self.fps)
-        if slot < self.next:
+        number = slot(pts, self.fps)
+        if number < self.next:
             return
-        for _ in range(slot - self.next):
+        for _ in range(number - self.next):
             write(self._last if self._last is not None else frame, self.silence)
         write(frame, audio)
-        self.next, self._last = slot + 1, frame
+        self.next, self._last = number + 1, frame
 
 
 class NullSink:
@@ -93,7 +93,7 @@ class NullSink:
     def open(self, width: int, height: int) -> None:
         pass
 
-    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: float) -> None:
+    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: int) -> None:
         pass
 
     def close(self) -> None:
@@ -143,7 +143,7 @@ class Mp4Sink:
                                "-r", str(self.fps), "-i", "pipe:0", *self._formats()[0], str(self._video)],
                               stdin=subprocess.PIPE)
 
-    def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
+    def write(self, frame: np.ndarray, audio: np.ndarray, pts: int) -> None:
         self._slots.feed(frame, audio, pts, self._write)
 
     def _write(self, frame: np.ndarray, audio: np.ndarray) -> None:
@@ -235,7 +235,7 @@ class MpegTsSink:
                 except BrokenPipeError:
                     return
 
-    def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
+    def write(self, frame: np.ndarray, audio: np.ndarray, pts: int) -> None:
         self._slots.feed(frame, audio, pts, self._write)
 
     def _write(self, frame: np.ndarray, audio: np.ndarray) -> None:
@@ -295,6 +295,7 @@ class VirtualCameraSink:
         self.audio_delay_ms = audio_delay_ms
         self.camera_device = camera_device
         self._camera = self._stream = None
+        self._slots = Slots(fps)
 
     def open(self, width: int, height: int) -> None:
         try:
@@ -321,7 +322,10 @@ class VirtualCameraSink:
         log.info("virtual camera %s, audio on %s (latency %.0f ms)", self._camera.device,
                  self._stream.device, 1000 * self._stream.latency)
 
-    def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
+    def write(self, frame: np.ndarray, audio: np.ndarray, pts: int) -> None:
+        self._slots.feed(frame, audio, pts, self._write)
+
+    def _write(self, frame: np.ndarray, audio: np.ndarray) -> None:
         if self._delay.size:  # --audio_delay_ms: hold the audio back by that much
             joined = np.concatenate([self._delay, audio])
             audio, self._delay = joined[:audio.size], joined[audio.size:]
@@ -352,7 +356,7 @@ class PreviewSink:
         self._cv2 = cv2
         cv2.namedWindow("stream-wav2lip", cv2.WINDOW_NORMAL)
 
-    def write(self, frame: np.ndarray, audio: np.ndarray, pts: float) -> None:
+    def write(self, frame: np.ndarray, audio: np.ndarray, pts: int) -> None:
         self._cv2.imshow("stream-wav2lip", frame)
         self._cv2.waitKey(1)
 

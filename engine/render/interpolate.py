@@ -101,7 +101,7 @@ def interleaved(frames: Iterable[tuple[Tag, Optional[np.ndarray], int]],
         yield OutputFrame(previous[0], previous[1], previous[2], previous[2], True)
 
 
-def audio_share(audio: np.ndarray, pts: float, output: OutputFrame, fps: int) -> tuple[np.ndarray, float]:
+def audio_share(audio: np.ndarray, pts: int, output: OutputFrame, fps: int) -> tuple[np.ndarray, int]:
     """The audio and presentation time an output frame carries, from its 25 fps frame's: all of them at 25
     frames/s; at 50 the first half (the frame) or the second (the in-between frame), 20 ms later."""
     if not interpolated(fps):

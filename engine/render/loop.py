@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from audio.mel import mel_basis
 from core.timebase import (FPS, IN_BETWEEN_OFFSET, LOOKAHEAD, N_FFT, OUTPUT_RATES, SAMPLE_RATE,
-                           SAMPLES_PER_FRAME as SAMPLES, frames_for, interpolated)
+                           SAMPLES_PER_FRAME as SAMPLES, frames_for, interpolated, seconds)
 
 from .composite import Compositor
 from .backdrop import Backdrop
@@ -278,7 +278,7 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
                     cfg.start_frame, stats, stop=stop, meter=meter, watched=lambda: bool(sinks))
     try:
         with tqdm(total=total, unit="frame", desc="render", disable=not progress) as bar:
-            def made() -> Iterator[tuple[tuple[np.ndarray, float], Optional[np.ndarray], int]]:
+            def made() -> Iterator[tuple[tuple[np.ndarray, int], Optional[np.ndarray], int]]:
                 for unit, frame in frames:
                     if blendshapes is not None:
                         blendshapes.append(unit.blendshapes)
@@ -413,7 +413,7 @@ class LiveEngine:
     def __init__(self, presenter: Presenter, lipsync, compositor: Compositor, sinks: list[Sink],
                  cfg: EngineConfig = EngineConfig(), meter=None):
         between = interpolated(cfg.fps)
-        floor_ms = 1000 * (LOOKAHEAD + SAMPLES) / SAMPLE_RATE + (1000 * IN_BETWEEN_OFFSET if between else 0)
+        floor_ms = 1000 * seconds(LOOKAHEAD + SAMPLES + (IN_BETWEEN_OFFSET if between else 0))
         if cfg.latency_ms < floor_ms:
             raise ValueError(f"latency_ms must be at least {floor_ms:.0f} (mel lookahead + a frame"
                              f"{', + 20 ms for the in-between frame' if between else ''})")
@@ -508,8 +508,8 @@ class LiveEngine:
         stats = self.stats
         units = threaded(self._timeline_units(t0), 8, "timeline", self._stop)
         frames = render(units, self.presenter, self.lipsync, self.compositor, self.cfg.live_batch_size,
-                        self.cfg.start_frame, stats, self._stop, lambda unit: t0 + unit.pts + latency - self._advance(),
-                        self._watched, self.meter)
+                        self.cfg.start_frame, stats, self._stop,
+                        lambda unit: t0 + seconds(unit.pts) + latency - self._advance(), self._watched, self.meter)
         outputs = threaded(output_frames(((unit, frame, self._cache_frame(unit)) for unit, frame in frames),
                                          self.presenter, self.compositor, self.cfg, stats), 8, "output", self._stop)
         muted: list = []       # timeline spans [start, end) of speech interrupt() dropped after it was rendered
@@ -522,7 +522,7 @@ class LiveEngine:
                 if not item.in_between:
                     audio, still, heard = self._apply_interrupts(unit, frame is not None, muted, dropped)
                 samples, pts = audio_share(audio, unit.pts, item, self.cfg.fps)
-                planned = t0 + pts + latency
+                planned = t0 + seconds(pts) + latency
                 late = wait_until(planned, self._stop)
                 if self._stop.is_set():
                     break
@@ -542,7 +542,7 @@ class LiveEngine:
                     stats.frames += 1
                     if unit.heard_at is not None and not heard:
                         stats.input_latencies.append(time.monotonic() - unit.heard_at)
-                if max_seconds is not None and pts >= max_seconds and (item.in_between or not interpolated(self.cfg.fps)):
+                if max_seconds is not None and seconds(pts) >= max_seconds and (item.in_between or not interpolated(self.cfg.fps)):
                     break
         finally:
             self._stop.set()
@@ -564,7 +564,7 @@ class LiveEngine:
         if not interpolated(self.cfg.fps):
             return 0.0
         recent = list(self.stats.between_seconds)[-50:]
-        return IN_BETWEEN_OFFSET + (float(np.percentile(recent, 95)) if recent else 0.0)
+        return seconds(IN_BETWEEN_OFFSET) + (float(np.percentile(recent, 95)) if recent else 0.0)
 
     def _apply_interrupts(self, unit: FrameUnit, wants_frame: bool, muted: list, dropped: set
                           ) -> tuple[np.ndarray, Optional[np.ndarray], bool]:
@@ -576,9 +576,10 @@ class LiveEngine:
             muted.extend(spans)
             dropped.update(tags)
             for tag in tags:
-                self._emit({"type": "speech_interrupted", "utterance": tag, "frame": unit.index, "pts": unit.pts})
+                self._emit({"type": "speech_interrupted", "utterance": tag, "frame": unit.index,
+                            "pts": seconds(unit.pts)})
             if ack is not None:
-                self._emit({"type": "interrupted", "utterance": ack, "frame": unit.index, "pts": unit.pts})
+                self._emit({"type": "interrupted", "utterance": ack, "frame": unit.index, "pts": seconds(unit.pts)})
         start = unit.index * SAMPLES
         muted[:] = [(a, b) for a, b in muted if b > start - N_FFT // 2]  # spans no later window reaches go
         if not self._hears(unit.index, muted):
@@ -605,11 +606,11 @@ class LiveEngine:
         shown_at = time.time()
         if unit.blendshapes is not None:
             weights = self.meter.still(self._cache_frame(unit)) if heard else unit.blendshapes
-            self._emit({"type": "blendshapes", "frame": unit.index, "pts": unit.pts, "weights": weights})
+            self._emit({"type": "blendshapes", "frame": unit.index, "pts": seconds(unit.pts), "weights": weights})
         for kind, tag in unit.marks:
             if tag not in dropped:
                 self._emit({"type": f"speech_{'started' if kind == 'start' else 'ended'}",
-                            "utterance": tag, "frame": unit.index, "pts": unit.pts, "shown_at": shown_at})
+                            "utterance": tag, "frame": unit.index, "pts": seconds(unit.pts), "shown_at": shown_at})
 
     def _report(self) -> None:
         stats, latency = self.stats, self.stats.latency_ms()
@@ -624,8 +625,8 @@ class LiveEngine:
             cost = np.array(stats.between_seconds) * 1000
             log.info("%d frames/s: each in-between frame waits for the next frame, which must be ready %.0f ms before "
                      "its own time, and then takes its flow: p50 %.1f ms, p95 %.1f ms (%d made); that much of the "
-                     "latency target goes to them", self.cfg.fps, 1000 * IN_BETWEEN_OFFSET, np.percentile(cost, 50),
-                     np.percentile(cost, 95), len(cost))
+                     "latency target goes to them", self.cfg.fps, 1000 * seconds(IN_BETWEEN_OFFSET),
+                     np.percentile(cost, 50), np.percentile(cost, 95), len(cost))
         if stats.late:
             log.warning("%d of %d frames were late (worst %.0f ms): this machine cannot keep up in real time with "
                         "these settings", stats.late, stats.presented, stats.max_late_ms)

@@ -9,7 +9,7 @@ import numpy as np
 
 from audio.decode import rms
 from audio.mel import StreamingMel
-from core.timebase import FPS, LOOKAHEAD, N_FFT, SAMPLE_RATE, SAMPLES_PER_FRAME, frames_for
+from core.timebase import FPS, LOOKAHEAD, N_FFT, SAMPLE_RATE, SAMPLES_PER_FRAME, frame_pts, frames_for
 
 
 @dataclass
@@ -24,8 +24,9 @@ class FrameUnit:
     blendshapes: Optional[dict] = None  # ARKit weights of the mouth shown, when a BlendshapeMeter is on (model stage)
 
     @property
-    def pts(self) -> float:
-        return self.index / FPS
+    def pts(self) -> int:
+        """In core.timebase.TIME_BASE (audio samples)."""
+        return frame_pts(self.index)
 
 
 class FrameTimeline:

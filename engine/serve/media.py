@@ -19,18 +19,18 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from core.timebase import FPS, SAMPLE_RATE
+from core.timebase import FPS, SAMPLE_RATE, seconds, slot
 from engine.outputs.sinks import to_int16
 
 HEADER_LENGTH = struct.Struct("<I")
 BEHIND = "media stopped: this client fell {seconds:g} s of frames behind the presenter (read faster, then ask again)"
 
 
-def media_message(number: int, pts: float, frame: Optional[np.ndarray], audio: np.ndarray) -> bytes:
-    """One presented frame (BGR, or None) and its audio as the binary message above."""
+def media_message(number: int, pts: int, frame: Optional[np.ndarray], audio: np.ndarray) -> bytes:
+    """One presented frame (BGR, or None) and its audio as the binary message above (its pts in seconds)."""
     height, width = frame.shape[:2] if frame is not None else (0, 0)
     pcm = to_int16(audio)
-    header = json.dumps({"frame": number, "pts": round(pts, 6), "sample_rate": SAMPLE_RATE, "samples": len(pcm) // 2,
+    header = json.dumps({"frame": number, "pts": round(seconds(pts), 6), "sample_rate": SAMPLE_RATE, "samples": len(pcm) // 2,
                          "width": width, "height": height, "format": "rgb24"}).encode()
     pixels = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).tobytes() if frame is not None else b""
     return b"".join((HEADER_LENGTH.pack(len(header)), header, pcm, pixels))
@@ -69,9 +69,9 @@ class MediaFeed:
     def unsubscribe(self, client) -> None:
         self.clients.discard(client)
 
-    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: float) -> None:
+    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: int) -> None:
         if self.clients:
-            self.loop.call_soon_threadsafe(self._deliver, media_message(round(pts * self.fps), pts, frame, audio))
+            self.loop.call_soon_threadsafe(self._deliver, media_message(slot(pts, self.fps), pts, frame, audio))
 
     def _deliver(self, message: bytes) -> None:
         for client in list(self.clients):

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from core.timebase import FPS, SAMPLE_RATE
+from core.timebase import FPS, SAMPLE_RATE, TIME_BASE
 from engine.outputs.sinks import to_int16
 
 from .talk import Talker, TalkerBusy, listen
@@ -81,7 +81,7 @@ class WebRtcSink:
         """Pixels only while someone watches: an idle server decodes nothing."""
         return bool(self.peers)
 
-    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: float) -> None:
+    def write(self, frame: Optional[np.ndarray], audio: np.ndarray, pts: int) -> None:
         if frame is not None:
             self.last_frame = frame
         if not self.peers:
@@ -93,10 +93,10 @@ class WebRtcSink:
             # itself does so on its own thread through the frame's one shared swscale context (two viewers
             # converting at once crashed the process in libswscale)
             video = av.VideoFrame.from_ndarray(frame, format="bgr24").reformat(format="yuv420p")
-            video.pts, video.time_base = round(pts * VIDEO_CLOCK), Fraction(1, VIDEO_CLOCK)
+            video.pts, video.time_base = round(pts * TIME_BASE * VIDEO_CLOCK), Fraction(1, VIDEO_CLOCK)
         sound = av.AudioFrame.from_ndarray(np.frombuffer(to_int16(audio), np.int16)[None], format="s16", layout="mono")
         sound.sample_rate = SAMPLE_RATE
-        sound.pts, sound.time_base = round(pts * SAMPLE_RATE), Fraction(1, SAMPLE_RATE)
+        sound.pts, sound.time_base = pts, TIME_BASE
         self.loop.call_soon_threadsafe(self._deliver, video, sound)
 
     def _deliver(self, video, sound) -> None:
