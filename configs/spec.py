@@ -136,6 +136,9 @@ class EngineSpec(ObsSpec):
         DEFAULT_OUTFILE, "one or more of: a .mp4 path; 'obs' (MPEG-TS to OBS on udp://127.0.0.1:23000); 'vcam' "
                          "(virtual camera + audio device); a udp:// or srt:// URL. With --background alpha: a .mov or "
                          ".webm path, and 'obs' is WebM with alpha on udp://127.0.0.1:23001", OUTPUTS, nargs="+")
+    record_minutes: Optional[float] = flag(None, "a file output (a recording of a live run) stops growing after this "
+                                                 "many minutes of frames; the file is finished when the run ends",
+                                           OUTPUTS, gt=0)
     fps: Literal[OUTPUT_RATES] = flag(
         FPS, "output frames/s: 50 puts an in-between frame (--interpolator) between each pair the lip model makes at "
              "25, on every output; the audio is unchanged", OUTPUTS)
@@ -236,6 +239,8 @@ class ServeSpec(Spec):
                                          metavar="HOST[:PORT]")
     max_outputs: int = flag(2, "serve: most outputs (streams and recordings) one session body may ask for", SERVER,
                             ge=0, le=16)
+    max_record_minutes: float = flag(60.0, "serve: most minutes a session's recording holds (its --record_minutes "
+                                           "may ask for less)", SERVER, gt=0)
 
     @field_validator("allow_output")
     @classmethod

@@ -62,6 +62,22 @@ def test_a_sink_given_frames_with_a_pts_gap_keeps_the_gap(kind, tmp_path):
         assert max(rms[11:14]) < 0.02 and min(rms[2:9] + rms[16:23]) > 0.3  # the gap is silent, the rest the tone
 
 
+@pytest.mark.parametrize("kind", ["mp4", "ts"])
+def test_a_recording_stops_growing_at_its_cap_and_is_finished_at_close(kind, tmp_path, caplog):
+    path = tmp_path / f"capped.{kind}"
+    cap = 0.01  # minutes: 15 frames
+    sink = Mp4Sink(path, max_minutes=cap) if kind == "mp4" else MpegTsSink(str(path), max_minutes=cap)
+    sink.open(WIDTH, HEIGHT)
+    for k in [*range(10), *range(12, 40)]:  # a gap across the cap is filled up to it
+        sink.write(grey(5 * k), tone(k), frame_pts(k))
+    sink.close()
+    frames, audio = decoded(path)
+    levels = frames.reshape(len(frames), -1).mean(axis=1)
+    assert len(frames) == 15 and abs(levels[-1] - 70) < 4, levels.round()  # the last slot is frame 14
+    assert abs(len(audio) - 15 * SAMPLES_PER_FRAME) < 2048  # (AAC codes 1024-sample frames; MPEG-TS keeps the priming)
+    assert sum("reached its cap of 0.01 minutes" in r.message for r in caplog.records) == 1
+
+
 @pytest.mark.slow
 def test_mpegts_stream_decodes_with_matching_timestamps(rig, talk, tmp_path):
     presenter, predictor, compositor = rig

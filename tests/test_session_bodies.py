@@ -85,6 +85,15 @@ def test_loopback_streams_pass_and_allow_output_adds_a_host_or_one_port(root):
     assert not (root / "x.ts").exists()
 
 
+def test_recordings_get_the_server_s_cap_and_a_body_may_ask_for_less_not_more(root):
+    body = {"data_dir": "own", "outfile": ["rec/x.mp4"]}
+    assert session_spec(EngineSpec(), body, root).record_minutes == 60
+    policy = OutputPolicy(max_record_minutes=5)
+    assert session_spec(EngineSpec(), {**body, "record_minutes": 2}, root, policy).record_minutes == 2
+    more = refused({**body, "record_minutes": 6}, root, policy)
+    assert more.field == "record_minutes" and "at most 5 (serve --max_record_minutes)" in str(more)
+
+
 @pytest.mark.parametrize("body, field", [
     ({"data_dir": "a" * 300}, "data_dir"),                                     # too long a name for the disk
     ({"data_dir": "own", "checkpoint_path": "own"}, "checkpoint_path"),          # a folder, not a file

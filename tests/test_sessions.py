@@ -18,7 +18,7 @@ from demo.presenter import speak
 from engine.render.model_worker import ModelWorker
 from engine.render.presenter import ping_pong
 from engine.serve.server import Server, ServerConfig
-from engine.serve.sessions import SessionsConfig
+from engine.serve.sessions import OutputPolicy, SessionsConfig
 from wsclient import events_until, stream, url
 
 aiohttp = require("aiohttp")
@@ -183,12 +183,12 @@ def test_admission_refuses_past_the_measured_capacity_and_running_sessions_go_on
     assert after["frames"] > before["frames"] + 25 and after["lip_synced"] > 0  # the running session went on
 
 
-def test_delete_leaves_none_of_the_session_s_encoders_running(built):
+def test_delete_leaves_none_of_the_session_s_encoders_running_and_the_recording_ends_at_its_cap(built):
     from core.processes import descendants
 
     def children() -> set[int]:  # the in-process server's encoders among them
         return set(descendants(os.getpid()))
-    server = start_server(built)
+    server = start_server(built, outputs=OutputPolicy(max_record_minutes=0.004))  # 6 frames
     base = url(server, "")
     try:
         async def scenario():
@@ -204,6 +204,9 @@ def test_delete_leaves_none_of_the_session_s_encoders_running(built):
     finally:
         server.stop()
     assert status == 200 and len(encoders) == 2 and not left
+    capture = cv2.VideoCapture(str(built["root"] / "rec" / "deleted.ts"))
+    recorded = sum(1 for _ in iter(lambda: capture.read()[0], False))
+    assert recorded == 6
 
 
 def test_the_load_meter_counts_the_encoders_the_process_started():

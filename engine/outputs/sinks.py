@@ -67,23 +67,34 @@ def video_encoder(codec: str, live: bool, quality: int = 18, bitrate: str = "4M"
 class Slots:
     """A constant-rate output's frame slots: frame k belongs at k/fps seconds. The encoders take frames at a fixed
     rate, so a frame whose pts skips slots has the previous frame repeated, with silence, into the slots between,
-    and a frame for a slot already written is dropped: the output keeps the clock's timing whatever reaches it."""
+    and a frame for a slot already written is dropped: the output keeps the clock's timing whatever reaches it.
+    With `minutes`, slots past that many minutes are not written (a recording's cap, said once in the log)."""
 
-    def __init__(self, fps: int):
-        self.fps, self.next = fps, 0
+    def __init__(self, fps: int, minutes: Optional[float] = None, name: str = ""):
+        self.fps, self.next, self.name = fps, 0, name
+        self.limit = None if minutes is None else max(1, round(minutes * 60 * fps))
         self.silence = np.zeros(SAMPLE_RATE // fps, np.float32)
         self._last: Optional[np.ndarray] = None
 
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and self.next >= self.limit
+
     def feed(self, frame: np.ndarray, audio: np.ndarray, pts: int,
              write: Callable[[np.ndarray, np.ndarray], None]) -> None:
-        """write(frame, audio) for each slot up to and including the one `pts` falls in."""
+        """write(frame, audio) for each slot up to and including the one `pts` falls in, below the limit."""
         number = slot(pts, self.fps)
-        if number < self.next:
+        if number < self.next or self.full:
             return
-        for _ in range(number - self.next):
-            write(self._last if self._last is not None else frame, self.silence)
-        write(frame, audio)
+        held = self._last if self._last is not None else frame
+        for _ in range((number if self.limit is None else min(number, self.limit)) - self.next):
+            write(held, self.silence)
+        if self.limit is None or number < self.limit:
+            write(frame, audio)
         self.next, self._last = number + 1, frame
+        if self.full:
+            log.warning("%s: the recording reached its cap of %g minutes (--record_minutes); later frames are not "
+                        "recorded, and the file is finished when the run ends", self.name, self.limit / 60 / self.fps)
 
 
 class NullSink:
@@ -105,11 +116,11 @@ ALPHA_FORMATS = ".mov (ProRes 4444) or .webm (VP9)"
 
 class Mp4Sink:
     """A video file. Its suffix picks the format: H.264 + AAC (.mp4, .mkv, .mov), or with `alpha` (BGRA frames)
-    ProRes 4444 + PCM (.mov) or VP9 with alpha + Opus (.webm)."""
+    ProRes 4444 + PCM (.mov) or VP9 with alpha + Opus (.webm). `max_minutes` caps a live recording."""
     live = False
 
     def __init__(self, path: Path | str, crf: int = 18, video_codec: str = "libx264", fps: int = FPS,
-                 alpha: bool = False):
+                 alpha: bool = False, max_minutes: Optional[float] = None):
         self.path = Path(path)
         self.suffix = self.path.suffix.lower()
         if alpha and self.suffix not in (".mov", ".webm"):
@@ -120,7 +131,7 @@ class Mp4Sink:
         self.nvenc_capable = not alpha and self.suffix != ".webm"  # what NVENC could take over (engine/outputs/targets.py)
         self._encoder: Optional[Child] = None
         self.frames = 0
-        self._slots = Slots(fps)
+        self._slots = Slots(fps, max_minutes, str(self.path))
 
     def _formats(self) -> tuple[list[str], list[str]]:
         """(video, audio) ffmpeg output options for this file."""
@@ -191,17 +202,18 @@ class Mp4Sink:
 
 
 class MpegTsSink:
-    """One ffmpeg muxing our video (stdin) and audio (a second pipe) into MPEG-TS with shared timestamps."""
+    """One ffmpeg muxing our video (stdin) and audio (a second pipe) into MPEG-TS with shared timestamps;
+    `max_minutes` caps a recording (a .ts file)."""
     live = True
     pixel_format = "bgr24"
 
     def __init__(self, url: str = "udp://127.0.0.1:23000?pkt_size=1316", bitrate: str = "4M",
-                 video_codec: str = "libx264", fps: int = FPS):
+                 video_codec: str = "libx264", fps: int = FPS, max_minutes: Optional[float] = None):
         self.url = url
         self.bitrate, self.video_codec, self.fps = bitrate, video_codec, fps
         self.nvenc_capable = True
         self._encoder: Optional[Child] = None
-        self._slots = Slots(fps)
+        self._slots = Slots(fps, max_minutes, url)
 
     def _formats(self) -> list[str]:
         """ffmpeg's output options: codecs and container."""

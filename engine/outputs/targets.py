@@ -35,9 +35,11 @@ def make_sinks(spec: EngineSpec) -> list:
                 raise SinkError(f"{target}: MPEG-TS (H.264) carries no alpha; stream WebM with alpha to a URL "
                                 f"(--outfile obs, or udp://…), or fill a key colour (--background green)")
             url = stream_url(target, alpha)
-            sinks.append(WebmAlphaSink(url, fps=spec.fps) if alpha else MpegTsSink(url, fps=spec.fps))
+            recording = spec.record_minutes if target.endswith(".ts") and "://" not in target else None
+            sinks.append(WebmAlphaSink(url, fps=spec.fps) if alpha else
+                         MpegTsSink(url, fps=spec.fps, max_minutes=recording))
         else:
-            sinks.append(Mp4Sink(target, fps=spec.fps, alpha=alpha))
+            sinks.append(Mp4Sink(target, fps=spec.fps, alpha=alpha, max_minutes=spec.record_minutes))
     if spec.preview:
         sinks.append(PreviewSink())
     return sinks

@@ -42,8 +42,8 @@ from .webrtc import WebRtcSink
 
 log = logging.getLogger("engine.serve.sessions")
 DEFAULT = "default"  # the session `serve --data_dir` starts, on the single-session paths (/ws, /speak, /status)
-SESSION_FLAGS = ("data_dir", "checkpoint_path", "enhance", "gfpgan_path", "gfpgan_dtype", "outfile", "latency_ms",
-                 "silence_db", "color_match", "audio_delay_ms", "device", "dtype", "runtime", "pipeline")
+SESSION_FLAGS = ("data_dir", "checkpoint_path", "enhance", "gfpgan_path", "gfpgan_dtype", "outfile", "record_minutes",
+                 "latency_ms", "silence_db", "color_match", "audio_delay_ms", "device", "dtype", "runtime", "pipeline")
 PATH_FLAGS = ("data_dir", "checkpoint_path", "gfpgan_path")
 STREAM_SCHEMES = ("udp://", "srt://", "rtp://", "tcp://")
 MAX_LATENCY_MS = 5000
@@ -74,9 +74,10 @@ class UnknownSession(KeyError):
 class OutputPolicy:
     """Where a session body may send its stream: loopback, and the serve command's --allow_output destinations
     (HOST, any port, or HOST:PORT); never a listening mode, which would hand the stream to whoever connects; at most
-    `max_outputs` outputs."""
+    `max_outputs` outputs, and recordings of at most `max_record_minutes`."""
     allowed: tuple[str, ...] = ()
     max_outputs: int = default_of(ServeSpec, "max_outputs")
+    max_record_minutes: float = default_of(ServeSpec, "max_record_minutes")
 
     def check(self, target: str) -> str:
         parts = urlsplit(target)
@@ -118,7 +119,8 @@ class SessionsConfig:
         return cls(root=Path(spec.session_root), max_sessions=spec.max_sessions, cpu_cores=spec.cpu_cores,
                    limits=SpeechLimits(max_queue_seconds=spec.max_queue_seconds,
                                        max_client_queue_seconds=spec.max_client_queue_seconds),
-                   max_peers=spec.max_peers, outputs=OutputPolicy(spec.allow_output, spec.max_outputs))
+                   max_peers=spec.max_peers, outputs=OutputPolicy(spec.allow_output, spec.max_outputs,
+                                                                     spec.max_record_minutes))
 
     @property
     def cores(self) -> float:
@@ -145,6 +147,8 @@ def session_spec(defaults: EngineSpec, body: object, root: Path, outputs: Output
         raise BadSession("latency_ms", f"at most {MAX_LATENCY_MS} ms")
     if len(spec.outfile) > outputs.max_outputs:
         raise BadSession("outfile", f"at most {outputs.max_outputs} outputs a session (serve --max_outputs)")
+    if (spec.record_minutes or 0) > outputs.max_record_minutes:
+        raise BadSession("record_minutes", f"at most {outputs.max_record_minutes:g} (serve --max_record_minutes)")
     paths = {key: str(model_file(root, getattr(spec, key), key)) for key in ("checkpoint_path", "gfpgan_path")
              if key in body}
     if not spec.data_dir:
@@ -153,7 +157,7 @@ def session_spec(defaults: EngineSpec, body: object, root: Path, outputs: Output
         paths["data_dir"] = str(presenter_cache(root, spec.data_dir))
     # a client's choice of file loads as plain weights, whatever the server allows
     return spec.replace(**paths, outfile=tuple(output(root, v, outputs) for v in spec.outfile),
-                        trust_checkpoint=False)
+                        record_minutes=spec.record_minutes or outputs.max_record_minutes, trust_checkpoint=False)
 
 
 def model_file(root: Path, value: str, key: str) -> Path:
