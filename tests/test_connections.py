@@ -1,6 +1,7 @@
-"""Connections are bounded before authentication (engine/serve/routes.py): an absolute auth deadline that pings do
-not extend, nothing about a session looked up before the token, caps on open sockets, small JSON bodies capped per
-route, and a socket that floods control messages told once and closed. All on loopback, on a token server."""
+"""Connections are bounded before authentication (engine/serve/routes.py, connections.py): an absolute auth deadline
+that pings do not extend, nothing about a session looked up before the token, caps on open sockets and on
+connections of any kind, a deadline for a request's head (slowloris), small JSON bodies capped per route, and a
+socket that floods control messages told once and closed. All on loopback, on a token server."""
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +21,8 @@ AUTH = {"Authorization": "Bearer s3cret"}
 @pytest.fixture(scope="module")
 def guarded(built):
     server, _, _ = make_server(built, ServerConfig(host="0.0.0.0", port=0, token="s3cret", auth_seconds=1.0,
-                                                   max_sockets=5, max_sockets_per_address=3))
+                                                   max_sockets=5, max_sockets_per_address=3, max_connections=8,
+                                                   max_connections_per_address=6, head_seconds=1.0))
     yield server
     server.stop()
 
@@ -108,3 +110,41 @@ def test_a_flood_of_control_messages_gets_one_error_and_the_socket_closes(guarde
                 return errors, ws.close_code
     errors, code = asyncio.run(client())
     assert code == 1008 and errors == ["over 200 messages a second: closing"]
+
+
+def test_connections_are_capped_per_address_and_in_all_and_a_slow_request_head_is_cut_off(guarded):
+    """Slowloris from 127.0.0.2 and 127.0.0.3 (all of 127/8 is loopback): six connections that trickle a request
+    head fill the first address's place, two more the server's; meanwhile one more from each is closed at once.
+    The head deadline (1 s here) closes the slow ones, and the server answers again; a kept-alive connection
+    that sent its request whole is not cut."""
+    async def trickle(address: str):
+        reader, writer = await asyncio.open_connection("127.0.0.1", guarded.port, local_addr=(address, 0))
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+        await writer.drain()
+        return reader, writer
+
+    async def closed_after(reader, seconds: float) -> float:
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), seconds) == b""  # closed, nothing answered
+        return time.monotonic() - started
+
+    async def health(http) -> int:
+        async with http.get(url(guarded, "/health"), headers=AUTH) as r:
+            return r.status
+
+    async def client():
+        async with aiohttp.ClientSession() as http:
+            assert await health(http) == 200  # a kept-alive connection from 127.0.0.1 ...
+            slow = [await trickle("127.0.0.2") for _ in range(6)]
+            over_address = await closed_after((await trickle("127.0.0.2"))[0], 0.5)
+            slow += [await trickle("127.0.0.3") for _ in range(1)]  # 8 open: the server's most
+            over_all = await closed_after((await trickle("127.0.0.3"))[0], 0.5)
+            cut = await asyncio.gather(*(closed_after(reader, 3) for reader, _ in slow))
+            kept = await health(http)  # ... answers on after the deadline: its head came whole
+            for _, writer in slow:
+                writer.close()
+            return over_address, over_all, cut, kept
+    over_address, over_all, cut, kept = asyncio.run(client())
+    assert over_address < 0.2 and over_all < 0.2
+    assert all(0.3 < seconds < 1.6 for seconds in cut), cut
+    assert kept == 200

@@ -30,6 +30,7 @@ from audio.decode import AudioError
 from configs.spec import ServeSpec
 from core.net import is_loopback
 
+from .connections import Refusals
 from .protocol import ProtocolError, SpeechDesk, SpeechLimits, Unauthorized, authenticate
 from .sessions import DEFAULT, Session, Sessions, SessionsConfig, UnknownSession
 from .talk import TalkerBusy
@@ -70,6 +71,10 @@ class ServerConfig:
     auth_seconds: float = 10.0             # a browser's WebSocket must send its token within this, pings or not
     max_sockets: int = 512                 # WebSockets open at once, authenticated or not
     max_sockets_per_address: int = 64      # of which from one client address
+    max_connections: int = 1024            # connections of any kind at once (at most half the open-file limit)
+    max_connections_per_address: int = 128  # of which from one client address
+    head_seconds: float = 10.0             # a connection's first request head must arrive within this
+    keepalive_seconds: float = 15.0        # an idle kept-alive connection is closed after this
 
     @classmethod
     def from_spec(cls, spec: ServeSpec) -> "ServerConfig":
@@ -474,7 +479,7 @@ class SocketCaps:
     def __init__(self, most: int, per_address: int):
         self.most, self.per_address = most, per_address
         self.open: dict[str, int] = {}
-        self.refused, self._warned = 0, float("-inf")
+        self.refused = Refusals("WebSocket(s)")
 
     @contextmanager
     def admit(self, address: str):
@@ -483,10 +488,7 @@ class SocketCaps:
                    f"{here} WebSockets are open from {address}, the most for one address"
                    if here >= self.per_address else None)
         if refusal is not None:
-            self.refused += 1
-            if time.monotonic() - self._warned >= 10:
-                log.warning("refused %d WebSocket(s) in the last 10 s: %s", self.refused, refusal)
-                self.refused, self._warned = 0, time.monotonic()
+            self.refused.add(refusal)
             yield refusal
             return
         self.open[address] = here + 1

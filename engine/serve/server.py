@@ -32,6 +32,7 @@ from configs.spec import EngineSpec
 from core.errors import UserError
 from engine.render.loop import LiveEngine
 
+from .connections import ConnectionGuard, connection_room
 from .metrics import exposition
 from .protocol import speak_upload
 from .routes import (ROUTES, Answer, Api, Call, ServerConfig, Socket, answer_offer, check, check_bind, health_of,
@@ -47,6 +48,19 @@ class PathOnlyAccessLogger(AbstractAccessLogger):
     def log(self, request, response, time_taken: float) -> None:
         self.logger.info('%s "%s %s" %d %.1f ms', request.remote, request.method, request.path,
                          response.status, time_taken * 1000)
+
+
+class GuardedSite(web.TCPSite):
+    """aiohttp's TCP site with every connection behind a ConnectionGuard (caps, and the request head's deadline)."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard):
+        super().__init__(runner, host, port)
+        self.guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        self._server = await asyncio.get_running_loop().create_server(
+            self.guard.wrap(self._runner.server), self._host, self._port, reuse_address=True)
 
 
 def call_of(request: web.Request) -> Call:
@@ -271,9 +285,12 @@ class Server:
 
     # --- running -------------------------------------------------------------------------------------------------
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log_class=PathOnlyAccessLogger)
+        self._runner = web.AppRunner(self.app(), access_log_class=PathOnlyAccessLogger,
+                                     keepalive_timeout=self.cfg.keepalive_seconds)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port)
+        guard = ConnectionGuard(connection_room(self.cfg.max_connections), self.cfg.max_connections_per_address,
+                                self.cfg.head_seconds)
+        site = GuardedSite(self._runner, self.cfg.host, self.cfg.port, guard)
         try:
             await site.start()
         except OSError as exc:
