@@ -62,4 +62,5 @@ def dispatch(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from core.cli import exit_with
+    exit_with(main())

@@ -22,6 +22,7 @@ import numpy as np
 
 from core.errors import UserError
 from core.ffmpeg import TRUNCATED_BELOW, Child, find_tool
+from core.threads import Worker
 from core.timebase import SAMPLE_RATE
 
 log = logging.getLogger("audio.decode")
@@ -201,7 +202,7 @@ def _decode_capped(args: list[str], stdin_data: Optional[bytes], max_seconds: fl
     chunks, got = [], 0
     with Child(args, stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
                stdout=subprocess.PIPE) as child:
-        feeder = threading.Thread(target=_feed, args=(child, stdin_data), daemon=True) if stdin_data else None
+        feeder = Worker(_feed, "decode-feed", (child, stdin_data)) if stdin_data else None
         if feeder:
             feeder.start()
         watchdog = threading.Timer(timeout, child.kill)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 from collections import deque
 from functools import lru_cache
 from typing import IO, Optional, Sequence
 
 from .errors import MissingTool
+from .threads import Worker
 
 TRUNCATED_BELOW = 0.95  # decoded / declared length under this: the input is reported as truncated
 
@@ -45,7 +45,7 @@ class Child:
                                      stderr=subprocess.PIPE, pass_fds=tuple(pass_fds), bufsize=bufsize,
                                      start_new_session=True)
         self._lines: deque[str] = deque(maxlen=keep)
-        self._drain = threading.Thread(target=self._read_stderr, name=f"{args[0]}-stderr", daemon=True)
+        self._drain = Worker(self._read_stderr, f"{args[0]}-stderr")
         self._drain.start()
 
     @property

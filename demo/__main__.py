@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from core.scratch import written
 from core.timebase import SAMPLE_RATE
 from preprocess.pipeline import PreprocessConfig, run_batch, summary_table
 
@@ -31,8 +32,9 @@ def make_speech(folder: Path, sentences=SENTENCES) -> Path:
     filters = "".join(f"[{i}:a]aresample={SAMPLE_RATE},apad=pad_dur=0.4[a{i}];" for i in range(len(parts)))
     concat = "".join(f"[a{i}]" for i in range(len(parts))) + f"concat=n={len(parts)}:v=0:a=1[out]"
     cmd = ["ffmpeg", "-v", "error", "-y", *sum((["-i", str(p)] for p in parts), []),
-           "-filter_complex", filters + concat, "-map", "[out]", "-ac", "1", "-ar", str(SAMPLE_RATE), str(out)]
-    subprocess.run(cmd, check=True)
+           "-filter_complex", filters + concat, "-map", "[out]", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "wav"]
+    with written(out) as partial:
+        subprocess.run([*cmd, str(partial)], check=True)
     return out
 
 
@@ -63,4 +65,5 @@ def prepare(argv: list[str] | None = None) -> tuple[list[str], Optional[Path]]:
 
 if __name__ == "__main__":
     import stream_out
-    sys.exit(stream_out.main(["demo", *sys.argv[1:]]))
+    from core.cli import exit_with
+    exit_with(stream_out.main(["demo", *sys.argv[1:]]))

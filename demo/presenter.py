@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from core.ffmpeg import Child
+from core.scratch import written
 
 # Face box of skimage.data.astronaut() in photo pixels (x1, y1, x2, y2), as OpenCV's Haar frontal-face cascade
 # finds it (S3FD gives the same box within a few pixels). Independent of our own detector, so a fair reference.
@@ -106,8 +107,9 @@ def speak(text: str, out_wav: Path, voice: str = "en-us", speed: int = 150) -> P
     """Synthesise speech with Debian's espeak-ng (a 22.05 kHz mono wav)."""
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is not installed; run scripts/setup.sh")
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(out_wav), text], check=True,
-                   capture_output=True)
+    with written(out_wav) as partial:
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(partial), text], check=True,
+                       capture_output=True)
     return out_wav
 
 
@@ -129,18 +131,22 @@ def make_presenter_clip(out: Path, seconds: float = 4.0, fps: float = 25, path: 
     if audio is not None:
         cmd += ["-i", str(audio), "-af", "apad", "-c:a", "aac", "-b:a", "96k"]
     cmd += ["-t", f"{n / fps:.6f}", "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
-            "-r", str(fps), str(out)]
-    encoder = Child(cmd, stdin=subprocess.PIPE)
-    for i in range(n):
-        t = i / fps
-        frame = render_frame(photo if photo_at is None else photo_at(i), alpha, background, path.transform_at(t))
-        if cover and cover[0] <= t < cover[1]:
-            x1, y1, x2, y2 = path.box_at(t).astype(int)
-            pad = (x2 - x1) // 2
-            cv2.rectangle(frame, (x1 - pad, y1 - pad), (x2 + pad, y2 + 2 * pad), (40, 90, 160), -1)
-        encoder.stdin.write(frame.tobytes())
-    encoder.stdin.close()
-    if encoder.wait() != 0:
-        raise RuntimeError(f"ffmpeg failed writing {out}: {encoder.error()}")
-    encoder.close()
+            "-r", str(fps), "-f", "mp4"]
+    with written(out) as partial:  # a stopped run leaves no half clip
+        encoder = Child([*cmd, str(partial)], stdin=subprocess.PIPE)
+        try:
+            for i in range(n):
+                t = i / fps
+                frame = render_frame(photo if photo_at is None else photo_at(i), alpha, background,
+                                     path.transform_at(t))
+                if cover and cover[0] <= t < cover[1]:
+                    x1, y1, x2, y2 = path.box_at(t).astype(int)
+                    pad = (x2 - x1) // 2
+                    cv2.rectangle(frame, (x1 - pad, y1 - pad), (x2 + pad, y2 + 2 * pad), (40, 90, 160), -1)
+                encoder.stdin.write(frame.tobytes())
+            encoder.stdin.close()
+            if encoder.wait() != 0:
+                raise RuntimeError(f"ffmpeg failed writing {out}: {encoder.error()}")
+        finally:
+            encoder.close()
     return out

@@ -23,6 +23,7 @@ import numpy as np
 from audio.decode import AudioFile, PcmStream, check_files, stream_files
 from configs.spec import EngineSpec
 from core.timebase import TIME_BASE, interpolated, seconds
+from core.threads import Worker
 from engine.assemble import Parts, blendshape_meter, check_frame_flags, resolve_cache
 from engine.outputs.targets import CSV_LIVE, MIXED, make_sinks, obs_control, use_gpu_encoder
 from engine.render.interpolate import in_between_weights
@@ -190,7 +191,7 @@ class Engine:
             if speech:
                 self._feeders.append(Feeder(self.loop.buffer, stream_files([f.path for f in speech]),
                                             ends_input=not spec.mic).start())
-            self._thread = threading.Thread(target=self.loop.run, args=(spec.seconds,), name="engine", daemon=True)
+            self._thread = Worker(self.loop.run, "engine", (spec.seconds,))
             self._thread.start()
         else:
             self.stats = Stats()
@@ -256,7 +257,7 @@ class Engine:
                 except queue.Empty:
                     continue
             return
-        worker = threading.Thread(target=self._render_file, name="render", daemon=True)
+        worker = Worker(self._render_file, "render")
         worker.start()
         try:
             while worker.is_alive() or not self.tap.frames.empty():
@@ -295,10 +296,12 @@ class Engine:
         weights = [] if self._meter is not None else None
         sinks = [*self.outputs, self.tap] if self.tap.reading else self.outputs
         try:
-            render_file(self._file_audio(), self.presenter, self.model, self.compositor, sinks, self.cfg,
-                        progress=self._progress, stats=self.stats, total_samples=self._total, meter=self._meter,
-                        blendshapes=weights)
-            self.written = list(self.spec.outfile)
+            try:
+                render_file(self._file_audio(), self.presenter, self.model, self.compositor, sinks, self.cfg,
+                            progress=self._progress, stats=self.stats, total_samples=self._total, meter=self._meter,
+                            blendshapes=weights)
+            finally:  # stopped, the files finished with the frames so far are written too
+                self.written = [str(sink.path) for sink in self.outputs if getattr(sink, "published", False)]
             if weights is not None and self.spec.blendshapes_csv:
                 rows = in_between_weights(weights) if interpolated(self.spec.fps) else weights
                 self.written.append(str(write_live_link_csv(self.spec.blendshapes_csv, rows, fps=self.spec.fps)))

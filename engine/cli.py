@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 from audio.decode import check_files, stream_files
 from configs import flags
 from configs.spec import DEFAULT_OUTFILE, ObsSetupSpec, RayServeSpec, StreamOutSpec
+from core.cli import log_to_stderr, stop_of
 from core.timebase import FPS, interpolated
 from engine.api import Engine
 from engine.assemble import check_frame_flags
@@ -42,7 +43,7 @@ def parse_args(argv: Optional[list[str]]) -> StreamOutSpec:
 
 def run(args: StreamOutSpec) -> int:
     """The engine command. Errors are raised (core.cli prints them in one line); Ctrl-C ends a render cleanly."""
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    log_to_stderr()
     pin_thread_pools()
     serving = args.listen is not None
     if not args.audio_files and not args.mic and not serving:
@@ -80,29 +81,41 @@ def run(args: StreamOutSpec) -> int:
         return serve(args, server_cfg, files)
     engine = Engine.from_spec(args.engine(), progress=True, speech=files)
     if engine.live:
+        stopped = None
         try:
             engine.wait()
-        except KeyboardInterrupt:
-            pass
+        except KeyboardInterrupt as exc:
+            stopped = exc
         finally:
             stats = engine.close()
-        print(f"streamed {stats.presented} frames at {args.fps} frames/s ({stats.inferred} lip-synced, "
-              f"{stats.late} late)")
-        return 0
+        return finished(f"streamed {stats.presented} frames at {args.fps} frames/s ({stats.inferred} lip-synced, "
+                        f"{stats.late} late)", stopped)
     try:
         stats = engine.close()
-    except KeyboardInterrupt:  # the sinks were closed on the way out: the file holds what was rendered
-        if engine.stats.frames == 0:
-            print("interrupted before the first frame: nothing written", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # the sinks were closed on the way out: the files hold what was rendered
+        word, code = stop_of(exc)
+        if engine.written:
+            print(f"{word}: wrote {', '.join(engine.written)} with the first {engine.stats.frames} frames",
+                  file=sys.stderr)
         else:
-            print(f"interrupted: wrote {', '.join(args.outfile) or 'nothing'} with the first {engine.stats.frames} "
-                  f"frames", file=sys.stderr)
-        return 130
+            print(f"{word} {'before the first frame' if engine.stats.frames == 0 else 'while finishing'}: nothing "
+                  f"written", file=sys.stderr)
+        return code
     between = f", {stats.frames} more in between at {args.fps} frames/s" if interpolated(args.fps) else ""
     print(f"wrote {', '.join(engine.written)}: {stats.frames} frames ({stats.frames / FPS:.2f} s){between}, "
           f"{stats.inferred} {'measured' if engine.model is None else 'lip-synced'}")
     log_start_up(stats)
     return 0
+
+
+def finished(summary: str, stopped: Optional[KeyboardInterrupt]) -> int:
+    """A live command's last line, and its exit code: 0 when it ended by itself, 130 or 143 when stopped."""
+    if stopped is None:
+        print(summary)
+        return 0
+    word, code = stop_of(stopped)
+    print(f"{word}: {summary}", file=sys.stderr)
+    return code
 
 
 def log_start_up(stats) -> None:
@@ -143,10 +156,11 @@ def serve(args: StreamOutSpec, server_cfg, files: list) -> int:
         feeder = Feeder(session.engine.buffer, stream_files(args.audio_files), session.desk.new_utterance(None),
                         ends_input=False).start()
     frames = inferred = late = 0
+    stopped = None
     try:
         server.wait()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as exc:
+        stopped = exc
     finally:
         if feeder:
             feeder.stop()
@@ -154,8 +168,7 @@ def serve(args: StreamOutSpec, server_cfg, files: list) -> int:
             stats = server.sessions.get(sid).engine.stats
             frames, inferred, late = frames + stats.frames, inferred + stats.inferred, late + stats.late
         server.stop()
-    print(f"served {frames} frames ({inferred} lip-synced, {late} late)")
-    return 0
+    return finished(f"served {frames} frames ({inferred} lip-synced, {late} late)", stopped)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -171,17 +184,17 @@ def ray_serve(argv: list[str]) -> int:
     try:
         while True:
             time.sleep(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         from ray import serve  # Ray: only for ray-serve
         serve.shutdown()
-    return 0
+        return finished(f"served through {spec.hosts} session host(s)", exc)
 
 
 def obs_setup(argv: Optional[list[str]] = None) -> int:
     """stream_out.py obs-setup: point OBS at our stream (or start its virtual camera), idempotently."""
     args = flags.parse_spec(ObsSetupSpec, argv, "obs_setup", argparse.ArgumentParser(
         prog="stream_out.py obs-setup", description=obs_setup.__doc__))
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    log_to_stderr()
     settings = ObsSettings(args.obs_host, args.obs_port, args.obs_password)
     if args.target == "vcam":
         ok = start_virtual_camera(settings)

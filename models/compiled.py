@@ -9,11 +9,12 @@ inductor cache between runs, so later compiles are shorter; CUDA graphs themselv
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Callable, Iterable
 
 import torch
+
+from core.threads import Worker
 
 log = logging.getLogger("models.compiled")
 
@@ -28,8 +29,7 @@ class CompiledSwap:
         self.ready: dict[int, Callable] = {}
         self._compiled = torch.compile(module, mode=mode if backend == "inductor" else None, backend=backend,
                                        dynamic=False)
-        self._thread = threading.Thread(target=self._build, args=(example, sorted(set(batch_sizes))),
-                                        name=f"compile-{name}", daemon=True)
+        self._thread = Worker(self._build, f"compile-{name}", (example, sorted(set(batch_sizes))))
         self._thread.start()
 
     def _build(self, example: Callable[[int], tuple], batch_sizes: list[int]) -> None:

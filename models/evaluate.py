@@ -18,7 +18,6 @@ python -m models.evaluate video.mp4 --syncnet_v2 syncnet_v2.model   (the command
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol
@@ -152,6 +151,6 @@ def read_face_track(video: Path, scratch: Path) -> FaceTrack:
 
 
 if __name__ == "__main__":  # the command line sits above the video pipeline: see tools/evaluate.py
-    from core.cli import run_command
+    from core.cli import exit_with, run_command
     from tools.evaluate import main
-    sys.exit(run_command(main))
+    exit_with(run_command(main))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -304,5 +303,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from core.cli import run_command
-    sys.exit(run_command(main))
+    from core.cli import exit_with, run_command
+    exit_with(run_command(main))

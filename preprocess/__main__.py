@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from configs import flags
 from configs.spec import PreprocessSpec
+from core.cli import log_to_stderr
 from core.timebase import interpolated
 
 from .pipeline import PreprocessConfig, run_batch, summary_table
@@ -31,7 +31,7 @@ def config_from_args(args: PreprocessSpec) -> PreprocessConfig:
 
 
 def run(args: PreprocessSpec) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    log_to_stderr()
     results = run_batch(args.inputs, args.out, config_from_args(args), progress=not args.quiet)
     if not results:
         print("error: no video files found in the given inputs", file=sys.stderr)
@@ -50,5 +50,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from core.cli import run_command
-    sys.exit(run_command(main))
+    from core.cli import exit_with, run_command
+    exit_with(run_command(main))

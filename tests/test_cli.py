@@ -112,8 +112,8 @@ def test_sigterm_finishes_the_mp4_like_ctrl_c(checkpoint, prepared, built, talk,
     time.sleep(3)  # some frames in
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in err, err[-1500:]
-    assert "interrupted" in err
+    assert proc.returncode == 143 and "Traceback" not in err, err[-1500:]
+    assert f"stopped: wrote {out} with the first " in err
     probe = json.loads(subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json",
                                        str(out)], capture_output=True, text=True).stdout)
     frames = int(next(s for s in probe["streams"] if s["codec_type"] == "video")["nb_read_frames"])
@@ -123,9 +123,9 @@ def test_sigterm_finishes_the_mp4_like_ctrl_c(checkpoint, prepared, built, talk,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav", "partial.mp4"]  # no scratch folder left
 
 
-def test_sigterm_before_the_first_frame_says_interrupted_and_leaves_nothing(checkpoint, prepared, built, talk,
+def test_sigterm_before_the_first_frame_says_stopped_and_leaves_nothing(checkpoint, prepared, built, talk,
                                                                               tmp_path):
-    """Stopped as soon as the mp4's scratch folder appears: one line, exit 130, no file and no scratch left (it was
+    """Stopped as soon as the mp4's scratch folder appears: one line, exit 143, no file and no scratch left (it was
     "error: could not write out.mp4: no frames", exit 2)."""
     import signal
     out = tmp_path / "early.mp4"
@@ -138,9 +138,9 @@ def test_sigterm_before_the_first_frame_says_interrupted_and_leaves_nothing(chec
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == 130 and "Traceback" not in err and not any(l.startswith("error:") for l in lines), err
-    assert lines[-1] == "interrupted before the first frame: nothing written" or \
-        lines[-1].startswith(f"interrupted: wrote {out}"), lines[-1]  # the first frame can beat the signal
+    assert proc.returncode == 143 and "Traceback" not in err and not any(l.startswith("error:") for l in lines), err
+    assert lines[-1] == "stopped before the first frame: nothing written" or \
+        lines[-1].startswith(f"stopped: wrote {out}"), lines[-1]  # the first frame can beat the signal
     assert sorted(p.name for p in tmp_path.iterdir()) == (["early.mp4"] if out.exists() else [])
 
 

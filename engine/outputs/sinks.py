@@ -15,7 +15,6 @@ import logging
 import os
 import queue
 import subprocess
-import threading
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -26,6 +25,7 @@ from core.cli import OS_HINTS, describe, first_line
 from core.errors import UserError
 from core.ffmpeg import Child, find_tool
 from core.scratch import make_scratch, publish, remove
+from core.threads import Worker
 
 from core.timebase import FPS, SAMPLE_RATE, slot
 
@@ -131,6 +131,7 @@ class Mp4Sink:
         self.nvenc_capable = not alpha and self.suffix != ".webm"  # what NVENC could take over (engine/outputs/targets.py)
         self._encoder: Optional[Child] = None
         self.frames = 0
+        self.published = False  # the file is in place, finished
         self._slots = Slots(fps, max_minutes, str(self.path))
 
     def _formats(self) -> tuple[list[str], list[str]]:
@@ -193,6 +194,7 @@ class Mp4Sink:
             if result.returncode != 0:
                 raise SinkError(f"could not mux {self.path}: {first_line(result.stderr[-300:])}")
             publish(partial, self.path)
+            self.published = True
             log.info("wrote %s (%d frames, %.2f s)", self.path, self.frames, self.frames / self.fps)
         except OSError as exc:  # a full disk, a quota
             raise SinkError(f"could not write {self.path}: {describe(exc)[0]}") from exc
@@ -235,7 +237,7 @@ class MpegTsSink:
         # audio goes through its own thread: ffmpeg reads the two pipes at its own pace, and one blocked write
         # must never stop the other
         self._audio_queue: queue.Queue = queue.Queue(maxsize=250)
-        self._audio_thread = threading.Thread(target=self._write_audio, daemon=True)
+        self._audio_thread = Worker(self._write_audio, "ts-audio")
         self._audio_thread.start()
         log.info("streaming %s to %s", type(self).__name__.removesuffix("Sink"), self.url)
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from audio.mel import mel_basis
 from core.timebase import (FPS, IN_BETWEEN_OFFSET, LOOKAHEAD, N_FFT, OUTPUT_RATES, SAMPLE_RATE,
                            SAMPLES_PER_FRAME as SAMPLES, frames_for, interpolated, seconds)
+from core.threads import Worker
 
 from .composite import Compositor
 from .backdrop import Backdrop
@@ -295,7 +296,7 @@ def render_file(audio: np.ndarray | Iterable[np.ndarray], presenter: Presenter, 
     finally:
         stop.set()
         frames.close()  # the stages' threads are joined before the caller closes the meter or the model
-        stopping = sys.exc_info()[0] is KeyboardInterrupt
+        stopping = isinstance(sys.exc_info()[1], KeyboardInterrupt)
         for sink in sinks:
             try:
                 sink.close()
@@ -378,7 +379,7 @@ def threaded(items: Iterable, maxsize: int, name: str, stop: threading.Event) ->
                 close()
             offer(done)
 
-    thread = threading.Thread(target=work, name=name, daemon=True)
+    thread = Worker(work, name)
     thread.start()
     finished = False
     try:

@@ -26,6 +26,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from core.threads import Worker
+
 log = logging.getLogger("engine.render.model_worker")
 
 
@@ -75,7 +77,7 @@ class ModelWorker:
         self.rows = 0                            # rows run through the model
         self.batches = 0
         self.dropped = 0                         # rows answered None because they could not make their time
-        self._thread = threading.Thread(target=self._run, name=f"worker-{name}", daemon=True)
+        self._thread = Worker(self._run, f"worker-{name}")
         self._thread.start()
 
     def per_row(self) -> float:

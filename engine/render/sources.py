@@ -11,6 +11,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from audio.decode import AudioError
+from core.threads import Worker
 from core.timebase import SAMPLE_RATE
 
 log = logging.getLogger("engine.render.sources")
@@ -180,7 +181,7 @@ class Feeder:
         self.ahead = int(ahead_seconds * SAMPLE_RATE)
         self.ends_input = ends_input
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+        self._thread = Worker(self._run, "feeder")
 
     def start(self) -> "Feeder":
         self._thread.start()

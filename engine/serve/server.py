@@ -30,6 +30,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from configs.spec import EngineSpec
 from core.errors import UserError
+from core.threads import Worker
 from engine.render.loop import LiveEngine
 
 from .connections import ConnectionGuard, connection_room
@@ -330,7 +331,7 @@ class Server:
 
     def start(self) -> "Server":
         """Serve from a background thread (returns once listening)."""
-        self._thread = threading.Thread(target=self._serve_quietly, name="server", daemon=True)
+        self._thread = Worker(self._serve_quietly, "server")
         self._thread.start()
         if not self._ready.wait(timeout=30):
             raise RuntimeError("the server did not start")

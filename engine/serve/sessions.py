@@ -30,6 +30,7 @@ from configs.spec import EngineSpec, ServeSpec, default_of, destination
 from core.errors import UserError
 from core.net import is_loopback
 from core.processes import process_tree_cpu
+from core.threads import Worker
 from core.timebase import FPS, SAMPLE_RATE
 
 from engine.api import Engine
@@ -406,7 +407,7 @@ class Sessions:
         self._starting = 0    # sessions admitted and still loading
         self._lock = threading.RLock()  # admission and creation one at a time: two requests cannot both take
         self._stop = threading.Event()  # the last place
-        self._sampler = threading.Thread(target=self._sample_every_second, name="load-meter", daemon=True)
+        self._sampler = Worker(self._sample_every_second, "load-meter")
         self._sampler.start()
 
     def _share(self, model, name: str) -> SharedModel:
@@ -482,7 +483,7 @@ class Sessions:
             engine.on_event = lambda event: self.loop.call_soon_threadsafe(deliver, session, event)
         else:
             engine.on_event = lambda event: deliver(session, event)
-        session.thread = threading.Thread(target=self._run, args=(session,), name=f"session-{sid}", daemon=True)
+        session.thread = Worker(self._run, f"session-{sid}", (session,))
         with self._lock:
             if sid in self._sessions:
                 raise ValueError(f"session {sid!r} exists")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -241,5 +240,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    from core.cli import run_command
-    sys.exit(run_command(main))
+    from core.cli import exit_with, run_command
+    exit_with(run_command(main))
