@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -47,12 +48,15 @@ def memory_mb(pid: int) -> tuple[float, float]:
 class Served:
     """`stream_out.py serve` from a checkout, as a child process."""
 
-    def __init__(self, root: Path, cache: Path, *extra: str):
+    def __init__(self, root: Path, cache: Path, *extra: str, open_files: int = 0):
+        """open_files: the server's open-file limit (0: this process's)."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))) if open_files else None
+        self.log = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen([sys.executable, "stream_out.py", "serve", "--data_dir", str(cache), "--listen",
                                       f"127.0.0.1:{self.port}", *extra], cwd=root, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=self.log, preexec_fn=limit)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -68,6 +72,60 @@ class Served:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.close()
+
+    def tracebacks(self) -> int:
+        self.log.seek(0)
+        return self.log.read().count("Traceback")
+
+
+async def exhaustion(served: Served, connections: int = 300, seconds: float = 15.0) -> str:
+    """Issue 36 row 6, scaled down to a server with 256 open files: `connections` from 127.0.0.2-5 that send a
+    request head's first line and then one header every 4 s (slowloris); meanwhile /health from 127.0.0.1 every
+    0.5 s. How many the server refused at once, how many it held and cut later, and what /health answered."""
+    async def closed(reader) -> bool:
+        """Closed by the server (read() ends only there)."""
+        try:
+            await asyncio.wait_for(reader.read(), 0.01)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        except OSError:
+            return True
+
+    held = []
+    for i in range(connections):
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                "127.0.0.1", served.port, local_addr=(f"127.0.0.{2 + i % 4}", 0)), 2)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            held.append((reader, writer))
+        except (OSError, asyncio.TimeoutError):
+            pass
+    await asyncio.sleep(1.0)
+    refused = sum([await closed(reader) for reader, _ in held])
+    waits, failed = [], 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
+        for tick in range(int(seconds / 0.5)):
+            if tick % 8 == 0:
+                for _, writer in held:
+                    if not writer.is_closing():
+                        writer.write(b"X-Slow: 1\r\n")
+            started = time.monotonic()
+            try:
+                async with http.get(served.base + "/health") as response:
+                    await response.read()
+                    failed += response.status != 200
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                failed += 1
+            waits.append(time.monotonic() - started)
+            await asyncio.sleep(0.5)
+    cut = sum([await closed(reader) for reader, _ in held]) - refused
+    for _, writer in held:
+        writer.close()
+    return (f"{refused} of {connections} closed at once, {len(held) - refused} held, of which {cut} cut within "
+            f"{seconds + 1:.0f} s; /health {len(waits) - failed} of {len(waits)} ok, worst {1000 * max(waits):.0f} ms; "
+            f"{served.tracebacks()} tracebacks in the server's log")
 
 
 async def attack(served: Served, name: str, work) -> tuple:
@@ -317,6 +375,22 @@ async def session_attacks(served: Served, root: Path) -> list[tuple]:
             return (f"DELETE answered in {took:.2f} s; {len(encoders)} encoders before, "
                     f"{len(encoders & set(descendants(served.proc.pid)))} left after")
 
+        async def capped_recording() -> str:
+            """A recording asking for a 3 s cap: its size 4 s and 8 s in."""
+            await room()
+            async with http.post(served.base + "/sessions", json={"data_dir": "own", "outfile": ["capped.ts"],
+                                                                   "record_minutes": 0.05}) as response:
+                status, answer = response.status, await response.json()
+            if status != 201:
+                return f"{status} {answer.get('error', '')[:90]}"
+            sizes = []
+            for _ in range(2):
+                await asyncio.sleep(4.0)
+                sizes.append((root / "capped.ts").stat().st_size / 1e6)
+            async with http.delete(served.base + f"/sessions/{answer['id']}") as response:
+                await response.read()
+            return f"201; the recording 4 s in: {sizes[0]:.2f} MB, 8 s in: {sizes[1]:.2f} MB"
+
         async def leaves_no_folder() -> str:
             said = await create({"data_dir": "own", "outfile": ["recordings/x.mp4"], "silence_db": 7000.0})
             return f"{said}; folder left: {'yes' if (root / 'recordings').exists() else 'no'}"
@@ -344,6 +418,7 @@ async def session_attacks(served: Served, root: Path) -> list[tuple]:
             ("a refused body naming recordings/x.mp4", leaves_no_folder),
             ("50 POST /sessions at once", burst),
             ("DELETE a session with a udp:// stream and a recording", deleted),
+            ("a recording with record_minutes 0.05 (3 s)", capped_recording),
         ]
         return [await attack(served, name, work) for name, work in attacks]
 
@@ -421,6 +496,12 @@ def main() -> None:
         rows += asyncio.run(session_attacks(served, root))
     finally:
         served.close()
+    small = Served(args.root, cache, open_files=256)
+    try:
+        rows.append(asyncio.run(attack(small, "300 slowloris connections to a server with 256 open files",
+                                       lambda: exhaustion(small))))
+    finally:
+        small.close()
     print(header())
     print(f"server: {args.root} (`stream_out.py serve`, 540p presenter, mouth animator)")
     print(f"idle server, nobody talking, {args.idle_seconds:.0f} s: {idle:.1f}% of one core")

@@ -289,7 +289,8 @@ class Server:
         self._runner = web.AppRunner(self.app(), access_log_class=PathOnlyAccessLogger,
                                      keepalive_timeout=self.cfg.keepalive_seconds)
         await self._runner.setup()
-        guard = ConnectionGuard(connection_room(self.cfg.max_connections), self.cfg.max_connections_per_address,
+        most = connection_room(self.cfg.max_connections)  # per address scaled with it: it takes several to fill it
+        guard = ConnectionGuard(most, max(1, self.cfg.max_connections_per_address * most // self.cfg.max_connections),
                                 self.cfg.head_seconds)
         site = GuardedSite(self._runner, self.cfg.host, self.cfg.port, guard)
         try:
