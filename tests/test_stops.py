@@ -1,10 +1,10 @@
 """A clean stop, always: SIGTERM in the middle of each command ends it with one line starting "stopped", exit code
 143 (Ctrl-C: "interrupted", 130), no traceback and no native abort; what it was writing is finished or removed,
-and no scratch entry is left. Also the two ways a stop used to abort the process (core/threads.py)."""
+and no scratch entry is left (serve's is in tests/test_server.py). Also the two ways a stop used to abort the
+process (core/threads.py)."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from conftest import ROOT
-from core.net import free_port
 from core.threads import Worker
 from test_syncnet_v2 import random_s, released_state
 
@@ -100,21 +99,6 @@ def test_a_live_run_stopped_finishes_its_recording_and_ctrl_c_says_interrupted(b
     recording.unlink()
     code, lines = stop(argv, lambda: recording.exists() and recording.stat().st_size > 0, signal.SIGINT)
     assert_clean(code, lines, "interrupted", 130)
-
-
-def test_serve_stopped_says_what_it_served(built):
-    port = free_port()
-
-    def listening() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-    code, lines = stop(["serve", "--data_dir", str(built["cache"] / "clip25"), "--listen", f"127.0.0.1:{port}"],
-                       listening, after=1.0)
-    assert_clean(code, lines)
-    assert lines[-1].startswith("stopped: served ")
 
 
 def test_preprocess_stopped_mid_video_leaves_no_half_cache(media, tmp_path):
