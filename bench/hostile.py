@@ -6,6 +6,7 @@ way) on a generated 540p presenter, sends every attack below one at a time, and 
 answered, how long it took and how much the server's resident memory grew (now, and at its peak). Then it measures
 the idle server's CPU share and runs the command-line mistakes, printing their exit code and stderr line count.
 The session attacks POST bodies to /sessions on a --session_root set up with a linked, a forged and a broken cache.
+The last attack has a server of its own, limited to 256 open files, and 300 slowloris connections.
 """
 from __future__ import annotations
 
