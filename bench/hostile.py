@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 HERE = Path(__file__).resolve().parents[1]
@@ -263,6 +264,57 @@ async def server_attacks(served: Served, files: dict[str, Path], bomb_hours: flo
                 for ws in sockets:
                     await ws.close()
 
+        async def health_waits(seconds: float) -> list[float]:
+            waits = []
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                async with http.get(served.base + "/health") as response:
+                    await response.read()
+                waits.append(time.monotonic() - started)
+                await asyncio.sleep(0.1)
+            return waits
+
+        async def huge_json():
+            """Row 7: a 57 MB JSON body, and /health meanwhile."""
+            body = b"[" + b"[]," * 19_000_000 + b"[]]"
+            answer, waits = await asyncio.gather(post("/sessions", body, **{"Content-Type": "application/json"}),
+                                                 health_waits(3.0))
+            return f"{answer[:60]}; /health worst {1000 * max(waits):.0f} ms"
+
+        async def start_flood():
+            """Row 8: 10,000 start messages a second from one socket for up to 2 s, and /health meanwhile."""
+            sent = 0
+            async with http.ws_connect(served.base + "/ws") as ws:
+                async def flood():
+                    nonlocal sent
+                    for _ in range(20):
+                        for _ in range(1000):
+                            if ws.closed:
+                                return
+                            await ws.send_str('{"type": "start", "sample_rate": 16000}')
+                            sent += 1
+                        await asyncio.sleep(0.1)
+                _, waits = await asyncio.gather(flood(), health_waits(2.5))
+                while not ws.closed and (await ws.receive(timeout=5)).type not in (
+                        aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                    pass
+                return f"closed with {ws.close_code} after {sent} sent; /health worst {1000 * max(waits):.0f} ms"
+
+        async def extreme_floats():
+            """Row 12: float32 stereo at +-3.4e38 (48 kHz, 1 s); the default session's state 2 s later."""
+            async with http.get(served.base + "/status") as response:
+                before = (await response.json())["frames"]
+            async with http.ws_connect(served.base + "/ws") as ws:
+                await ws.send_json({"type": "start", "sample_rate": 48000, "format": "float32", "channels": 2})
+                await ws.send_bytes(np.tile(np.array([3.4e38, -3.4e38], np.float32), 48000).tobytes())
+                await ws.send_json({"type": "end"})
+                await asyncio.sleep(2.0)
+            async with http.get(served.base + "/status") as response:
+                status = await response.json()
+            return (f"state {status.get('state', '?')}, {status['frames'] - before} frames in 2 s, "
+                    f"error {status.get('error')}")
+
         speech = files["speech"].read_bytes()
         attacks = [
             ("WebSocket from another origin", cross_origin_socket),
@@ -279,6 +331,9 @@ async def server_attacks(served: Served, files: dict[str, Path], bomb_hours: flo
             ("talk offer (microphone) from another origin", lambda: talk_offer(EVIL)),
             ("321 POST /offer that talk, with a bad SDP", bad_talk_offers),
             ("media on 5 sockets that never read, 10 s", media_never_read),
+            ("POST /sessions: a 57 MB JSON body", huge_json),
+            ("10,000 start messages a second on one socket", start_flood),
+            ("float32 stereo at +-3.4e38", extreme_floats),
         ]
         for name, work in attacks:
             rows.append(await attack(served, name, work))
@@ -287,7 +342,8 @@ async def server_attacks(served: Served, files: dict[str, Path], bomb_hours: flo
 
 def session_root(work: Path, cache: Path) -> Path:
     """The served --session_root: a copy of the presenter, a folder whose one child links to it from outside, a copy
-    with one frame's header forged to 50000 x 50000, a copy whose manifest lacks its width, and a plain file."""
+    with one frame's header forged to 50000 x 50000, one with a frame that is a real 20000 x 20000 PNG, a copy whose
+    manifest lacks its width, and a plain file."""
     root = work / "root"
     shutil.copytree(cache, root / "own" / "presenter")
     (root / "linked").mkdir()
@@ -296,6 +352,9 @@ def session_root(work: Path, cache: Path) -> Path:
     ihdr = (50000).to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
     frame = sorted((root / "forged" / "presenter" / "bg").iterdir())[0]
     frame.write_bytes(b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" + ihdr + bytes(4))
+    shutil.copytree(cache, root / "huge" / "presenter")
+    frame = sorted((root / "huge" / "presenter" / "bg").iterdir())[0]
+    frame.write_bytes(cv2.imencode(".png", np.zeros((20000, 20000), np.uint8))[1].tobytes())
     shutil.copytree(cache, root / "nowidth" / "presenter")
     manifest = root / "nowidth" / "presenter" / "manifest.json"
     manifest.write_text(json.dumps({k: v for k, v in json.loads(manifest.read_text()).items() if k != "width"}))
@@ -412,6 +471,7 @@ async def session_attacks(served: Served, root: Path) -> list[tuple]:
             ("outfile tcp://127.0.0.1:1 (nothing listens)", lambda: create({"data_dir": "own", "outfile": [
                 "tcp://127.0.0.1:1"]}, 2)),
             ("a cache frame's header forged to 50000x50000", lambda: create({"data_dir": "forged"}, 1)),
+            ("a cache frame that is a real 20000x20000 PNG", lambda: create({"data_dir": "huge"}, 3)),
             ("a 300-character data_dir", lambda: create({"data_dir": "a" * 300})),
             ("outfile under an existing file", lambda: create({"data_dir": "own", "outfile": ["a_file/x.mp4"]})),
             ("checkpoint_path naming a folder", lambda: create({"data_dir": "own", "checkpoint_path": "own"})),
@@ -436,6 +496,18 @@ def cli_rows(root: Path, cache: Path, files: dict[str, Path], work: Path) -> lis
         error = next((line for line in lines if line.startswith("error:")), lines[-1] if lines else "")
         return name, result.returncode, "Traceback" in result.stderr, error[:110]
 
+    def stopped(name: str, ready, *args: str) -> tuple:
+        """Row 14: SIGTERM once ready() says so."""
+        proc = subprocess.Popen([sys.executable, "stream_out.py", *args], cwd=root, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+        lines = [line for line in err.splitlines() if line.strip()]
+        return name, proc.returncode, "Traceback" in err, (lines[-1] if lines else "")[:110]
+
     common = ["--data_dir", str(cache), "--audio_files", str(files["speech"]), "--outfile", str(work / "x.mp4")]
     (work / "noise.pth").write_bytes(np.random.default_rng(0).integers(0, 256, 1 << 20, np.uint8).tobytes())
     (work / "a_file").write_text("x")
@@ -452,7 +524,11 @@ def cli_rows(root: Path, cache: Path, files: dict[str, Path], work: Path) -> lis
             run("serve --max_peers -1", "serve", "--data_dir", str(cache), "--max_peers", "-1", "--listen",
                 f"127.0.0.1:{free_port()}"),
             run("serve --max_queue_seconds 0", "serve", "--data_dir", str(cache), "--max_queue_seconds", "0",
-                "--listen", f"127.0.0.1:{free_port()}")]
+                "--listen", f"127.0.0.1:{free_port()}"),
+            stopped("SIGTERM to a render before its first frame", lambda: any(work.glob(".render-x.mp4*")), *common)]
+    started = time.monotonic()
+    rows.append(stopped("SIGTERM to a live run 4 s in", lambda: time.monotonic() - started > 4, *common[:4],
+                        "--outfile", f"udp://127.0.0.1:{free_port()}"))
     busy.close()
     return rows
 

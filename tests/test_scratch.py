@@ -33,7 +33,7 @@ def test_scratch_left_by_a_killed_process_goes_at_the_next_start(tmp_path, caplo
         sink = Mp4Sink(tmp_path / "out.mp4")
         sink.open(64, 64)
         own = sink._tmp
-        sink.write(np.zeros((64, 64, 3), np.uint8), np.zeros(640, np.float32), 0.0)
+        sink.write(np.zeros((64, 64, 3), np.uint8), np.zeros(640, np.float32), 0)
         sink.close()
     assert not left.exists() and alive.exists() and elsewhere.exists() and not own.exists()
     assert f"left behind by process {proc.pid}" in caplog.text

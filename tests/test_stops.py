@@ -89,16 +89,13 @@ def test_exiting_while_a_worker_is_inside_native_code_does_not_abort():
     assert result.returncode == 143 and "terminate called" not in result.stderr, result.stderr[-500:]
 
 
-def test_a_live_run_stopped_finishes_its_recording_and_ctrl_c_says_interrupted(built, media, tmp_path):
+def test_a_live_run_stopped_finishes_its_recording(built, media, tmp_path):
     recording = tmp_path / "live.ts"
     argv = ["--data_dir", str(built["cache"] / "clip25"), "--audio_files", str(media["speech"]),
             "--outfile", str(recording)]
     code, lines = stop(argv, lambda: recording.exists() and recording.stat().st_size > 0, after=1.0)
     assert_clean(code, lines)
     assert lines[-1].startswith("stopped: streamed ") and frames_in(recording) > 10
-    recording.unlink()
-    code, lines = stop(argv, lambda: recording.exists() and recording.stat().st_size > 0, signal.SIGINT)
-    assert_clean(code, lines, "interrupted", 130)
 
 
 def test_preprocess_stopped_mid_video_leaves_no_half_cache(media, tmp_path):
@@ -121,15 +118,15 @@ def test_prepare_stopped_while_converting_leaves_no_conversion(checkpoint, tmp_p
     cache = tmp_path / "runtime"
     started = time.monotonic()
     code, lines = stop(["prepare", "--checkpoint_path", str(checkpoint), "--runtime_cache", str(cache)],
-                       lambda: time.monotonic() - started > 3.5)
+                       lambda: time.monotonic() - started > 3.0)
     assert_clean(code, lines)
     assert not scratch_left(cache) and not list(cache.glob("wav2lip96-*"))
 
 
-def test_evaluate_stopped_says_so(media, tmp_path):
+def test_evaluate_interrupted_by_ctrl_c_says_so(media, tmp_path):
     model = tmp_path / "syncnet_v2.model"
     torch.save(released_state(random_s()), model, _use_new_zipfile_serialization=False)
     started = time.monotonic()
     code, lines = stop(["evaluate", str(media["clip25"]), "--syncnet_v2", str(model)],
-                       lambda: time.monotonic() - started > 3.0)
-    assert_clean(code, lines)
+                       lambda: time.monotonic() - started > 2.5, signal.SIGINT)
+    assert_clean(code, lines, "interrupted", 130)
