@@ -1,5 +1,6 @@
 """Limits below HTTP, for every connection the server accepts: a cap in all and per client address, and a deadline
 for the first request's head (slowloris). Both close the socket at once; the log says so at most every 10 s.
+Places, the counting behind the cap, also caps the open WebSockets (engine/serve/routes.py).
 
 Later heads on a kept-alive connection are bounded by the HTTP server's keep-alive timeout, and bodies by the
 upload deadline (engine/serve/routes.py)."""
@@ -9,7 +10,8 @@ import asyncio
 import logging
 import resource
 import time
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 log = logging.getLogger("engine.serve.connections")
 
@@ -44,33 +46,54 @@ def connection_room(wanted: int) -> int:
     return wanted if soft == resource.RLIM_INFINITY else max(1, min(wanted, soft // 2))
 
 
+class Places:
+    """`most` places in all, `per_address` of them for one client address. A refusal is one line, which the log
+    says at most once every 10 s (with how many were refused meanwhile)."""
+
+    def __init__(self, what: str, most: int, per_address: int):
+        self.what, self.most, self.per_address = what, most, per_address
+        self.open: dict[str, int] = {}
+        self.refused = Refusals(what)
+
+    def take(self, address: str) -> Optional[str]:
+        """A place for `address`, or the reason there is none."""
+        total, here = sum(self.open.values()), self.open.get(address, 0)
+        refusal = (f"{total} {self.what} are open, the server's most" if total >= self.most else
+                   f"{here} {self.what} are open from {address}, the most for one address"
+                   if here >= self.per_address else None)
+        if refusal is not None:
+            self.refused.add(refusal)
+            return refusal
+        self.open[address] = here + 1
+        return None
+
+    def give_back(self, address: str) -> None:
+        self.open[address] -= 1
+        if not self.open[address]:
+            del self.open[address]
+
+    @contextmanager
+    def held(self, address: str) -> Iterator[Optional[str]]:
+        """A place while the block runs: yields None, or the refusal when there is none."""
+        refusal = self.take(address)
+        try:
+            yield refusal
+        finally:
+            if refusal is None:
+                self.give_back(address)
+
+
 class ConnectionGuard:
     """Wraps the HTTP server's protocol factory: `most` connections at once (`per_address` from one address), and
     a connection whose first request head has not fully arrived `head_seconds` after it opened is closed."""
 
     def __init__(self, most: int, per_address: int, head_seconds: float):
-        self.most, self.per_address, self.head_seconds = most, per_address, head_seconds
-        self.open: dict[str, int] = {}
-        self.refused = Refusals("connection(s)")
+        self.places = Places("connections", most, per_address)
+        self.head_seconds = head_seconds
         self.slow = Refusals("connection(s) too slow to send a request head")
 
     def wrap(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: GuardedProtocol(factory(), self)
-
-    def enter(self, address: str) -> Optional[str]:
-        """The reason to refuse a new connection from `address`, or None (it is counted)."""
-        total, here = sum(self.open.values()), self.open.get(address, 0)
-        if total >= self.most:
-            return f"{total} connections are open, the server's most"
-        if here >= self.per_address:
-            return f"{here} connections are open from {address}, the most for one address"
-        self.open[address] = here + 1
-        return None
-
-    def leave(self, address: str) -> None:
-        self.open[address] -= 1
-        if not self.open[address]:
-            del self.open[address]
 
 
 class GuardedProtocol(asyncio.Protocol):
@@ -86,9 +109,7 @@ class GuardedProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if peer else "?"
-        refusal = self.guard.enter(address)
-        if refusal is not None:
-            self.guard.refused.add(refusal)
+        if self.guard.places.take(address) is not None:
             transport.abort()
             return
         self.address, self.transport = address, transport
@@ -119,7 +140,7 @@ class GuardedProtocol(asyncio.Protocol):
             return
         if self._deadline is not None:
             self._deadline.cancel()
-        self.guard.leave(self.address)
+        self.guard.places.give_back(self.address)
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:

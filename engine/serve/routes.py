@@ -20,7 +20,6 @@ import ipaddress
 import json
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable, Mapping, Optional, Protocol
@@ -30,7 +29,7 @@ from audio.decode import AudioError
 from configs.spec import ServeSpec
 from core.net import is_loopback
 
-from .connections import Refusals
+from .connections import Places
 from .protocol import ProtocolError, SpeechDesk, SpeechLimits, Unauthorized, authenticate
 from .sessions import DEFAULT, Session, Sessions, SessionsConfig, UnknownSession
 from .talk import TalkerBusy
@@ -315,7 +314,7 @@ class Api:
 
     def __init__(self, cfg: ServerConfig, backend: Backend):
         self.cfg, self.backend, self.gate = cfg, backend, Gate(cfg)
-        self.sockets = SocketCaps(cfg.max_sockets, cfg.max_sockets_per_address)
+        self.sockets = Places("WebSockets", cfg.max_sockets, cfg.max_sockets_per_address)
         self._decodes = asyncio.Semaphore(cfg.max_decodes)
 
     async def handle(self, handler: str, call: Call) -> Answer:
@@ -398,7 +397,7 @@ class Api:
         upgrade (else closed with 4401). Then each message to the session's desk, the replies and the session's
         events back, and 4404 once it ends. A client sending text messages faster than MAX_CONTROL_PER_SECOND is
         told once and closed (1008)."""
-        with self.sockets.admit(call.remote) as refusal:
+        with self.sockets.held(call.remote) as refusal:
             if refusal is not None:
                 return error(503, refusal)
             return await self._converse(call, upgrade)
@@ -470,34 +469,6 @@ class MessageRate:
         self.at = now
         self.tokens -= 1
         return self.tokens >= 0
-
-
-class SocketCaps:
-    """Open WebSockets, in all and per client address, counted from before the upgrade to the close; a refusal is
-    one line, and the log says so at most once every 10 s (with how many were refused meanwhile)."""
-
-    def __init__(self, most: int, per_address: int):
-        self.most, self.per_address = most, per_address
-        self.open: dict[str, int] = {}
-        self.refused = Refusals("WebSocket(s)")
-
-    @contextmanager
-    def admit(self, address: str):
-        total, here = sum(self.open.values()), self.open.get(address, 0)
-        refusal = (f"{total} WebSockets are open, the server's most" if total >= self.most else
-                   f"{here} WebSockets are open from {address}, the most for one address"
-                   if here >= self.per_address else None)
-        if refusal is not None:
-            self.refused.add(refusal)
-            yield refusal
-            return
-        self.open[address] = here + 1
-        try:
-            yield None
-        finally:
-            self.open[address] -= 1
-            if not self.open[address]:
-                del self.open[address]
 
 
 async def session_ended(ws: Socket, sid: str) -> None:
