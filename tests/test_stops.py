@@ -20,7 +20,7 @@ from core.threads import Worker
 from test_syncnet_v2 import random_s, released_state
 
 NATIVE_WORK_AT_EXIT = """
-import sys, time
+import time
 import numpy as np, cv2
 from core.cli import exit_with
 from core.threads import Worker
