@@ -136,8 +136,8 @@ class EngineSpec(ObsSpec):
         DEFAULT_OUTFILE, "one or more of: a .mp4 path; 'obs' (MPEG-TS to OBS on udp://127.0.0.1:23000); 'vcam' "
                          "(virtual camera + audio device); a udp:// or srt:// URL. With --background alpha: a .mov or "
                          ".webm path, and 'obs' is WebM with alpha on udp://127.0.0.1:23001", OUTPUTS, nargs="+")
-    record_minutes: Optional[float] = flag(None, "a file output (a recording of a live run) stops growing after this "
-                                                 "many minutes of frames; the file is finished when the run ends",
+    record_minutes: Optional[float] = flag(None, "live: a file output (a recording) stops growing after this many "
+                                                 "minutes of frames; the file is finished when the run ends",
                                            OUTPUTS, gt=0)
     fps: Literal[OUTPUT_RATES] = flag(
         FPS, "output frames/s: 50 puts an in-between frame (--interpolator) between each pair the lip model makes at "

@@ -83,7 +83,7 @@ def run_command(main: Callable[[list[str]], int], argv: Optional[list[str]] = No
     if verbose:
         logging.getLogger().setLevel(logging.DEBUG)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    previous = stop_on_sigterm() if in_main else None
     try:
         return main(argv)
     except KeyboardInterrupt as exc:
@@ -106,6 +106,12 @@ def run_command(main: Callable[[list[str]], int], argv: Optional[list[str]] = No
             signal.signal(signal.SIGTERM, previous)
 
 
+def stop_on_sigterm():
+    """SIGTERM raises Terminated in the main thread from now on, also after a library installed its own handler
+    (Ray's exits with code 15); the handler it replaced."""
+    return signal.signal(signal.SIGTERM, _terminate)
+
+
 def _terminate(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the clean-up that follows is not cut short
     raise Terminated
@@ -120,6 +126,9 @@ def exit_with(code: int) -> NoReturn:
         sys.exit(code)
     logging.getLogger("core.cli").debug("exiting with %s still running", ", ".join(busy))
     atexit._run_exitfuncs()  # noqa: SLF001 - what sys.exit would run, without the finalization that aborts
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a reader that went away (`| head`): nothing more can reach it
+            pass
     os._exit(code)

@@ -164,6 +164,9 @@ class Engine:
             raise ValueError(MIXED)
         if spec.blendshapes_csv and self.live:
             raise ValueError(CSV_LIVE)
+        if spec.record_minutes and not self.live:
+            raise ValueError("--record_minutes caps the recordings of a live run; a file render writes every frame "
+                             "it renders")
         self.tap = FrameTap(self.live)
         self.presenter, self.model, self.compositor, self.cfg = parts.build(spec, self.live, user)
         self._meter = blendshape_meter(spec, self.presenter, self.model)
@@ -345,7 +348,7 @@ class Engine:
                     self._microphone.stop()
                 self.loop.stop()
                 if self._thread is not None:
-                    self._thread.join(timeout=30)
+                    self._thread.join()  # run() finishes the recordings on its way out, however long that takes
         return self.stats
 
     def __enter__(self) -> "Engine":

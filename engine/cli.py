@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 from audio.decode import check_files, stream_files
 from configs import flags
 from configs.spec import DEFAULT_OUTFILE, ObsSetupSpec, RayServeSpec, StreamOutSpec
-from core.cli import log_to_stderr, stop_of
+from core.cli import log_to_stderr, stop_of, stop_on_sigterm
 from core.timebase import FPS, interpolated
 from engine.api import Engine
 from engine.assemble import check_frame_flags
@@ -140,6 +140,10 @@ def serve(args: StreamOutSpec, server_cfg, files: list) -> int:
     """Run the network API until Ctrl-C / SIGTERM. With a presenter (--data_dir or --face) it is the default
     session, and --audio_files become its first utterance; without one the server waits for POST /sessions."""
     has_presenter = bool(args.data_dir or args.face)
+    if (args.record_minutes or 0) > args.max_record_minutes:
+        raise ValueError(f"--record_minutes {args.record_minutes:g} is past --max_record_minutes "
+                         f"{args.max_record_minutes:g}")
+    args = args.replace(record_minutes=args.record_minutes or args.max_record_minutes)  # its own session's too
     if files and not has_presenter:
         raise ValueError("--audio_files needs a presenter to speak them: add --data_dir CACHE")
     server = Server(None, server_cfg, SessionsConfig.from_spec(args), defaults=args.engine())
@@ -180,6 +184,7 @@ def ray_serve(argv: list[str]) -> int:
     spec = flags.parse_spec(RayServeSpec, argv, "stream_out", argparse.ArgumentParser(prog="stream_out.py ray-serve"))
     from engine.serve.ray_serve import deploy  # Ray and FastAPI only for this command
     deploy(spec)
+    stop_on_sigterm()  # ray.init replaced it with Ray's own, which exits with code 15 and skips the shutdown
     print(f"serving {spec.hosts} session host(s) through http://{spec.listen}/ (POST /sessions); Ctrl-C stops")
     try:
         while True:

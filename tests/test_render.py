@@ -78,7 +78,7 @@ def test_mask_leaves_no_box_edge():
 
 @pytest.mark.slow
 def test_a_live_run_of_streamed_speech_presents_every_sample_in_order(rig, talk):
-    """Speech streamed the way a TTS client sends it (20 ms chunks) for 12 s, the mouth animator on
+    """Speech streamed the way a TTS client sends it (20 ms chunks) for 6 s, the mouth animator on
     it: every input sample comes out in order with nothing lost or added, one frame per 40 ms of it, the mouth
     driven. How late frames come and whether the clock drifts depend on the machine's load: bench/engine.py prints
     them (late frames, pacing offset, drift)."""
@@ -87,14 +87,14 @@ def test_a_live_run_of_streamed_speech_presents_every_sample_in_order(rig, talk)
     animator = MouthAnimator(presenter.face_size)
     animator.warm_up(1)  # as the command line does: the first call imports scipy, and alone this test would pay it
     engine = LiveEngine(presenter, animator, compositor, [sink], EngineConfig())
-    speech = np.tile(talk[1], 2)[: 12 * 16000]
+    speech = talk[1][: 6 * 16000]  # speech, a 1.5 s silence, speech
     # 1 s ahead: a feeder thread starved by a busy machine would leave a gap the clock fills with silence
     Feeder(engine.buffer, (speech[i:i + 320] for i in range(0, len(speech), 320)), ahead_seconds=1.0).start()
     stats = engine.run()
     out = np.concatenate(sink.audio)
     assert np.array_equal(out[: len(speech)], speech) and not out[len(speech):].any()  # no gap, nothing lost
     assert stats.frames == len(sink.times) == -(-len(speech) // 640) and stats.presented == stats.frames
-    assert stats.speech > 150 and stats.inferred > 0 and stats.inferred + stats.skipped == stats.speech
+    assert stats.speech > 70 and stats.inferred > 0 and stats.inferred + stats.skipped == stats.speech
 
 
 def test_microphone_errors_at_the_device_boundary():

@@ -85,13 +85,21 @@ def test_loopback_streams_pass_and_allow_output_adds_a_host_or_one_port(root):
     assert not (root / "x.ts").exists()
 
 
-def test_recordings_get_the_server_s_cap_and_a_body_may_ask_for_less_not_more(root):
+def test_recordings_get_the_server_s_cap_and_a_body_may_ask_for_less_not_more(root, media, tmp_path, capsys):
+    from stream_out import main as stream_out_main
     body = {"data_dir": "own", "outfile": ["rec/x.mp4"]}
     assert session_spec(EngineSpec(), body, root).record_minutes == 60
+    assert session_spec(EngineSpec(record_minutes=30), body, root).record_minutes == 30  # serve --record_minutes
     policy = OutputPolicy(max_record_minutes=5)
     assert session_spec(EngineSpec(), {**body, "record_minutes": 2}, root, policy).record_minutes == 2
+    assert session_spec(EngineSpec(record_minutes=30), body, root, policy).record_minutes == 5
     more = refused({**body, "record_minutes": 6}, root, policy)
     assert more.field == "record_minutes" and "at most 5 (serve --max_record_minutes)" in str(more)
+    assert stream_out_main(["serve", "--record_minutes", "90", "--listen", "127.0.0.1:0"]) == 2
+    assert "--record_minutes 90 is past --max_record_minutes 60" in capsys.readouterr().err
+    render = ["--data_dir", str(root / "own" / "clip25"), "--audio_files", str(media["speech"]),
+              "--outfile", str(tmp_path / "x.mp4"), "--record_minutes", "1"]
+    assert stream_out_main(render) == 2 and "a file render writes every frame" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("body, field", [

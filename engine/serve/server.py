@@ -61,7 +61,8 @@ class GuardedSite(web.TCPSite):
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         self._server = await asyncio.get_running_loop().create_server(
-            self.guard.wrap(self._runner.server), self._host, self._port, reuse_address=True)
+            self.guard.wrap(self._runner.server), self._host, self._port, backlog=self._backlog, reuse_address=True)
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 
 
 def call_of(request: web.Request) -> Call:
@@ -355,4 +356,4 @@ class Server:
         if not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self.loop.stop)
         if self._thread:
-            self._thread.join(timeout=10)
+            self._thread.join()  # its way out ends every session and finishes their recordings

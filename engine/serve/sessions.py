@@ -148,7 +148,7 @@ def session_spec(defaults: EngineSpec, body: object, root: Path, outputs: Output
         raise BadSession("latency_ms", f"at most {MAX_LATENCY_MS} ms")
     if len(spec.outfile) > outputs.max_outputs:
         raise BadSession("outfile", f"at most {outputs.max_outputs} outputs a session (serve --max_outputs)")
-    if (spec.record_minutes or 0) > outputs.max_record_minutes:
+    if body.get("record_minutes") is not None and spec.record_minutes > outputs.max_record_minutes:
         raise BadSession("record_minutes", f"at most {outputs.max_record_minutes:g} (serve --max_record_minutes)")
     paths = {key: str(model_file(root, getattr(spec, key), key)) for key in ("checkpoint_path", "gfpgan_path")
              if key in body}
@@ -158,7 +158,8 @@ def session_spec(defaults: EngineSpec, body: object, root: Path, outputs: Output
         paths["data_dir"] = str(presenter_cache(root, spec.data_dir))
     # a client's choice of file loads as plain weights, whatever the server allows
     return spec.replace(**paths, outfile=tuple(output(root, v, outputs) for v in spec.outfile),
-                        record_minutes=spec.record_minutes or outputs.max_record_minutes, trust_checkpoint=False)
+                        record_minutes=min(spec.record_minutes or outputs.max_record_minutes,
+                                           outputs.max_record_minutes), trust_checkpoint=False)
 
 
 def model_file(root: Path, value: str, key: str) -> Path:
@@ -504,14 +505,15 @@ class Sessions:
     def states(self) -> dict[str, str]:
         return {sid: session.state() for sid, session in list(self._sessions.items())}
 
-    def end(self, sid: str) -> dict:
-        """Stop a session's clock, close its outputs and release what only it used; its final status."""
+    def end(self, sid: str, wait: Optional[float] = 10.0) -> dict:
+        """Stop a session's clock, close its outputs and release what only it used; its final status. Its thread
+        is waited for `wait` seconds (None: until its recordings are finished, however long an mp4's mux takes)."""
         with self._lock:
             session = self._sessions.pop(sid, None)
             if session is None:
                 raise UnknownSession(sid)
         session.engine.stop()
-        session.thread.join(timeout=10)  # run() closes its outputs on the way out, WebRTC peers included
+        session.thread.join(timeout=wait)  # run() closes its outputs on the way out, WebRTC peers included
         status = session.status()
         stats = session.engine.stats
         with self._lock:
@@ -528,8 +530,9 @@ class Sessions:
                 self.workers.remove(worker)
 
     def close(self) -> None:
+        """End every session, its recordings finished."""
         for sid in list(self._sessions):
-            self.end(sid)
+            self.end(sid, wait=None)
         self._stop.set()
         self._sampler.join(timeout=5)
 
