@@ -527,8 +527,8 @@ def cli_rows(root: Path, cache: Path, files: dict[str, Path], work: Path) -> lis
                 "--listen", f"127.0.0.1:{free_port()}"),
             stopped("SIGTERM to a render before its first frame", lambda: any(work.glob(".render-x.mp4*")), *common)]
     started = time.monotonic()
-    rows.append(stopped("SIGTERM to a live run 4 s in", lambda: time.monotonic() - started > 4, *common[:4],
-                        "--outfile", f"udp://127.0.0.1:{free_port()}"))
+    rows.append(stopped("SIGTERM to a live run 3 s in", lambda: time.monotonic() - started > 3, *common[:4],
+                        str(files["speech"]), str(files["speech"]), "--outfile", f"udp://127.0.0.1:{free_port()}"))
     busy.close()
     return rows
 
